@@ -1,0 +1,26 @@
+"""Warnings and exceptions raised by :mod:`bilevel`.
+
+Non-convergence is never silent: iterative routines emit :class:`ConvergenceWarning`
+(which names the residual reached) and report ``converged=False`` in their info record.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConvergenceWarning", "BilevelError", "ClosureError"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped before reaching its tolerance."""
+
+
+class BilevelError(RuntimeError):
+    """Base class for errors specific to :mod:`bilevel`."""
+
+
+class ClosureError(BilevelError):
+    """A tensor that requires grad is closed over instead of passed as an argument.
+
+    Implicit differentiation only produces gradients for the arguments passed explicitly
+    to the decorated solver; a tensor captured from an enclosing scope would silently
+    receive no gradient, so :mod:`bilevel` refuses it.
+    """

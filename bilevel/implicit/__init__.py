@@ -1,0 +1,23 @@
+"""Implicit differentiation: make any solver differentiable through its optimality condition.
+
+Public API: :func:`custom_root`, :func:`custom_fixed_point` (decorators) and the functional
+primitives :func:`root_vjp`, :func:`root_jvp`. See :mod:`bilevel.implicit._core` for the math.
+
+Example
+-------
+>>> import torch, bilevel
+>>> def ridge_objective(w, lam, X, y):
+...     return 0.5 * ((X @ w - y) ** 2).sum() + 0.5 * lam * (w ** 2).sum()
+>>> grad_w = torch.func.grad(ridge_objective)
+>>> @bilevel.implicit.custom_root(grad_w, solve="cg")
+... def ridge_solver(init, lam, X, y):
+...     A = X.T @ X + lam * torch.eye(X.shape[1], dtype=X.dtype)
+...     return torch.linalg.solve(A, X.T @ y)
+"""
+
+from __future__ import annotations
+
+from bilevel.implicit._core import custom_fixed_point, custom_root, root_jvp, root_vjp
+
+__all__ = ["custom_fixed_point", "custom_root", "root_jvp", "root_vjp"]
+

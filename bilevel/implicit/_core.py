@@ -1,0 +1,475 @@
+"""Implicit differentiation of roots and fixed points (implementation).
+
+Let ``x*(theta)`` be defined by the optimality condition ``F(x*(theta), theta) = 0`` with
+``A = d_x F(x*, theta)`` non-singular and ``B = d_theta F(x*, theta)``. The implicit
+function theorem gives the Jacobian ``d x* / d theta = -A^{-1} B``, hence
+
+* reverse mode (VJP), for a cotangent ``v`` of ``x*``: solve ``A^T u = v``, then
+  ``theta_bar = -B^T u``;
+* forward mode (JVP), for a tangent ``theta_dot``: solve ``A x_dot = -B theta_dot``.
+
+``A^T u`` and ``A v`` are vector-Jacobian / Jacobian-vector products of ``F`` computed by
+:mod:`torch.func`; ``A`` is never formed unless the ``dense`` solver is chosen.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bilevel.errors import ClosureError
+from bilevel.linalg import LinearSolver, get_solver
+from bilevel.tree import (
+    PyTree,
+    check_finite,
+    check_same_structure,
+    check_tensor_leaves,
+    tree_flatten,
+    tree_leaves,
+    tree_map,
+    tree_sub,
+    tree_unflatten,
+)
+
+OptimalityFn = Callable[..., PyTree]
+Solver = Callable[..., Any]
+
+
+# --------------------------------------------------------------------------------------
+# Linear systems with the Jacobian of the optimality function
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _JacobianSystem:
+    """Static description of ``A u = rhs`` (or ``A^T u = rhs``) with ``A = d_x F(sol, *args)``."""
+
+    optimality_fn: OptimalityFn
+    solve: LinearSolver
+    transpose: bool
+    rhs_spec: Any
+    sol_spec: Any
+    args_spec: Any
+    n_rhs: int
+    n_sol: int
+
+
+def _jacobian_matvec(
+    optimality_fn: OptimalityFn, sol: PyTree, args: Sequence[PyTree], transpose: bool
+) -> Callable[[PyTree], PyTree]:
+    """``u -> A^T u`` (``transpose=True``, one linearisation reused) or ``v -> A v``."""
+
+    def f_of_sol(s: PyTree) -> PyTree:
+        return optimality_fn(s, *args)
+
+    if transpose:
+        _, vjp_fn = torch.func.vjp(f_of_sol, sol)
+        return lambda u: vjp_fn(u)[0]
+    return lambda v: torch.func.jvp(f_of_sol, (sol,), (v,))[1]
+
+
+class _SolveJacobianSystem(torch.autograd.Function):
+    """Solve the Jacobian system; a custom vmap rule loops over the batch.
+
+    Iterative solvers stop on data-dependent tests (``residual <= tol``) that cannot run on
+    batched tensors, so under :func:`torch.vmap` (which :func:`torch.func.jacrev` and
+    :func:`torch.func.jacfwd` use) each batch element is solved on its own.
+    """
+
+    @staticmethod
+    def forward(system: _JacobianSystem, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
+        sol = tree_unflatten(list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec)
+        args = tree_unflatten(list(flat[system.n_rhs + system.n_sol :]), system.args_spec)
+        matvec = _jacobian_matvec(system.optimality_fn, sol, args, system.transpose)
+        out, _info = system.solve(matvec, rhs)
+        return tuple(tree_leaves(out))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+        raise RuntimeError(
+            "bilevel: differentiating the implicit-differentiation linear solve itself "
+            "(second-order derivatives through custom_root) is not supported."
+        )
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], system: _JacobianSystem, *flat: torch.Tensor) -> Any:
+        results = [
+            _SolveJacobianSystem.apply(system, *_select(flat, in_dims[1:], i))
+            for i in range(info.batch_size)
+        ]
+        return _stack(results)
+
+
+def _select(flat: Sequence[Any], in_dims: Sequence[int | None], i: int) -> list[Any]:
+    return [x if d is None else x.select(d, i) for x, d in zip(flat, in_dims)]
+
+
+def _stack(results: list[tuple[torch.Tensor, ...]]) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+    stacked = tuple(torch.stack(column) for column in zip(*results))
+    return stacked, (0,) * len(stacked)
+
+
+def _solve_jacobian_system(
+    optimality_fn: OptimalityFn,
+    sol: PyTree,
+    args: Sequence[PyTree],
+    rhs: PyTree,
+    solve: LinearSolver,
+    transpose: bool,
+) -> PyTree:
+    rhs_leaves, rhs_spec = tree_flatten(rhs)
+    sol_leaves, sol_spec = tree_flatten(sol)
+    args_leaves, args_spec = tree_flatten(tuple(args))
+    system = _JacobianSystem(
+        optimality_fn=optimality_fn,
+        solve=solve,
+        transpose=transpose,
+        rhs_spec=rhs_spec,
+        sol_spec=sol_spec,
+        args_spec=args_spec,
+        n_rhs=len(rhs_leaves),
+        n_sol=len(sol_leaves),
+    )
+    out = _SolveJacobianSystem.apply(system, *rhs_leaves, *sol_leaves, *args_leaves)
+    return tree_unflatten(list(out), sol_spec)
+
+
+def root_vjp(
+    optimality_fn: OptimalityFn,
+    sol: PyTree,
+    args: Sequence[PyTree],
+    cotangent: PyTree,
+    solve: str | LinearSolver = "gmres",
+) -> tuple[PyTree, ...]:
+    """Vector-Jacobian product of a root ``x*(args)`` of ``optimality_fn``.
+
+    With ``A = d_x F(sol, *args)`` and ``B_i = d_{args_i} F(sol, *args)``, returns
+    ``(-B_1^T u, ..., -B_k^T u)`` where ``u`` solves ``A^T u = cotangent``.
+
+    Parameters
+    ----------
+    optimality_fn:
+        ``F(x, *args)``, returning a pytree with the structure of ``x``.
+    sol:
+        A root: ``F(sol, *args) = 0``.
+    args:
+        The arguments ``F`` is differentiated against, passed explicitly.
+    cotangent:
+        ``v``, with the structure of ``sol``.
+    solve:
+        A solver of :mod:`bilevel.linalg` (name or callable), used for ``A^T u = v``.
+
+    Returns
+    -------
+    tuple
+        One pytree per argument, each with that argument's structure.
+    """
+    args = tuple(args)
+    solve_fn = get_solver(solve)
+    u = _solve_jacobian_system(optimality_fn, sol, args, cotangent, solve_fn, transpose=True)
+    _, vjp_args = torch.func.vjp(lambda *a: optimality_fn(sol, *a), *args)
+    return tuple(tree_map(torch.neg, g) for g in vjp_args(u))
+
+
+def root_jvp(
+    optimality_fn: OptimalityFn,
+    sol: PyTree,
+    args: Sequence[PyTree],
+    tangents: Sequence[PyTree],
+    solve: str | LinearSolver = "gmres",
+) -> PyTree:
+    """Jacobian-vector product of a root ``x*(args)`` of ``optimality_fn``.
+
+    Returns ``x_dot`` solving ``A x_dot = -sum_i B_i t_i`` with ``A = d_x F(sol, *args)``,
+    ``B_i = d_{args_i} F(sol, *args)`` and ``tangents = (t_1, ..., t_k)`` (one per argument,
+    same structure).
+    """
+    args = tuple(args)
+    tangents = tuple(tangents)
+    if len(tangents) != len(args):
+        raise ValueError(f"root_jvp: got {len(tangents)} tangents for {len(args)} arguments")
+    solve_fn = get_solver(solve)
+    _, b_dot = torch.func.jvp(lambda *a: optimality_fn(sol, *a), args, tangents)
+    rhs = tree_map(torch.neg, b_dot)
+    return _solve_jacobian_system(optimality_fn, sol, args, rhs, solve_fn, transpose=False)
+
+
+# --------------------------------------------------------------------------------------
+# custom_root / custom_fixed_point
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RootProblem:
+    """Static data shared by the forward, backward, jvp and vmap rules."""
+
+    solver: Solver
+    optimality_fn: OptimalityFn
+    solve: LinearSolver
+    has_aux: bool
+    n_init: int
+    init_spec: Any
+    args_spec: Any
+    sol_spec: Any = None
+    n_sol: int = 0
+    aux_spec: Any = None
+    aux_tensor_mask: tuple[bool, ...] = ()
+    aux_static: list[list[Any]] = field(default_factory=list)
+
+
+class _ImplicitRoot(torch.autograd.Function):
+    """Runs the solver without tracking; derivatives come from the implicit function theorem."""
+
+    @staticmethod
+    def forward(problem: _RootProblem, *flat: torch.Tensor) -> tuple[Any, ...]:
+        flat = tuple(x.detach() for x in flat)
+        init = tree_unflatten(list(flat[: problem.n_init]), problem.init_spec)
+        args = tree_unflatten(list(flat[problem.n_init :]), problem.args_spec)
+        check_finite(init, "custom_root: init")
+        for i, a in enumerate(args):
+            check_finite(a, f"custom_root: argument {i + 1}")
+        with torch.enable_grad():
+            out = problem.solver(init, *args)
+        if problem.has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise TypeError("custom_root(has_aux=True): the solver must return (solution, aux)")
+            sol, aux = out
+        else:
+            sol, aux = out, None
+        check_tensor_leaves(sol, "custom_root: solution returned by the solver")
+        check_same_structure(init, sol, "init", "the solution returned by the solver")
+        sol_leaves = [x.detach() for x in tree_leaves(sol)]
+        for x in sol_leaves:
+            if not bool(torch.isfinite(x).all()):
+                raise FloatingPointError(
+                    "custom_root: the solver returned a solution with NaN or inf entries"
+                )
+        inputs = {id(x) for x in flat}
+        sol_leaves = [x.clone() if id(x) in inputs else x for x in sol_leaves]
+        aux_leaves, aux_spec = tree_flatten(aux)
+        problem.aux_spec = aux_spec
+        problem.aux_tensor_mask = tuple(isinstance(a, torch.Tensor) for a in aux_leaves)
+        problem.aux_static.append([a for a in aux_leaves if not isinstance(a, torch.Tensor)])
+        aux_tensors = [a.detach() for a in aux_leaves if isinstance(a, torch.Tensor)]
+        aux_tensors = [a.clone() if id(a) in inputs else a for a in aux_tensors]
+        problem.n_sol = len(sol_leaves)
+        _, problem.sol_spec = tree_flatten(sol)
+        return (*sol_leaves, *aux_tensors)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        problem = inputs[0]
+        args_leaves = inputs[1 + problem.n_init :]
+        sol_leaves = output[: problem.n_sol]
+        ctx.problem = problem
+        ctx.save_for_backward(*sol_leaves, *args_leaves)
+        ctx.save_for_forward(*sol_leaves, *args_leaves)
+        aux_outputs = output[problem.n_sol :]
+        if aux_outputs:
+            ctx.mark_non_differentiable(*aux_outputs)
+
+    @staticmethod
+    def _saved(ctx: Any) -> tuple[PyTree, tuple[PyTree, ...]]:
+        problem: _RootProblem = ctx.problem
+        saved = ctx.saved_tensors
+        sol = tree_unflatten(list(saved[: problem.n_sol]), problem.sol_spec)
+        args = tree_unflatten(list(saved[problem.n_sol :]), problem.args_spec)
+        return sol, tuple(args)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: torch.Tensor | None) -> tuple[Any, ...]:
+        problem: _RootProblem = ctx.problem
+        sol, args = _ImplicitRoot._saved(ctx)
+        sol_leaves = tree_leaves(sol)
+        cot_leaves = [
+            torch.zeros_like(s) if g is None else g
+            for s, g in zip(sol_leaves, grad_outputs[: problem.n_sol])
+        ]
+        cotangent = tree_unflatten(cot_leaves, problem.sol_spec)
+        grads = root_vjp(problem.optimality_fn, sol, args, cotangent, problem.solve)
+        arg_grads = tree_leaves(tuple(grads))
+        return (None, *([None] * problem.n_init), *arg_grads)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[Any, ...]:
+        problem: _RootProblem = ctx.problem
+        sol, args = _ImplicitRoot._saved(ctx)
+        arg_tangent_leaves = [
+            torch.zeros_like(a) if t is None else t
+            for a, t in zip(tree_leaves(args), tangents[1 + problem.n_init :])
+        ]
+        arg_tangents = tree_unflatten(arg_tangent_leaves, problem.args_spec)
+        sol_dot = root_jvp(problem.optimality_fn, sol, args, arg_tangents, problem.solve)
+        n_aux = sum(problem.aux_tensor_mask)
+        return (*tree_leaves(sol_dot), *([None] * n_aux))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], problem: _RootProblem, *flat: torch.Tensor) -> Any:
+        results = [
+            _ImplicitRoot.apply(problem, *_select(flat, in_dims[1:], i))
+            for i in range(info.batch_size)
+        ]
+        return _stack(results)
+
+
+def _check_closure(
+    optimality_fn: OptimalityFn, init: PyTree, args: tuple[PyTree, ...], check_closure: bool
+) -> None:
+    """Evaluate ``F(init, *args)`` on detached inputs: shape check and closed-over grads."""
+    detached_init = tree_map(torch.Tensor.detach, init)
+    detached_args = tree_map(torch.Tensor.detach, args)
+    with torch.enable_grad():
+        value = optimality_fn(detached_init, *detached_args)
+    check_tensor_leaves(value, "custom_root: output of the optimality function")
+    check_same_structure(
+        init, value, "the solution (init)", "the output of the optimality function"
+    )
+    if check_closure and torch.is_grad_enabled():
+        if any(v.requires_grad for v in tree_leaves(value)):
+            raise ClosureError(
+                "custom_root: the optimality function depends on a tensor that requires grad "
+                "but is not among the arguments of the solver (it is closed over, e.g. a "
+                "global, a default argument, or a module parameter). Implicit differentiation "
+                "only differentiates with respect to explicit arguments, so that tensor would "
+                "silently get no gradient. Pass it as an argument of the solver and of the "
+                "optimality function, detach it if no gradient is wanted, or disable this "
+                "check with check_closure=False."
+            )
+
+
+def _bind_positional(solver: Solver, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    if not kwargs:
+        return args
+    try:
+        bound = inspect.signature(solver).bind(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"custom_root: cannot bind the solver's arguments: {exc}") from None
+    if bound.kwargs:
+        raise TypeError(
+            "custom_root: keyword-only arguments of the solver cannot be differentiated; "
+            f"pass {sorted(bound.kwargs)} positionally or close over them if they are static"
+        )
+    return tuple(bound.args)
+
+
+def custom_root(
+    optimality_fn: OptimalityFn,
+    solve: str | LinearSolver = "gmres",
+    has_aux: bool = False,
+    check_closure: bool = True,
+) -> Callable[[Solver], Solver]:
+    """Decorator: differentiate a solver through its optimality condition.
+
+    The decorated ``solver(init, *args) -> sol`` (or ``(sol, aux)`` if ``has_aux``) is run
+    without gradient tracking; its output is made differentiable with respect to ``args`` by
+    the implicit function theorem applied to ``optimality_fn(sol, *args) = 0``:
+    ``d sol / d args = -(d_x F)^{-1} d_args F``. Reverse mode (``loss.backward()``,
+    :func:`torch.func.grad`, :func:`torch.func.vjp`, :func:`torch.func.jacrev`), forward mode
+    (:func:`torch.func.jvp`, :func:`torch.func.jacfwd`) and :func:`torch.vmap` are supported.
+
+    Arguments are passed explicitly: ``optimality_fn`` receives exactly the ``args`` the
+    solver receives, and only those get gradients. A tensor that requires grad but is closed
+    over by ``optimality_fn`` raises :class:`~bilevel.errors.ClosureError` rather than
+    silently getting no gradient. Static, non-differentiable configuration should be closed
+    over; every leaf of ``init`` and ``args`` must be a tensor.
+
+    Parameters
+    ----------
+    optimality_fn:
+        ``F(x, *args)`` returning a pytree with the structure and shapes of ``x``, zero at
+        the solution (e.g. the gradient of the inner objective).
+    solve:
+        Linear solver for the systems with ``A = d_x F`` (name in :data:`bilevel.linalg.SOLVERS`
+        or a callable ``solve(matvec, b) -> (x, info)``, e.g.
+        ``functools.partial(bilevel.linalg.cg, tol=1e-12)``). ``"gmres"`` works for any
+        non-singular ``A``; prefer ``"cg"`` when ``A`` is symmetric positive definite.
+    has_aux:
+        The solver returns ``(sol, aux)``; ``aux`` is returned as is and not differentiated.
+        Under :func:`torch.vmap`, non-tensor leaves of ``aux`` become lists over the batch.
+    check_closure:
+        Raise when ``optimality_fn`` closes over a tensor that requires grad.
+
+    Notes
+    -----
+    The gradient with respect to ``init`` is zero (the solution does not depend on it).
+    Second-order derivatives through the decorated solver are not supported.
+    """
+    solve_fn = get_solver(solve)
+
+    def decorator(solver: Solver) -> Solver:
+        @functools.wraps(solver)
+        def wrapped(*call_args: Any, **call_kwargs: Any) -> Any:
+            positional = _bind_positional(solver, call_args, call_kwargs)
+            if not positional:
+                raise TypeError("custom_root: the solver needs at least the init argument")
+            init, args = positional[0], tuple(positional[1:])
+            init_leaves, init_spec = tree_flatten(init)
+            check_tensor_leaves(init, "custom_root: init")
+            if not init_leaves:
+                raise ValueError("custom_root: init must contain at least one tensor")
+            for i, a in enumerate(args):
+                check_tensor_leaves(a, f"custom_root: argument {i + 1} of the solver")
+            _check_closure(optimality_fn, init, args, check_closure)
+            args_leaves, args_spec = tree_flatten(args)
+            problem = _RootProblem(
+                solver=solver,
+                optimality_fn=optimality_fn,
+                solve=solve_fn,
+                has_aux=has_aux,
+                n_init=len(init_leaves),
+                init_spec=init_spec,
+                args_spec=args_spec,
+            )
+            out = _ImplicitRoot.apply(problem, *init_leaves, *args_leaves)
+            sol = tree_unflatten(list(out[: problem.n_sol]), problem.sol_spec)
+            if not has_aux:
+                return sol
+            tensor_aux = iter(out[problem.n_sol :])
+            static = problem.aux_static
+            static_iters = [
+                iter(column) for column in zip(*static)
+            ] if len(static) > 1 else [iter([v]) for v in (static[0] if static else [])]
+            aux_leaves = []
+            static_index = 0
+            for is_tensor in problem.aux_tensor_mask:
+                if is_tensor:
+                    aux_leaves.append(next(tensor_aux))
+                else:
+                    column = static_iters[static_index]
+                    values = list(column)
+                    aux_leaves.append(values if len(static) > 1 else values[0])
+                    static_index += 1
+            return sol, tree_unflatten(aux_leaves, problem.aux_spec)
+
+        return wrapped
+
+    return decorator
+
+
+def custom_fixed_point(
+    fixed_point_fn: Callable[..., PyTree],
+    solve: str | LinearSolver = "gmres",
+    has_aux: bool = False,
+    check_closure: bool = True,
+) -> Callable[[Solver], Solver]:
+    """Decorator: differentiate a solver whose output satisfies ``x = T(x, *args)``.
+
+    Equivalent to :func:`custom_root` with ``F(x, *args) = T(x, *args) - x``, so the linear
+    systems involve ``A = d_x T - I``; they are non-singular when ``T`` is a contraction at
+    the fixed point. See :func:`custom_root` for the parameters.
+    """
+
+    def optimality_fn(x: PyTree, *args: Any) -> PyTree:
+        return tree_sub(fixed_point_fn(x, *args), x)
+
+    return custom_root(optimality_fn, solve=solve, has_aux=has_aux, check_closure=check_closure)
