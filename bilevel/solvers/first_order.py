@@ -1,0 +1,363 @@
+"""First-order inner solvers: gradient descent, projected and proximal gradient, mirror descent.
+
+All but mirror descent share one engine, accelerated proximal gradient (FISTA, Beck and
+Teboulle 2009) with optional backtracking and adaptive restart (O'Donoghue and Candes
+2015)::
+
+    x_{k+1} = prox_{eta g}(y_k - eta grad f(y_k)),
+    y_{k+1} = x_{k+1} + (t_k - 1) / t_{k+1} (x_{k+1} - x_k),  t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2,
+
+with ``prox`` the identity for gradient descent and a projection for projected gradient.
+The stopping test is on the gradient mapping ``||y - x_{k+1}|| / eta <= tol``; the reported
+error is the gradient mapping ``||x - T(x)|| / eta`` at the returned point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bilevel.linalg import LinearSolver
+from bilevel.optimality import (
+    apply_with_hyperparams,
+    mirror_descent_fixed_point,
+    projected_gradient_fixed_point,
+    proximal_gradient_fixed_point,
+    stationarity,
+)
+from bilevel.solvers._base import IterativeSolver, SolverInfo, check_maxiter, make_info, resolve_tol
+from bilevel.tree import PyTree, tree_axpy, tree_map, tree_norm, tree_sub, tree_vdot
+
+Objective = Callable[..., torch.Tensor]
+
+
+def _float(x: torch.Tensor) -> float:
+    return float(x.detach())
+
+
+def proximal_gradient_loop(
+    value_and_grad: Callable[[PyTree], tuple[torch.Tensor, PyTree]],
+    prox: Callable[[PyTree, float], PyTree],
+    init: PyTree,
+    *,
+    step_size: float | None,
+    maxiter: int,
+    tol: float,
+    acceleration: bool,
+    max_backtracks: int = 60,
+) -> tuple[PyTree, int, float, float]:
+    """Accelerated proximal gradient engine (see the module docstring).
+
+    ``step_size=None`` selects backtracking: starting from ``eta = 1``, halve ``eta`` until
+    ``f(x+) <= f(y) + <grad f(y), x+ - y> + ||x+ - y||^2 / (2 eta)``. Tests on values use
+    detached floats, so the recorded computation is differentiable when unrolled.
+
+    Returns ``(x, iterations, last gradient-mapping norm, eta)``.
+    """
+    eta = 1.0 if step_size is None else float(step_size)
+    if not eta > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+    x = init
+    y = init
+    t = 1.0
+    err = math.inf
+    iterations = 0
+    for iterations in range(1, maxiter + 1):
+        fy, gy = value_and_grad(y)
+        for _ in range(max_backtracks):
+            x_new = prox(tree_axpy(-eta, gy, y), eta)
+            diff = tree_sub(x_new, y)
+            if step_size is not None:
+                break
+            sq = _float(tree_vdot(diff, diff))
+            bound = _float(fy) + _float(tree_vdot(gy, diff)) + sq / (2 * eta)
+            f_new = _float(value_and_grad(x_new)[0])
+            if f_new <= bound + 1e-12 * max(1.0, abs(_float(fy))):
+                break
+            eta *= 0.5
+        err = _float(tree_norm(diff)) / eta
+        if acceleration:
+            t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+            # adaptive restart when the momentum points uphill
+            if _float(tree_vdot(tree_sub(y, x_new), tree_sub(x_new, x))) > 0:
+                t_new, y = 1.0, x_new
+            else:
+                y = tree_axpy((t - 1.0) / t_new, tree_sub(x_new, x), x_new)
+            t = t_new
+        else:
+            y = x_new
+        x = x_new
+        if err <= tol:
+            break
+    return x, iterations, err, eta
+
+
+def _gradient_mapping_error(fixed_point: Callable[..., PyTree], x: PyTree, eta: float, *args: Any) -> float:
+    return _float(tree_norm(tree_sub(x, fixed_point(x, *args)))) / eta
+
+
+@dataclass
+class GradientDescent(IterativeSolver):
+    """Accelerated gradient descent for ``min_x f(x, *args)``, smooth ``f``.
+
+    Parameters
+    ----------
+    objective:
+        ``f(x, *args) -> 0-d tensor``; ``x`` may be a pytree.
+    step_size:
+        Fixed step ``eta`` (converges for ``eta <= 1/L``), or ``None`` for backtracking.
+    maxiter, tol:
+        Stop when ``||grad f|| <= tol`` (``tol=None``: dtype-aware default).
+    acceleration:
+        Nesterov momentum with adaptive restart.
+    implicit_diff, linear_solve:
+        Differentiate by the implicit function theorem on ``grad_x f = 0`` with this linear
+        solver (``"cg"``: the Hessian is symmetric), or by unrolling (``implicit_diff=False``).
+    """
+
+    objective: Objective
+    step_size: float | None = None
+    maxiter: int = 5000
+    tol: float | None = None
+    acceleration: bool = True
+    implicit_diff: bool = True
+    linear_solve: str | LinearSolver = "cg"
+    name: str = field(default="GradientDescent", init=False)
+
+    def optimality_fn(self) -> Callable[..., PyTree]:
+        return stationarity(self.objective)
+
+    def _iterate(self, init: PyTree, *args: Any) -> tuple[PyTree, SolverInfo]:
+        tol = resolve_tol(self.tol, init)
+        vg = torch.func.grad_and_value(self.objective, argnums=0)
+
+        def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
+            g, v = vg(x, *args)
+            return v, g
+
+        x, iterations, _, eta = proximal_gradient_loop(
+            value_and_grad,
+            lambda y, _eta: y,
+            init,
+            step_size=self.step_size,
+            maxiter=check_maxiter(self.maxiter),
+            tol=tol,
+            acceleration=self.acceleration,
+        )
+        error = _float(tree_norm(torch.func.grad(self.objective)(x, *args)))
+        return x, make_info(self.name, iterations, error, tol, eta)
+
+
+@dataclass
+class ProjectedGradient(IterativeSolver):
+    """Accelerated projected gradient for ``min_{x in C(hp)} f(x, *args)``.
+
+    ``run(init, hyperparams_proj, *args)``: the projection is called as
+    ``projection(y, *hyperparams_proj)`` for a tuple (``()`` when it has none), else
+    ``projection(y, hyperparams_proj)``; e.g.
+    ``ProjectedGradient(f, bilevel.operators.projection_box).run(x0, (lower, upper), data)``.
+    Implicit differentiation uses the fixed point ``x = P(x - eta grad f(x))``; the
+    hyperparameters of the projection are differentiable too. See :class:`GradientDescent`
+    for the other parameters.
+    """
+
+    objective: Objective
+    projection: Callable[..., PyTree]
+    step_size: float | None = None
+    maxiter: int = 5000
+    tol: float | None = None
+    acceleration: bool = True
+    implicit_diff: bool = True
+    linear_solve: str | LinearSolver = "gmres"
+    name: str = field(default="ProjectedGradient", init=False)
+
+    def __post_init__(self) -> None:
+        self._eta = 1.0 if self.step_size is None else float(self.step_size)
+
+    def optimality_fn(self) -> Callable[..., PyTree]:
+        def fn(x: PyTree, hyperparams: Any, *args: Any) -> PyTree:
+            fixed = projected_gradient_fixed_point(self.objective, self.projection, self._eta)
+            return tree_sub(fixed(x, hyperparams, *args), x)
+
+        return fn
+
+    def _iterate(self, init: PyTree, hyperparams: Any, *args: Any) -> tuple[PyTree, SolverInfo]:
+        tol = resolve_tol(self.tol, init)
+        vg = torch.func.grad_and_value(self.objective, argnums=0)
+
+        def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
+            g, v = vg(x, *args)
+            return v, g
+
+        x, iterations, _, eta = proximal_gradient_loop(
+            value_and_grad,
+            lambda y, _eta: apply_with_hyperparams(self.projection, y, hyperparams),
+            apply_with_hyperparams(self.projection, init, hyperparams),
+            step_size=self.step_size,
+            maxiter=check_maxiter(self.maxiter),
+            tol=tol,
+            acceleration=self.acceleration,
+        )
+        self._eta = eta
+        fixed = projected_gradient_fixed_point(self.objective, self.projection, eta)
+        error = _gradient_mapping_error(fixed, x, eta, hyperparams, *args)
+        return x, make_info(self.name, iterations, error, tol, eta)
+
+
+@dataclass
+class ProximalGradient(IterativeSolver):
+    """Accelerated proximal gradient (FISTA) for ``min_x f(x, *args) + g(x, hp)``.
+
+    ``run(init, hyperparams_prox, *args)`` with ``prox(y, hyperparams_prox, scaling)`` as in
+    :mod:`bilevel.operators` (e.g. ``prox_l1`` with ``hyperparams_prox = l1reg``).
+    Implicit differentiation uses the fixed point ``x = prox_{eta g}(x - eta grad f(x))``,
+    differentiable in ``args`` and in the prox hyperparameters. With ``step_size=None`` the
+    step is found by backtracking on ``f`` alone. See :class:`GradientDescent` for the rest.
+    """
+
+    objective: Objective
+    prox: Callable[..., PyTree]
+    step_size: float | None = None
+    maxiter: int = 5000
+    tol: float | None = None
+    acceleration: bool = True
+    implicit_diff: bool = True
+    linear_solve: str | LinearSolver = "gmres"
+    name: str = field(default="ProximalGradient", init=False)
+
+    def __post_init__(self) -> None:
+        self._eta = 1.0 if self.step_size is None else float(self.step_size)
+
+    def optimality_fn(self) -> Callable[..., PyTree]:
+        def fn(x: PyTree, hyperparams: Any, *args: Any) -> PyTree:
+            fixed = proximal_gradient_fixed_point(self.objective, self.prox, self._eta)
+            return tree_sub(fixed(x, hyperparams, *args), x)
+
+        return fn
+
+    def _iterate(self, init: PyTree, hyperparams: Any, *args: Any) -> tuple[PyTree, SolverInfo]:
+        tol = resolve_tol(self.tol, init)
+        vg = torch.func.grad_and_value(self.objective, argnums=0)
+
+        def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
+            g, v = vg(x, *args)
+            return v, g
+
+        x, iterations, _, eta = proximal_gradient_loop(
+            value_and_grad,
+            lambda y, step: self.prox(y, hyperparams, step),
+            init,
+            step_size=self.step_size,
+            maxiter=check_maxiter(self.maxiter),
+            tol=tol,
+            acceleration=self.acceleration,
+        )
+        self._eta = eta
+        fixed = proximal_gradient_fixed_point(self.objective, self.prox, eta)
+        error = _gradient_mapping_error(fixed, x, eta, hyperparams, *args)
+        return x, make_info(self.name, iterations, error, tol, eta)
+
+
+@dataclass
+class MirrorDescent(IterativeSolver):
+    """Entropic mirror descent (exponentiated gradient) on the simplex, last dimension.
+
+    ``x_{k+1} = x_k * exp(-eta grad f(x_k)) / Z``: the fixed-point iteration of
+    :func:`bilevel.optimality.mirror_descent_fixed_point`, which implicit differentiation
+    uses. ``init`` must have positive entries (the uniform distribution is a good start).
+    Converges for small enough ``step_size`` (``eta < 1/L`` in the l1/l-inf geometry); the
+    error is ``||x - T(x)|| / eta``.
+    """
+
+    objective: Objective
+    step_size: float = 1.0
+    maxiter: int = 5000
+    tol: float | None = None
+    implicit_diff: bool = True
+    linear_solve: str | LinearSolver = "gmres"
+    name: str = field(default="MirrorDescent", init=False)
+
+    def optimality_fn(self) -> Callable[..., PyTree]:
+        fixed = mirror_descent_fixed_point(self.objective, self.step_size)
+        return lambda x, *args: tree_sub(fixed(x, *args), x)
+
+    def _iterate(self, init: torch.Tensor, *args: Any) -> tuple[torch.Tensor, SolverInfo]:
+        if not isinstance(init, torch.Tensor):
+            raise TypeError("MirrorDescent: init must be a tensor (rows are simplices)")
+        if not bool((init.detach() > 0).all()):
+            raise ValueError("MirrorDescent: init must have strictly positive entries")
+        tol = resolve_tol(self.tol, init)
+        fixed = mirror_descent_fixed_point(self.objective, self.step_size)
+        x = init / init.sum(dim=-1, keepdim=True)
+        error = math.inf
+        iterations = 0
+        for iterations in range(1, check_maxiter(self.maxiter) + 1):
+            x_new = fixed(x, *args)
+            error = _float(torch.linalg.vector_norm(x_new - x)) / self.step_size
+            x = x_new
+            if error <= tol:
+                break
+        error = _gradient_mapping_error(fixed, x, self.step_size, *args)
+        return x, make_info(self.name, iterations, error, tol, self.step_size)
+
+
+@dataclass
+class LBFGS(IterativeSolver):
+    """L-BFGS with strong-Wolfe line search (:class:`torch.optim.LBFGS`) for smooth ``f``.
+
+    Stops when ``||grad f|| <= tol``. Differentiable by implicit differentiation only (the
+    optimizer updates in place), through ``grad_x f = 0``.
+    """
+
+    objective: Objective
+    maxiter: int = 1000
+    tol: float | None = None
+    history_size: int = 20
+    implicit_diff: bool = True
+    linear_solve: str | LinearSolver = "cg"
+    name: str = field(default="LBFGS", init=False)
+
+    def __post_init__(self) -> None:
+        if not self.implicit_diff:
+            raise ValueError(
+                "LBFGS supports implicit differentiation only (implicit_diff=True); "
+                "use GradientDescent(implicit_diff=False) to differentiate by unrolling"
+            )
+
+    def optimality_fn(self) -> Callable[..., PyTree]:
+        return stationarity(self.objective)
+
+    def _iterate(self, init: PyTree, *args: Any) -> tuple[PyTree, SolverInfo]:
+        from bilevel.tree import ravel
+
+        tol = resolve_tol(self.tol, init)
+        flat0, raveler = ravel(tree_map(torch.Tensor.detach, init))
+        param = flat0.clone().requires_grad_(True)
+        grad_and_value = torch.func.grad_and_value(
+            lambda v: self.objective(raveler.unravel(v), *args)
+        )
+        optimizer = torch.optim.LBFGS(
+            [param],
+            lr=1.0,
+            max_iter=check_maxiter(self.maxiter),
+            max_eval=2 * self.maxiter,
+            tolerance_grad=tol / math.sqrt(max(param.numel(), 1)),
+            tolerance_change=0.0,
+            history_size=self.history_size,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            g, v = grad_and_value(param.detach())
+            param.grad = g
+            return v
+
+        optimizer.step(closure)
+        iterations = int(optimizer.state[param].get("n_iter", 0))
+        x = raveler.unravel(param.detach())
+        error = _float(tree_norm(torch.func.grad(self.objective)(x, *args)))
+        return x, make_info(self.name, iterations, error, tol)
