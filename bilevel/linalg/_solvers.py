@@ -31,7 +31,7 @@ from typing import Literal, Protocol
 import torch
 
 from bilevel.errors import ConvergenceWarning
-from bilevel.tree import PyTree, check_tensor_leaves, ravel
+from bilevel.tree import PyTree, check_tensor_leaves, ravel, tree_axpy
 
 Vector = torch.Tensor
 Matvec = Callable[[PyTree], PyTree]
@@ -260,14 +260,13 @@ def normal_cg(
     rmatvec: Matvec | None = None,
     warn: bool = True,
 ) -> tuple[PyTree, LinearSolveInfo]:
-    """Conjugate gradient on the normal equations ``(A^T A + ridge I) x = A^T b``.
+    """Conjugate gradient on the normal equations ``M^T M x = M^T b``, ``M = A + ridge I``.
 
     Works for any non-singular (possibly non-symmetric) ``A`` at the price of squaring its
-    condition number; with ``ridge > 0`` it returns the Tikhonov-regularised least-squares
-    solution. ``rmatvec(v) = A^T v`` is derived by differentiating the linear map ``matvec``
+    condition number; like every solver here it solves ``(A + ridge I) x = b``. ``rmatvec(v) = A^T v`` is derived by differentiating the linear map ``matvec``
     (a vector-Jacobian product) unless given. ``tol``, ``atol`` and the reported residual refer
-    to the normal equations, ``||A^T b - (A^T A + ridge I) x||``. The preconditioner, if
-    given, must approximate ``(A^T A)^{-1}``.
+    to the normal equations, ``||M^T b - M^T M x||``. The preconditioner, if given, must
+    be symmetric positive definite (ideally close to ``(M^T M)^{-1}``).
     """
     check_tensor_leaves(b, "normal_cg: right-hand side b")
     if rmatvec is None:
@@ -276,12 +275,17 @@ def normal_cg(
         def rmatvec(v: PyTree) -> PyTree:
             return vjp_fn(v)[0]
 
+    if ridge:
+        base_mv, base_rmv = matvec, rmatvec
+        matvec = lambda v: tree_axpy(ridge, v, base_mv(v))  # noqa: E731
+        rmatvec = lambda v: tree_axpy(ridge, v, base_rmv(v))  # noqa: E731
+
     rhs = rmatvec(b)
 
     def normal_matvec(v: PyTree) -> PyTree:
         return rmatvec(matvec(v))
 
-    prob = _prepare("normal_cg", normal_matvec, rhs, init, tol, atol, maxiter, ridge, preconditioner)
+    prob = _prepare("normal_cg", normal_matvec, rhs, init, tol, atol, maxiter, 0.0, preconditioner)
     x, iterations, message = _cg_flat(prob, prob.x0, prob.matvec, prob.b)
     return _finish(prob, x, iterations, message, warn)
 

@@ -54,13 +54,23 @@ class AugmentedLagrangian(IterativeSolver):
         return kkt_conditions(self.objective, self.eq_constraints, self.ineq_constraints)
 
     def _split_init(self, init: Any, *args: Any) -> tuple[PyTree, torch.Tensor, torch.Tensor]:
-        if isinstance(init, tuple) and len(init) == 3:
-            return init
-        x0 = init
-        ref = tree_leaves(x0)[0]
-        n_eq = 0 if self.eq_constraints is None else self.eq_constraints(x0, *args).numel()
-        n_ineq = 0 if self.ineq_constraints is None else self.ineq_constraints(x0, *args).numel()
-        return x0, ref.new_zeros(n_eq), ref.new_zeros(n_ineq)
+        """Validate constraint shapes at ``x0`` and complete missing multipliers with zeros."""
+        explicit = isinstance(init, tuple) and len(init) == 3
+        x0 = init[0] if explicit else init
+        h0, g0 = self._constraint_values(x0, *args)
+        n_eq = 0 if h0 is None else h0.numel()
+        n_ineq = 0 if g0 is None else g0.numel()
+        if not explicit:
+            ref = tree_leaves(x0)[0]
+            return x0, ref.new_zeros(n_eq), ref.new_zeros(n_ineq)
+        _, lam0, mu0 = init
+        for name, mult, n in (("lam0", lam0, n_eq), ("mu0", mu0, n_ineq)):
+            if mult.shape != (n,):
+                raise ValueError(
+                    f"{self.name}: {name} must have shape ({n},) to match the constraints, "
+                    f"got {tuple(mult.shape)}"
+                )
+        return init
 
     def run(self, init: Any, *args: Any) -> tuple[Any, SolverInfo]:
         """Solve; ``init`` may be ``x0`` alone (zero multipliers) or ``(x0, lam0, mu0)``."""
@@ -78,11 +88,6 @@ class AugmentedLagrangian(IterativeSolver):
     def _iterate(self, init: Any, *args: Any) -> tuple[Any, SolverInfo]:
         x, lam, mu = init
         tol = resolve_tol(self.tol, x)
-        h0, g0 = self._constraint_values(x, *args)
-        if (h0 is None and lam.numel()) or (h0 is not None and h0.numel() != lam.numel()):
-            raise ValueError(f"{self.name}: lam0 has {lam.numel()} entries, h(x0) has {0 if h0 is None else h0.numel()}")
-        if (g0 is None and mu.numel()) or (g0 is not None and g0.numel() != mu.numel()):
-            raise ValueError(f"{self.name}: mu0 has {mu.numel()} entries, g(x0) has {0 if g0 is None else g0.numel()}")
         kkt = self.optimality_fn()
         rho = float(self.rho)
         previous_violation = float("inf")
