@@ -6,7 +6,7 @@ Non-convergence is never silent: iterative routines emit :class:`ConvergenceWarn
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceWarning", "BilevelError", "ClosureError"]
+__all__ = ["BilevelError", "ClosureError", "ConvergenceWarning"]
 
 
 class ConvergenceWarning(UserWarning):

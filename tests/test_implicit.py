@@ -88,7 +88,7 @@ def test_forward_reverse_adjoint_identity(data):
     solver = custom_root(grad(ridge_objective), solve="gmres")(ridge_gradient_descent)
     u = torch.randn_like(X)
     v = torch.randn(N_FEATURES)
-    f = lambda X_: solver(init, lam, X_, y)  # noqa: E731
+    f = lambda X_: solver(init, lam, X_, y)
     _, Ju = jvp(f, (X,), (u,))
     _, vjp_fn = vjp(f, X)
     (JTv,) = vjp_fn(v)
@@ -112,13 +112,18 @@ def test_vmap_equals_python_loop(data):
     looped_grad = torch.stack([grad(val_loss)(lam) for lam in lams])
     torch.testing.assert_close(batched_grad, looped_grad, rtol=1e-12, atol=1e-14)
     closed = torch.stack(
-        [grad(lambda lam_: ((X @ ridge_closed_form(lam_, X, y) - y) ** 2).mean())(lam) for lam in lams]
+        [
+            grad(lambda lam_: ((X @ ridge_closed_form(lam_, X, y) - y) ** 2).mean())(lam)
+            for lam in lams
+        ]
     )
     assert relative_error(batched_grad, closed) <= 1e-8
     # batches of whole problems (different data sets)
     Xs = torch.randn(4, N_SAMPLES, N_FEATURES)
     batched = torch.vmap(solver, in_dims=(None, None, 0, None))(init, lams[1], Xs, y)
-    torch.testing.assert_close(batched, torch.stack([ridge_closed_form(lams[1], Xi, y) for Xi in Xs]))
+    torch.testing.assert_close(
+        batched, torch.stack([ridge_closed_form(lams[1], Xi, y) for Xi in Xs])
+    )
 
 
 def test_pytree_parameters_with_functional_call():
@@ -128,7 +133,10 @@ def test_pytree_parameters_with_functional_call():
 
     def objective(params, decay, X, Y):
         pred = functional_call(model, params, (X,))
-        reg = decay["weight"] * (params["weight"] ** 2).sum() + decay["bias"] * (params["bias"] ** 2).sum()
+        reg = (
+            decay["weight"] * (params["weight"] ** 2).sum()
+            + decay["bias"] * (params["bias"] ** 2).sum()
+        )
         return 0.5 * ((pred - Y) ** 2).sum() + 0.5 * reg
 
     def solver(init, decay, X, Y):
@@ -164,7 +172,7 @@ def test_custom_fixed_point_and_has_aux(data):
         w = ridge_gradient_descent(init, lam, X, y)
         return w, {"iterations": 5000, "final": w.sum()}
 
-    w, aux = solver(torch.zeros(N_FEATURES), lam, X, y)
+    _w, aux = solver(torch.zeros(N_FEATURES), lam, X, y)
     assert aux["iterations"] == 5000 and aux["final"].requires_grad is False
     jac = jacrev(lambda lam_: solver(torch.zeros(N_FEATURES), lam_, X, y)[0])(lam)
     exact = jacrev(ridge_closed_form)(lam, X, y)
@@ -182,7 +190,12 @@ def test_root_vjp_and_root_jvp_functional_api(data):
     for mine, ref in zip((g_lam, g_X, g_y), vjp_fn(v)):
         assert relative_error(mine, ref) <= 1e-8
     t = (torch.tensor(1.0), torch.zeros_like(X), torch.zeros_like(y))
-    assert relative_error(root_jvp(F, w, (lam, X, y), t, solve="dense"), jacrev(ridge_closed_form)(lam, X, y)) <= 1e-8
+    assert (
+        relative_error(
+            root_jvp(F, w, (lam, X, y), t, solve="dense"), jacrev(ridge_closed_form)(lam, X, y)
+        )
+        <= 1e-8
+    )
 
 
 def test_closed_over_tensor_that_requires_grad_is_refused(data):
@@ -200,9 +213,11 @@ def test_closed_over_tensor_that_requires_grad_is_refused(data):
         solver(torch.zeros(N_FEATURES), X, y)
     # the same inside torch.func.grad, where the closed-over tensor is the one differentiated
     with pytest.raises(ClosureError):
-        grad(lambda l: custom_root(lambda w, X, y: grad(ridge_objective)(w, l, X, y))(
-            lambda init, X, y: ridge_closed_form(l, X, y))(torch.zeros(N_FEATURES), X, y).sum())(
-            torch.tensor(1.0))
+        grad(
+            lambda l: custom_root(lambda w, X, y: grad(ridge_objective)(w, l, X, y))(
+                lambda init, X, y: ridge_closed_form(l, X, y)
+            )(torch.zeros(N_FEATURES), X, y).sum()
+        )(torch.tensor(1.0))
     # explicitly detached closures are fine, and the check can be disabled
     custom_root(optimality, check_closure=False)(solver.__wrapped__)(torch.zeros(N_FEATURES), X, y)
 
@@ -221,7 +236,9 @@ def test_optimality_output_structure_mismatch_names_both(data):
         return {"w": grad(ridge_objective)(w, lam, X, y)}
 
     with pytest.raises(ValueError, match="same pytree structure"):
-        custom_root(dict_optimality)(ridge_gradient_descent)(torch.zeros(N_FEATURES), torch.tensor(1.0), X, y)
+        custom_root(dict_optimality)(ridge_gradient_descent)(
+            torch.zeros(N_FEATURES), torch.tensor(1.0), X, y
+        )
 
 
 def test_nan_inf_and_non_tensor_inputs_are_refused(data):

@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 import bilevel.linalg as la
 from bilevel.errors import ConvergenceWarning
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 GENERAL = ["gmres", "bicgstab", "normal_cg", "dense"]
 
 
@@ -25,7 +27,9 @@ def spd_matrix(n: int, seed: int, cond: float) -> torch.Tensor:
 
 def nonsymmetric_matrix(n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
-    return torch.eye(n, dtype=torch.float64) * (n**0.5 + 1) + torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return torch.eye(n, dtype=torch.float64) * (n**0.5 + 1) + torch.randn(
+        n, n, generator=gen, dtype=torch.float64
+    )
 
 
 def true_residual(A: torch.Tensor, x: torch.Tensor, b: torch.Tensor, ridge: float = 0.0) -> float:
@@ -57,8 +61,12 @@ def solve_and_check(name, A, b, tol, **kwargs):
 
 
 @SETTINGS
-@given(n=st.integers(1, 40), seed=st.integers(0, 10_000), cond=st.sampled_from([1.0, 10.0, 1e3]),
-       name=st.sampled_from(["cg", *GENERAL]))
+@given(
+    n=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    cond=st.sampled_from([1.0, 10.0, 1e3]),
+    name=st.sampled_from(["cg", *GENERAL]),
+)
 def test_spd_systems(n, seed, cond, name):
     A = spd_matrix(n, seed, cond)
     b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -79,8 +87,12 @@ def test_nonsymmetric_systems(n, seed, name):
 
 
 @SETTINGS
-@given(n=st.integers(2, 30), seed=st.integers(0, 10_000), maxiter=st.integers(1, 3),
-       name=st.sampled_from(["cg", "gmres", "bicgstab", "normal_cg", "neumann"]))
+@given(
+    n=st.integers(2, 30),
+    seed=st.integers(0, 10_000),
+    maxiter=st.integers(1, 3),
+    name=st.sampled_from(["cg", "gmres", "bicgstab", "normal_cg", "neumann"]),
+)
 def test_small_budgets_report_nonconvergence(n, seed, maxiter, name):
     A = spd_matrix(n, seed, 1e4)
     b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -103,9 +115,11 @@ def test_neumann_is_the_truncated_series():
     A = spd_matrix(5, 0, 4.0)
     b = torch.randn(5)
     alpha, K = 0.2, 7
-    series = sum(torch.linalg.matrix_power(torch.eye(5) - alpha * A, k) @ b for k in range(K)) * alpha
+    series = (
+        sum(torch.linalg.matrix_power(torch.eye(5) - alpha * A, k) @ b for k in range(K)) * alpha
+    )
     with pytest.warns(ConvergenceWarning):
-        x, info = la.neumann(lambda v: A @ v, b, alpha=alpha, maxiter=K)
+        x, _info = la.neumann(lambda v: A @ v, b, alpha=alpha, maxiter=K)
     torch.testing.assert_close(x, series, rtol=1e-12, atol=1e-14)
 
 
@@ -180,5 +194,5 @@ def test_bad_inputs():
 def test_float32_default_tolerance_is_attainable():
     A = spd_matrix(30, 3, 100.0).float()
     b = torch.randn(30, dtype=torch.float32)
-    x, info = la.cg(lambda v: A @ v, b)
+    _x, info = la.cg(lambda v: A @ v, b)
     assert info.converged and info.threshold == pytest.approx(1e-5 * float(b.norm()), rel=1e-6)

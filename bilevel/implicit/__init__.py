@@ -20,4 +20,3 @@ from __future__ import annotations
 from bilevel.implicit._core import custom_fixed_point, custom_root, root_jvp, root_vjp
 
 __all__ = ["custom_fixed_point", "custom_root", "root_jvp", "root_vjp"]
-

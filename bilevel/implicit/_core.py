@@ -84,7 +84,9 @@ class _SolveJacobianSystem(torch.autograd.Function):
     @staticmethod
     def forward(system: _JacobianSystem, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
-        sol = tree_unflatten(list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec)
+        sol = tree_unflatten(
+            list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec
+        )
         args = tree_unflatten(list(flat[system.n_rhs + system.n_sol :]), system.args_spec)
         matvec = _jacobian_matvec(system.optimality_fn, sol, args, system.transpose)
         out, _info = system.solve(matvec, rhs)
@@ -102,7 +104,9 @@ class _SolveJacobianSystem(torch.autograd.Function):
         )
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], system: _JacobianSystem, *flat: torch.Tensor) -> Any:
+    def vmap(
+        info: Any, in_dims: tuple[Any, ...], system: _JacobianSystem, *flat: torch.Tensor
+    ) -> Any:
         results = [
             _SolveJacobianSystem.apply(system, *_select(flat, in_dims[1:], i))
             for i in range(info.batch_size)
@@ -114,7 +118,9 @@ def _select(flat: Sequence[Any], in_dims: Sequence[int | None], i: int) -> list[
     return [x if d is None else x.select(d, i) for x, d in zip(flat, in_dims)]
 
 
-def _stack(results: list[tuple[torch.Tensor, ...]]) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
+def _stack(
+    results: list[tuple[torch.Tensor, ...]],
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]]:
     stacked = tuple(torch.stack(column) for column in zip(*results))
     return stacked, (0,) * len(stacked)
 
@@ -314,7 +320,9 @@ class _ImplicitRoot(torch.autograd.Function):
         return (*tree_leaves(sol_dot), *([None] * n_aux))
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], problem: _RootProblem, *flat: torch.Tensor) -> Any:
+    def vmap(
+        info: Any, in_dims: tuple[Any, ...], problem: _RootProblem, *flat: torch.Tensor
+    ) -> Any:
         results = [
             _ImplicitRoot.apply(problem, *_select(flat, in_dims[1:], i))
             for i in range(info.batch_size)
@@ -334,20 +342,25 @@ def _check_closure(
     check_same_structure(
         init, value, "the solution (init)", "the output of the optimality function"
     )
-    if check_closure and torch.is_grad_enabled():
-        if any(v.requires_grad for v in tree_leaves(value)):
-            raise ClosureError(
-                "custom_root: the optimality function depends on a tensor that requires grad "
-                "but is not among the arguments of the solver (it is closed over, e.g. a "
-                "global, a default argument, or a module parameter). Implicit differentiation "
-                "only differentiates with respect to explicit arguments, so that tensor would "
-                "silently get no gradient. Pass it as an argument of the solver and of the "
-                "optimality function, detach it if no gradient is wanted, or disable this "
-                "check with check_closure=False."
-            )
+    if (
+        check_closure
+        and torch.is_grad_enabled()
+        and any(v.requires_grad for v in tree_leaves(value))
+    ):
+        raise ClosureError(
+            "custom_root: the optimality function depends on a tensor that requires grad "
+            "but is not among the arguments of the solver (it is closed over, e.g. a "
+            "global, a default argument, or a module parameter). Implicit differentiation "
+            "only differentiates with respect to explicit arguments, so that tensor would "
+            "silently get no gradient. Pass it as an argument of the solver and of the "
+            "optimality function, detach it if no gradient is wanted, or disable this "
+            "check with check_closure=False."
+        )
 
 
-def _bind_positional(solver: Solver, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+def _bind_positional(
+    solver: Solver, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, ...]:
     if not kwargs:
         return args
     try:
@@ -436,9 +449,11 @@ def custom_root(
                 return sol
             tensor_aux = iter(out[problem.n_sol :])
             static = problem.aux_static
-            static_iters = [
-                iter(column) for column in zip(*static)
-            ] if len(static) > 1 else [iter([v]) for v in (static[0] if static else [])]
+            static_iters = (
+                [iter(column) for column in zip(*static)]
+                if len(static) > 1
+                else [iter([v]) for v in (static[0] if static else [])]
+            )
             aux_leaves = []
             static_index = 0
             for is_tensor in problem.aux_tensor_mask:

@@ -116,9 +116,7 @@ def _prepare(
         check_tensor_leaves(init, f"{name}: init")
         x0 = raveler.ravel(init)
         if x0.shape != b_flat.shape:
-            raise ValueError(
-                f"{name}: init has {x0.numel()} entries but b has {b_flat.numel()}"
-            )
+            raise ValueError(f"{name}: init has {x0.numel()} entries but b has {b_flat.numel()}")
     else:
         x0 = torch.zeros_like(b_flat)
     if tol is None:
@@ -138,7 +136,7 @@ def _prepare(
     flat_mv = raveler.linear_map(matvec)
     if ridge:
         base_mv = flat_mv
-        flat_mv = lambda v: base_mv(v) + ridge * v  # noqa: E731
+        flat_mv = lambda v: base_mv(v) + ridge * v
     precond = raveler.linear_map(preconditioner) if preconditioner else (lambda v: v)
     return _Problem(
         name=name,
@@ -161,7 +159,12 @@ def _dot(u: Vector, v: Vector) -> float:
 
 
 def _finish(
-    prob: _Problem, x: Vector, iterations: int, message: str, warn: bool, residual: float | None = None
+    prob: _Problem,
+    x: Vector,
+    iterations: int,
+    message: str,
+    warn: bool,
+    residual: float | None = None,
 ) -> tuple[PyTree, LinearSolveInfo]:
     if residual is None:
         residual = _norm(prob.b - prob.matvec(x))
@@ -187,7 +190,9 @@ def _finish(
     return prob.unravel(x), info
 
 
-def _cg_flat(prob: _Problem, x: Vector, matvec: Callable[[Vector], Vector], b: Vector) -> tuple[Vector, int, str]:
+def _cg_flat(
+    prob: _Problem, x: Vector, matvec: Callable[[Vector], Vector], b: Vector
+) -> tuple[Vector, int, str]:
     """Preconditioned conjugate gradient on vectors; restarts once the recursion drifts."""
     iterations = 0
     message = ""
@@ -203,8 +208,10 @@ def _cg_flat(prob: _Problem, x: Vector, matvec: Callable[[Vector], Vector], b: V
             pap = _dot(p, ap)
             iterations += 1
             if not pap > 0 or not math.isfinite(pap):
-                return x, iterations, (
-                    f"breakdown: p^T A p = {pap:.3e} <= 0, the operator is not positive definite"
+                return (
+                    x,
+                    iterations,
+                    (f"breakdown: p^T A p = {pap:.3e} <= 0, the operator is not positive definite"),
                 )
             alpha = rz / pap
             x = x + alpha * p
@@ -277,8 +284,8 @@ def normal_cg(
 
     if ridge:
         base_mv, base_rmv = matvec, rmatvec
-        matvec = lambda v: tree_axpy(ridge, v, base_mv(v))  # noqa: E731
-        rmatvec = lambda v: tree_axpy(ridge, v, base_rmv(v))  # noqa: E731
+        matvec = lambda v: tree_axpy(ridge, v, base_mv(v))
+        rmatvec = lambda v: tree_axpy(ridge, v, base_rmv(v))
 
     rhs = rmatvec(b)
 

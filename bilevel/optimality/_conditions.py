@@ -7,13 +7,15 @@ from typing import Any
 
 import torch
 
-from bilevel.tree import PyTree, tree_add, tree_axpy, tree_map
+from bilevel.tree import PyTree, tree_axpy
 
 Objective = Callable[..., torch.Tensor]
 Constraint = Callable[..., torch.Tensor]
 
 
-def apply_with_hyperparams(op: Callable[..., PyTree], x: PyTree, hyperparams: Any, *extra: Any) -> PyTree:
+def apply_with_hyperparams(
+    op: Callable[..., PyTree], x: PyTree, hyperparams: Any, *extra: Any
+) -> PyTree:
     """Call ``op`` with hyperparameters under one convention used throughout the library.
 
     A tuple ``hyperparams`` is unpacked (``op(x, *hyperparams, *extra)``; the empty tuple
@@ -73,7 +75,9 @@ def proximal_gradient_fixed_point(
     return fixed_point
 
 
-def mirror_descent_fixed_point(objective: Objective, step_size: float = 1.0) -> Callable[..., PyTree]:
+def mirror_descent_fixed_point(
+    objective: Objective, step_size: float = 1.0
+) -> Callable[..., PyTree]:
     """Fixed-point map of mirror descent on the simplex with the entropy (KL) geometry.
 
     ``T(x, *args) = x * exp(-eta g) / sum(x * exp(-eta g))`` with ``g = grad_x f(x, *args)``,
@@ -127,9 +131,11 @@ def kkt_conditions(
         x, lam, mu = sol
         stationary = grad_lagrangian(x, lam, mu, *args)
         primal = eq_constraints(x, *args) if eq_constraints is not None else torch.zeros_like(lam)
-        slack = mu * ineq_constraints(x, *args) if ineq_constraints is not None else torch.zeros_like(mu)
+        slack = (
+            mu * ineq_constraints(x, *args)
+            if ineq_constraints is not None
+            else torch.zeros_like(mu)
+        )
         return (stationary, primal, slack)
 
     return optimality
-
-

@@ -59,7 +59,12 @@ def check_maxiter(maxiter: int) -> int:
 
 
 def make_info(
-    name: str, iterations: int, error: float, tol: float, step_size: float | None = None, message: str = ""
+    name: str,
+    iterations: int,
+    error: float,
+    tol: float,
+    step_size: float | None = None,
+    message: str = "",
 ) -> SolverInfo:
     """Build a :class:`SolverInfo`, warning with :class:`ConvergenceWarning` if not converged."""
     converged = math.isfinite(error) and error <= tol

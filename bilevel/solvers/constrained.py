@@ -77,12 +77,16 @@ class AugmentedLagrangian(IterativeSolver):
         check_tensor_leaves(init, f"{self.name}: init")
         return super().run(tuple(self._split_init(init, *args)), *args)
 
-    def _constraint_values(self, x: PyTree, *args: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _constraint_values(
+        self, x: PyTree, *args: Any
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         h = None if self.eq_constraints is None else self.eq_constraints(x, *args)
         g = None if self.ineq_constraints is None else self.ineq_constraints(x, *args)
         for name, value in (("eq_constraints", h), ("ineq_constraints", g)):
             if value is not None and value.dim() != 1:
-                raise ValueError(f"{self.name}: {name} must return a 1-D tensor, got shape {tuple(value.shape)}")
+                raise ValueError(
+                    f"{self.name}: {name} must return a 1-D tensor, got shape {tuple(value.shape)}"
+                )
         return h, g
 
     def _iterate(self, init: Any, *args: Any) -> tuple[Any, SolverInfo]:
@@ -95,7 +99,9 @@ class AugmentedLagrangian(IterativeSolver):
         iterations = 0
         for iterations in range(1, check_maxiter(self.maxiter) + 1):
 
-            def augmented(z: PyTree, lam: torch.Tensor = lam, mu: torch.Tensor = mu, rho: float = rho) -> torch.Tensor:
+            def augmented(
+                z: PyTree, lam: torch.Tensor = lam, mu: torch.Tensor = mu, rho: float = rho
+            ) -> torch.Tensor:
                 h, g = self._constraint_values(z, *args)
                 value = self.objective(z, *args)
                 if h is not None:
@@ -107,7 +113,9 @@ class AugmentedLagrangian(IterativeSolver):
 
             grad_and_value = torch.func.grad_and_value(augmented)
 
-            def value_and_grad(z: PyTree) -> tuple[torch.Tensor, PyTree]:
+            def value_and_grad(
+                z: PyTree, grad_and_value: Callable = grad_and_value
+            ) -> tuple[torch.Tensor, PyTree]:
                 gz, vz = grad_and_value(z)
                 return vz, gz
 
@@ -129,7 +137,9 @@ class AugmentedLagrangian(IterativeSolver):
                 mu_old = mu
                 mu = torch.clamp(mu + rho * g, min=0.0)
                 if g.numel():
-                    violation = max(violation, float(torch.maximum(g, -mu_old / rho).detach().abs().max()))
+                    violation = max(
+                        violation, float(torch.maximum(g, -mu_old / rho).detach().abs().max())
+                    )
             error = float(tree_norm(kkt((x, lam, mu), *args)).detach())
             if error <= tol:
                 break

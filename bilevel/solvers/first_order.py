@@ -30,7 +30,7 @@ from bilevel.optimality import (
     stationarity,
 )
 from bilevel.solvers._base import IterativeSolver, SolverInfo, check_maxiter, make_info, resolve_tol
-from bilevel.tree import PyTree, tree_axpy, tree_map, tree_norm, tree_sub, tree_vdot
+from bilevel.tree import PyTree, ravel, tree_axpy, tree_map, tree_norm, tree_sub, tree_vdot
 
 Objective = Callable[..., torch.Tensor]
 
@@ -96,7 +96,9 @@ def proximal_gradient_loop(
     return x, iterations, err, eta
 
 
-def _gradient_mapping_error(fixed_point: Callable[..., PyTree], x: PyTree, eta: float, *args: Any) -> float:
+def _gradient_mapping_error(
+    fixed_point: Callable[..., PyTree], x: PyTree, eta: float, *args: Any
+) -> float:
     return _float(tree_norm(tree_sub(x, fixed_point(x, *args)))) / eta
 
 
@@ -307,16 +309,22 @@ class MirrorDescent(IterativeSolver):
 
 @dataclass
 class LBFGS(IterativeSolver):
-    """L-BFGS with strong-Wolfe line search (:class:`torch.optim.LBFGS`) for smooth ``f``.
+    """L-BFGS for smooth ``min_x f(x, *args)``, through SciPy's L-BFGS-B (Byrd et al. 1995).
 
-    Stops when ``||grad f|| <= tol``. Differentiable by implicit differentiation only (the
-    optimizer updates in place), through ``grad_x f = 0``.
+    The objective and its gradient are evaluated in PyTorch (:func:`torch.func.grad_and_value`
+    on the raveled pytree); SciPy runs the quasi-Newton iteration with ``history_size``
+    correction pairs and its Moré-Thuente line search, in float64 on the CPU. Stops when
+    ``||grad f||_2 <= tol``; if the line search stalls first (no representable decrease), it
+    restarts with a fresh history, at most ``restarts`` times within ``maxiter``.
+    Differentiable by implicit differentiation only (SciPy is not differentiable), through
+    ``grad_x f = 0`` with the ``"cg"`` solver on the Hessian by default.
     """
 
     objective: Objective
     maxiter: int = 1000
     tol: float | None = None
     history_size: int = 20
+    restarts: int = 3
     implicit_diff: bool = True
     linear_solve: str | LinearSolver = "cg"
     name: str = field(default="LBFGS", init=False)
@@ -332,32 +340,47 @@ class LBFGS(IterativeSolver):
         return stationarity(self.objective)
 
     def _iterate(self, init: PyTree, *args: Any) -> tuple[PyTree, SolverInfo]:
-        from bilevel.tree import ravel
+        import numpy as np
+        import scipy.optimize
 
         tol = resolve_tol(self.tol, init)
         flat0, raveler = ravel(tree_map(torch.Tensor.detach, init))
-        param = flat0.clone().requires_grad_(True)
         grad_and_value = torch.func.grad_and_value(
             lambda v: self.objective(raveler.unravel(v), *args)
         )
-        optimizer = torch.optim.LBFGS(
-            [param],
-            lr=1.0,
-            max_iter=check_maxiter(self.maxiter),
-            max_eval=2 * self.maxiter,
-            tolerance_grad=tol / math.sqrt(max(param.numel(), 1)),
-            tolerance_change=0.0,
-            history_size=self.history_size,
-            line_search_fn="strong_wolfe",
+
+        def fun(v: np.ndarray) -> tuple[float, np.ndarray]:
+            g, value = grad_and_value(
+                torch.from_numpy(v).to(dtype=flat0.dtype, device=flat0.device)
+            )
+            return float(value), g.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+        maxiter = check_maxiter(self.maxiter)
+        v = flat0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+        iterations = 0
+        error = math.inf
+        message = ""
+        for _ in range(self.restarts + 1):
+            result = scipy.optimize.minimize(
+                fun,
+                v,
+                jac=True,
+                method="L-BFGS-B",
+                options={
+                    "maxiter": maxiter - iterations,
+                    "maxcor": self.history_size,
+                    "gtol": tol / math.sqrt(max(v.size, 1)),
+                    "ftol": 0.0,
+                    "maxfun": 10 * maxiter,
+                },
+            )
+            v = result.x
+            iterations += max(int(result.nit), 1)
+            error = float(np.linalg.norm(result.jac))
+            message = str(result.message)
+            if error <= tol or iterations >= maxiter or not np.isfinite(error):
+                break
+        x = raveler.unravel(torch.from_numpy(v).to(dtype=flat0.dtype, device=flat0.device))
+        return x, make_info(
+            self.name, iterations, error, tol, message="" if error <= tol else message
         )
-
-        def closure() -> torch.Tensor:
-            g, v = grad_and_value(param.detach())
-            param.grad = g
-            return v
-
-        optimizer.step(closure)
-        iterations = int(optimizer.state[param].get("n_iter", 0))
-        x = raveler.unravel(param.detach())
-        error = _float(tree_norm(torch.func.grad(self.objective)(x, *args)))
-        return x, make_info(self.name, iterations, error, tol)

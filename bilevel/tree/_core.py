@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import torch
-import torch.utils._pytree as _pytree
+from torch.utils import _pytree
 
 PyTree: TypeAlias = Any
 """A tensor, or a nesting of tuples, lists and dicts whose leaves are tensors."""
