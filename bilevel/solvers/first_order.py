@@ -25,7 +25,6 @@ from bilevel.linalg import LinearSolver
 from bilevel.optimality import (
     apply_with_hyperparams,
     mirror_descent_fixed_point,
-    projected_gradient_fixed_point,
     proximal_gradient_fixed_point,
     stationarity,
 )
@@ -96,6 +95,19 @@ def proximal_gradient_loop(
     return x, iterations, err, eta
 
 
+def _value_and_grad(
+    objective: Objective, args: tuple[Any, ...]
+) -> Callable[[PyTree], tuple[torch.Tensor, PyTree]]:
+    """``x -> (f(x, *args), grad_x f(x, *args))`` in the order the engine expects."""
+    grad_and_value = torch.func.grad_and_value(objective, argnums=0)
+
+    def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
+        g, v = grad_and_value(x, *args)
+        return v, g
+
+    return value_and_grad
+
+
 def _gradient_mapping_error(
     fixed_point: Callable[..., PyTree], x: PyTree, eta: float, *args: Any
 ) -> float:
@@ -135,14 +147,8 @@ class GradientDescent(IterativeSolver):
 
     def _iterate(self, init: PyTree, *args: Any) -> tuple[PyTree, SolverInfo]:
         tol = resolve_tol(self.tol, init)
-        vg = torch.func.grad_and_value(self.objective, argnums=0)
-
-        def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
-            g, v = vg(x, *args)
-            return v, g
-
         x, iterations, _, eta = proximal_gradient_loop(
-            value_and_grad,
+            _value_and_grad(self.objective, args),
             lambda y, _eta: y,
             init,
             step_size=self.step_size,
@@ -154,17 +160,61 @@ class GradientDescent(IterativeSolver):
         return x, make_info(self.name, iterations, error, tol, eta)
 
 
+class _ForwardBackward(IterativeSolver):
+    """Shared implementation of projected and proximal gradient (forward-backward splitting).
+
+    Subclasses provide :meth:`_prox` with the prox convention ``prox(y, hp, scaling)``; the
+    fixed point used by implicit differentiation is
+    :func:`bilevel.optimality.proximal_gradient_fixed_point` with the last step size.
+    """
+
+    objective: Objective
+    step_size: float | None
+    maxiter: int
+    tol: float | None
+    acceleration: bool
+
+    def __post_init__(self) -> None:
+        self._eta = 1.0 if self.step_size is None else float(self.step_size)
+
+    def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
+        raise NotImplementedError(f"{type(self).__name__} must define _prox")
+
+    def optimality_fn(self) -> Callable[..., PyTree]:
+        def fn(x: PyTree, hyperparams: Any, *args: Any) -> PyTree:
+            fixed = proximal_gradient_fixed_point(self.objective, self._prox, self._eta)
+            return tree_sub(fixed(x, hyperparams, *args), x)
+
+        return fn
+
+    def _iterate(self, init: PyTree, hyperparams: Any, *args: Any) -> tuple[PyTree, SolverInfo]:
+        tol = resolve_tol(self.tol, init)
+        x, iterations, _, eta = proximal_gradient_loop(
+            _value_and_grad(self.objective, args),
+            lambda y, step: self._prox(y, hyperparams, step),
+            self._prox(init, hyperparams, self._eta),
+            step_size=self.step_size,
+            maxiter=check_maxiter(self.maxiter),
+            tol=tol,
+            acceleration=self.acceleration,
+        )
+        self._eta = eta
+        fixed = proximal_gradient_fixed_point(self.objective, self._prox, eta)
+        error = _gradient_mapping_error(fixed, x, eta, hyperparams, *args)
+        return x, make_info(self.name, iterations, error, tol, eta)
+
+
 @dataclass
-class ProjectedGradient(IterativeSolver):
+class ProjectedGradient(_ForwardBackward):
     """Accelerated projected gradient for ``min_{x in C(hp)} f(x, *args)``.
 
     ``run(init, hyperparams_proj, *args)``: the projection is called as
     ``projection(y, *hyperparams_proj)`` for a tuple (``()`` when it has none), else
     ``projection(y, hyperparams_proj)``; e.g.
     ``ProjectedGradient(f, bilevel.operators.projection_box).run(x0, (lower, upper), data)``.
-    Implicit differentiation uses the fixed point ``x = P(x - eta grad f(x))``; the
-    hyperparameters of the projection are differentiable too. See :class:`GradientDescent`
-    for the other parameters.
+    Implicit differentiation uses the fixed point ``x = P(x - eta grad f(x))``
+    (:func:`bilevel.optimality.projected_gradient_fixed_point`); the hyperparameters of the
+    projection are differentiable too. See :class:`GradientDescent` for the other parameters.
     """
 
     objective: Objective
@@ -177,41 +227,12 @@ class ProjectedGradient(IterativeSolver):
     linear_solve: str | LinearSolver = "gmres"
     name: str = field(default="ProjectedGradient", init=False)
 
-    def __post_init__(self) -> None:
-        self._eta = 1.0 if self.step_size is None else float(self.step_size)
-
-    def optimality_fn(self) -> Callable[..., PyTree]:
-        def fn(x: PyTree, hyperparams: Any, *args: Any) -> PyTree:
-            fixed = projected_gradient_fixed_point(self.objective, self.projection, self._eta)
-            return tree_sub(fixed(x, hyperparams, *args), x)
-
-        return fn
-
-    def _iterate(self, init: PyTree, hyperparams: Any, *args: Any) -> tuple[PyTree, SolverInfo]:
-        tol = resolve_tol(self.tol, init)
-        vg = torch.func.grad_and_value(self.objective, argnums=0)
-
-        def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
-            g, v = vg(x, *args)
-            return v, g
-
-        x, iterations, _, eta = proximal_gradient_loop(
-            value_and_grad,
-            lambda y, _eta: apply_with_hyperparams(self.projection, y, hyperparams),
-            apply_with_hyperparams(self.projection, init, hyperparams),
-            step_size=self.step_size,
-            maxiter=check_maxiter(self.maxiter),
-            tol=tol,
-            acceleration=self.acceleration,
-        )
-        self._eta = eta
-        fixed = projected_gradient_fixed_point(self.objective, self.projection, eta)
-        error = _gradient_mapping_error(fixed, x, eta, hyperparams, *args)
-        return x, make_info(self.name, iterations, error, tol, eta)
+    def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
+        return apply_with_hyperparams(self.projection, y, hyperparams)
 
 
 @dataclass
-class ProximalGradient(IterativeSolver):
+class ProximalGradient(_ForwardBackward):
     """Accelerated proximal gradient (FISTA) for ``min_x f(x, *args) + g(x, hp)``.
 
     ``run(init, hyperparams_prox, *args)`` with ``prox(y, hyperparams_prox, scaling)`` as in
@@ -231,37 +252,8 @@ class ProximalGradient(IterativeSolver):
     linear_solve: str | LinearSolver = "gmres"
     name: str = field(default="ProximalGradient", init=False)
 
-    def __post_init__(self) -> None:
-        self._eta = 1.0 if self.step_size is None else float(self.step_size)
-
-    def optimality_fn(self) -> Callable[..., PyTree]:
-        def fn(x: PyTree, hyperparams: Any, *args: Any) -> PyTree:
-            fixed = proximal_gradient_fixed_point(self.objective, self.prox, self._eta)
-            return tree_sub(fixed(x, hyperparams, *args), x)
-
-        return fn
-
-    def _iterate(self, init: PyTree, hyperparams: Any, *args: Any) -> tuple[PyTree, SolverInfo]:
-        tol = resolve_tol(self.tol, init)
-        vg = torch.func.grad_and_value(self.objective, argnums=0)
-
-        def value_and_grad(x: PyTree) -> tuple[torch.Tensor, PyTree]:
-            g, v = vg(x, *args)
-            return v, g
-
-        x, iterations, _, eta = proximal_gradient_loop(
-            value_and_grad,
-            lambda y, step: self.prox(y, hyperparams, step),
-            init,
-            step_size=self.step_size,
-            maxiter=check_maxiter(self.maxiter),
-            tol=tol,
-            acceleration=self.acceleration,
-        )
-        self._eta = eta
-        fixed = proximal_gradient_fixed_point(self.objective, self.prox, eta)
-        error = _gradient_mapping_error(fixed, x, eta, hyperparams, *args)
-        return x, make_info(self.name, iterations, error, tol, eta)
+    def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
+        return self.prox(y, hyperparams, scaling)
 
 
 @dataclass
