@@ -285,3 +285,24 @@ def test_scalar_solution_gets_nonzero_gradient():
     deriv, value = torch.func.grad_and_value(sqrt_solver, argnums=1)(torch.tensor(1.0), theta)
     # dx/dtheta = 1 / (2 sqrt(theta)) = 0.25 (closed form)
     assert abs(float(value) - 2.0) < 1e-14 and abs(float(deriv) - 0.25) < 1e-12
+
+
+def test_aux_under_vmap_becomes_a_list_per_batch_element(data):
+    X, y = data
+
+    @custom_root(grad(ridge_objective), solve="cg", has_aux=True)
+    def solver(init, lam, X, y):
+        return ridge_closed_form(lam, X, y), {"lam": float(lam), "norm": lam * 2}
+
+    lams = torch.tensor([0.5, 2.0])
+    captured = {}
+
+    def solve(lam):
+        w, aux = solver(torch.zeros(N_FEATURES), lam, X, y)
+        captured.update(aux)
+        return w
+
+    torch.vmap(solve)(lams)
+    assert captured["lam"] == [0.5, 2.0]
+    _, aux = solver(torch.zeros(N_FEATURES), lams[0], X, y)
+    assert aux["lam"] == 0.5 and float(aux["norm"]) == 1.0

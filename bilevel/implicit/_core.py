@@ -447,23 +447,17 @@ def custom_root(
             sol = tree_unflatten(list(out[: problem.n_sol]), problem.sol_spec)
             if not has_aux:
                 return sol
+            # one row of non-tensor aux leaves per solver call: several under torch.vmap
+            rows = problem.aux_static
             tensor_aux = iter(out[problem.n_sol :])
-            static = problem.aux_static
-            static_iters = (
-                [iter(column) for column in zip(*static)]
-                if len(static) > 1
-                else [iter([v]) for v in (static[0] if static else [])]
-            )
+            static_columns = iter(zip(*rows))
             aux_leaves = []
-            static_index = 0
             for is_tensor in problem.aux_tensor_mask:
                 if is_tensor:
                     aux_leaves.append(next(tensor_aux))
                 else:
-                    column = static_iters[static_index]
-                    values = list(column)
-                    aux_leaves.append(values if len(static) > 1 else values[0])
-                    static_index += 1
+                    column = next(static_columns)
+                    aux_leaves.append(column[0] if len(rows) == 1 else list(column))
             return sol, tree_unflatten(aux_leaves, problem.aux_spec)
 
         return wrapped
