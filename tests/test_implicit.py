@@ -306,3 +306,44 @@ def test_aux_under_vmap_becomes_a_list_per_batch_element(data):
     assert captured["lam"] == [0.5, 2.0]
     _, aux = solver(torch.zeros(N_FEATURES), lams[0], X, y)
     assert aux["lam"] == 0.5 and float(aux["norm"]) == 1.0
+
+
+def test_integer_arguments_are_held_fixed():
+    """Index tensors are valid arguments; they get no gradient, the float ones do."""
+
+    @custom_root(lambda x, theta, idx: x - theta[idx] ** 2, solve="cg")
+    def solver(init, theta, idx):
+        return theta[idx].clone() ** 2
+
+    theta = torch.tensor([1.0, 2.0, 3.0])
+    idx = torch.tensor([0, 2])
+    jac = jacrev(solver, argnums=1)(torch.zeros(2), theta, idx)
+    torch.testing.assert_close(jac, torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 6.0]]))
+    _, tangent = jvp(lambda t: solver(torch.zeros(2), t, idx), (theta,), (torch.ones(3),))
+    torch.testing.assert_close(tangent, torch.tensor([2.0, 6.0]))
+    theta_leaf = theta.clone().requires_grad_(True)
+    solver(torch.zeros(2), theta_leaf, idx).sum().backward()
+    torch.testing.assert_close(theta_leaf.grad, torch.tensor([2.0, 0.0, 6.0]))
+
+
+def test_closed_over_forward_mode_dual_is_refused():
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        w = fwAD.make_dual(torch.ones(2), torch.ones(2))
+
+        @custom_root(lambda x, a: x - a * w)
+        def solver(init, a):
+            return a * fwAD.unpack_dual(w).primal
+
+        with pytest.raises(ClosureError, match="forward-mode tangent"):
+            solver(torch.zeros(2), torch.ones(2))
+
+
+def test_second_order_through_custom_root_gives_clear_error(data):
+    X, y = data
+    solver = custom_root(grad(ridge_objective), solve="cg")(ridge_gradient_descent)
+    with pytest.raises(RuntimeError, match="second-order"):
+        torch.func.hessian(lambda lam: solver(torch.zeros(N_FEATURES), lam, X, y).sum())(
+            torch.tensor(1.0)
+        )

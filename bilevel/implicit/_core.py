@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.autograd import forward_ad
 
 from bilevel.errors import ClosureError
 from bilevel.linalg import LinearSolver, get_solver
@@ -104,6 +105,10 @@ class _SolveJacobianSystem(torch.autograd.Function):
         )
 
     @staticmethod
+    def jvp(ctx: Any, *tangents: torch.Tensor | None) -> Any:
+        return _SolveJacobianSystem.backward(ctx)
+
+    @staticmethod
     def vmap(
         info: Any, in_dims: tuple[Any, ...], system: _JacobianSystem, *flat: torch.Tensor
     ) -> Any:
@@ -150,6 +155,40 @@ def _solve_jacobian_system(
     return tree_unflatten(list(out), sol_spec)
 
 
+def _is_differentiable(x: torch.Tensor) -> bool:
+    return x.is_floating_point() or x.is_complex()
+
+
+def _floating_view(
+    fn: Callable[..., Any], args: tuple[PyTree, ...], like: tuple[PyTree, ...] | None = None
+) -> tuple[Callable[..., Any], list[torch.Tensor], Callable[[list[Any]], tuple[PyTree, ...]]]:
+    """Restrict ``fn(*args)`` to the floating-point leaves of ``args``.
+
+    Integer and boolean tensors (indices, masks) are held fixed: ``torch.func`` cannot
+    differentiate with respect to them. Which leaves are floating is read from ``like``
+    (default: ``args`` itself). Returns ``(f, floating_leaves, rebuild)`` where
+    ``f(*floating_leaves) = fn(*args)`` and ``rebuild(values)`` puts one value per floating
+    leaf back into the structure of ``args``, with ``None`` for the other leaves.
+    """
+    leaves, spec = tree_flatten(tuple(args))
+    kinds = tree_leaves(tuple(like)) if like is not None else leaves
+    index = [i for i, x in enumerate(kinds) if _is_differentiable(x)]
+
+    def restricted(*floating: torch.Tensor) -> Any:
+        full = list(leaves)
+        for i, value in zip(index, floating):
+            full[i] = value
+        return fn(*tree_unflatten(full, spec))
+
+    def rebuild(values: list[Any]) -> tuple[PyTree, ...]:
+        full: list[Any] = [None] * len(leaves)
+        for i, value in zip(index, values):
+            full[i] = value
+        return tuple(tree_unflatten(full, spec))
+
+    return restricted, [leaves[i] for i in index], rebuild
+
+
 def root_vjp(
     optimality_fn: OptimalityFn,
     sol: PyTree,
@@ -183,8 +222,9 @@ def root_vjp(
     args = tuple(args)
     solve_fn = get_solver(solve)
     u = _solve_jacobian_system(optimality_fn, sol, args, cotangent, solve_fn, transpose=True)
-    _, vjp_args = torch.func.vjp(lambda *a: optimality_fn(sol, *a), *args)
-    return tuple(tree_map(torch.neg, g) for g in vjp_args(u))
+    fn, float_leaves, rebuild = _floating_view(lambda *a: optimality_fn(sol, *a), args)
+    _, vjp_fn = torch.func.vjp(fn, *float_leaves)
+    return rebuild([torch.neg(g) for g in vjp_fn(u)])
 
 
 def root_jvp(
@@ -205,7 +245,9 @@ def root_jvp(
     if len(tangents) != len(args):
         raise ValueError(f"root_jvp: got {len(tangents)} tangents for {len(args)} arguments")
     solve_fn = get_solver(solve)
-    _, b_dot = torch.func.jvp(lambda *a: optimality_fn(sol, *a), args, tangents)
+    fn, float_leaves, _ = _floating_view(lambda *a: optimality_fn(sol, *a), args)
+    _, float_tangents, _ = _floating_view(lambda *a: None, tangents, like=args)
+    _, b_dot = torch.func.jvp(fn, tuple(float_leaves), tuple(float_tangents))
     rhs = tree_map(torch.neg, b_dot)
     return _solve_jacobian_system(optimality_fn, sol, args, rhs, solve_fn, transpose=False)
 
@@ -303,7 +345,7 @@ class _ImplicitRoot(torch.autograd.Function):
         ]
         cotangent = tree_unflatten(cot_leaves, problem.sol_spec)
         grads = root_vjp(problem.optimality_fn, sol, args, cotangent, problem.solve)
-        arg_grads = tree_leaves(tuple(grads))
+        arg_grads, _ = tree_flatten(grads)  # None (no gradient) for integer leaves
         return (None, *([None] * problem.n_init), *arg_grads)
 
     @staticmethod
@@ -342,13 +384,15 @@ def _check_closure(
     check_same_structure(
         init, value, "the solution (init)", "the output of the optimality function"
     )
-    if (
-        check_closure
-        and torch.is_grad_enabled()
-        and any(v.requires_grad for v in tree_leaves(value))
-    ):
+    if not check_closure:
+        return
+    leaves = tree_leaves(value)
+    reverse = torch.is_grad_enabled() and any(v.requires_grad for v in leaves)
+    forward = any(forward_ad.unpack_dual(v).tangent is not None for v in leaves)
+    if reverse or forward:
         raise ClosureError(
             "custom_root: the optimality function depends on a tensor that requires grad "
+            "(or carries a forward-mode tangent) "
             "but is not among the arguments of the solver (it is closed over, e.g. a "
             "global, a default argument, or a module parameter). Implicit differentiation "
             "only differentiates with respect to explicit arguments, so that tensor would "
@@ -393,8 +437,11 @@ def custom_root(
     Arguments are passed explicitly: ``optimality_fn`` receives exactly the ``args`` the
     solver receives, and only those get gradients. A tensor that requires grad but is closed
     over by ``optimality_fn`` raises :class:`~bilevel.errors.ClosureError` rather than
-    silently getting no gradient. Static, non-differentiable configuration should be closed
-    over; every leaf of ``init`` and ``args`` must be a tensor.
+    silently getting no gradient (detected for reverse mode and for dual tensors of
+    :mod:`torch.autograd.forward_ad`; a tangent closed over inside :func:`torch.func.jvp`
+    cannot be detected). Static, non-differentiable configuration should be closed over;
+    every leaf of ``init`` and ``args`` must be a tensor (integer tensors such as indices
+    are held fixed and get no gradient).
 
     Parameters
     ----------
