@@ -14,8 +14,17 @@ Layers (see ``docs/architecture.md``):
 
 from __future__ import annotations
 
-from bilevel import errors, implicit, linalg, tree
+from bilevel import errors, implicit, linalg, operators, optimality, solvers, tree
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "errors", "implicit", "linalg", "tree"]
+__all__ = [
+    "__version__",
+    "errors",
+    "implicit",
+    "linalg",
+    "operators",
+    "optimality",
+    "solvers",
+    "tree",
+]

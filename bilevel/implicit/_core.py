@@ -160,19 +160,27 @@ def _is_differentiable(x: torch.Tensor) -> bool:
 
 
 def _floating_view(
-    fn: Callable[..., Any], args: tuple[PyTree, ...], like: tuple[PyTree, ...] | None = None
+    fn: Callable[..., Any],
+    args: tuple[PyTree, ...],
+    like: tuple[PyTree, ...] | None = None,
+    leaf_mask: Sequence[bool] | None = None,
 ) -> tuple[Callable[..., Any], list[torch.Tensor], Callable[[list[Any]], tuple[PyTree, ...]]]:
     """Restrict ``fn(*args)`` to the floating-point leaves of ``args``.
 
     Integer and boolean tensors (indices, masks) are held fixed: ``torch.func`` cannot
     differentiate with respect to them. Which leaves are floating is read from ``like``
-    (default: ``args`` itself). Returns ``(f, floating_leaves, rebuild)`` where
+    (default: ``args`` itself); ``leaf_mask`` (one flag per leaf) excludes more leaves, e.g.
+    those no gradient is requested for. Returns ``(f, floating_leaves, rebuild)`` where
     ``f(*floating_leaves) = fn(*args)`` and ``rebuild(values)`` puts one value per floating
     leaf back into the structure of ``args``, with ``None`` for the other leaves.
     """
     leaves, spec = tree_flatten(tuple(args))
     kinds = tree_leaves(tuple(like)) if like is not None else leaves
-    index = [i for i, x in enumerate(kinds) if _is_differentiable(x)]
+    index = [
+        i
+        for i, x in enumerate(kinds)
+        if _is_differentiable(x) and (leaf_mask is None or leaf_mask[i])
+    ]
 
     def restricted(*floating: torch.Tensor) -> Any:
         full = list(leaves)
@@ -195,6 +203,8 @@ def root_vjp(
     args: Sequence[PyTree],
     cotangent: PyTree,
     solve: str | LinearSolver = "gmres",
+    *,
+    leaf_mask: Sequence[bool] | None = None,
 ) -> tuple[PyTree, ...]:
     """Vector-Jacobian product of a root ``x*(args)`` of ``optimality_fn``.
 
@@ -213,6 +223,9 @@ def root_vjp(
         ``v``, with the structure of ``sol``.
     solve:
         A solver of :mod:`bilevel.linalg` (name or callable), used for ``A^T u = v``.
+    leaf_mask:
+        One flag per tensor leaf of ``args`` (flattened): differentiate only the flagged
+        leaves (``None`` is returned for the others). Default: every floating-point leaf.
 
     Returns
     -------
@@ -222,7 +235,11 @@ def root_vjp(
     args = tuple(args)
     solve_fn = get_solver(solve)
     u = _solve_jacobian_system(optimality_fn, sol, args, cotangent, solve_fn, transpose=True)
-    fn, float_leaves, rebuild = _floating_view(lambda *a: optimality_fn(sol, *a), args)
+    fn, float_leaves, rebuild = _floating_view(
+        lambda *a: optimality_fn(sol, *a), args, leaf_mask=leaf_mask
+    )
+    if not float_leaves:
+        return rebuild([])
     _, vjp_fn = torch.func.vjp(fn, *float_leaves)
     return rebuild([torch.neg(g) for g in vjp_fn(u)])
 
@@ -233,6 +250,8 @@ def root_jvp(
     args: Sequence[PyTree],
     tangents: Sequence[PyTree],
     solve: str | LinearSolver = "gmres",
+    *,
+    leaf_mask: Sequence[bool] | None = None,
 ) -> PyTree:
     """Jacobian-vector product of a root ``x*(args)`` of ``optimality_fn``.
 
@@ -245,8 +264,12 @@ def root_jvp(
     if len(tangents) != len(args):
         raise ValueError(f"root_jvp: got {len(tangents)} tangents for {len(args)} arguments")
     solve_fn = get_solver(solve)
-    fn, float_leaves, _ = _floating_view(lambda *a: optimality_fn(sol, *a), args)
-    _, float_tangents, _ = _floating_view(lambda *a: None, tangents, like=args)
+    fn, float_leaves, _ = _floating_view(
+        lambda *a: optimality_fn(sol, *a), args, leaf_mask=leaf_mask
+    )
+    _, float_tangents, _ = _floating_view(lambda *a: None, tangents, like=args, leaf_mask=leaf_mask)
+    if not float_leaves:
+        return tree_map(torch.zeros_like, sol)
     _, b_dot = torch.func.jvp(fn, tuple(float_leaves), tuple(float_tangents))
     rhs = tree_map(torch.neg, b_dot)
     return _solve_jacobian_system(optimality_fn, sol, args, rhs, solve_fn, transpose=False)
@@ -344,7 +367,12 @@ class _ImplicitRoot(torch.autograd.Function):
             for s, g in zip(sol_leaves, grad_outputs[: problem.n_sol])
         ]
         cotangent = tree_unflatten(cot_leaves, problem.sol_spec)
-        grads = root_vjp(problem.optimality_fn, sol, args, cotangent, problem.solve)
+        needs_grad = ctx.needs_input_grad[1 + problem.n_init :]
+        if not any(needs_grad):
+            return (None,) * len(ctx.needs_input_grad)
+        grads = root_vjp(
+            problem.optimality_fn, sol, args, cotangent, problem.solve, leaf_mask=needs_grad
+        )
         arg_grads, _ = tree_flatten(grads)  # None (no gradient) for integer leaves
         return (None, *([None] * problem.n_init), *arg_grads)
 
@@ -352,12 +380,16 @@ class _ImplicitRoot(torch.autograd.Function):
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> tuple[Any, ...]:
         problem: _RootProblem = ctx.problem
         sol, args = _ImplicitRoot._saved(ctx)
+        arg_tangents_flat = tangents[1 + problem.n_init :]
+        has_tangent = [t is not None for t in arg_tangents_flat]
         arg_tangent_leaves = [
             torch.zeros_like(a) if t is None else t
-            for a, t in zip(tree_leaves(args), tangents[1 + problem.n_init :])
+            for a, t in zip(tree_leaves(args), arg_tangents_flat)
         ]
         arg_tangents = tree_unflatten(arg_tangent_leaves, problem.args_spec)
-        sol_dot = root_jvp(problem.optimality_fn, sol, args, arg_tangents, problem.solve)
+        sol_dot = root_jvp(
+            problem.optimality_fn, sol, args, arg_tangents, problem.solve, leaf_mask=has_tangent
+        )
         n_aux = sum(problem.aux_tensor_mask)
         return (*tree_leaves(sol_dot), *([None] * n_aux))
 

@@ -191,15 +191,19 @@ def _finish(
 
 
 def _cg_flat(
-    prob: _Problem, x: Vector, matvec: Callable[[Vector], Vector], b: Vector
-) -> tuple[Vector, int, str]:
-    """Preconditioned conjugate gradient on vectors; restarts once the recursion drifts."""
+    prob: _Problem, x: Vector, matvec: Callable[[Vector], Vector], b: Vector, x_is_zero: bool
+) -> tuple[Vector, int, str, float | None]:
+    """Preconditioned conjugate gradient on vectors; restarts once the recursion drifts.
+
+    Returns ``(x, iterations, message, true residual norm or None if not computed)``.
+    """
     iterations = 0
     message = ""
+    r = b if x_is_zero else b - matvec(x)
     while True:  # outer loop: restart from the true residual if the recursive one drifted
-        r = b - matvec(x)
-        if _norm(r) <= prob.threshold or iterations >= prob.maxiter:
-            return x, iterations, message
+        r_norm = _norm(r)
+        if r_norm <= prob.threshold or iterations >= prob.maxiter:
+            return x, iterations, message, r_norm
         z = prob.precond(r)
         p = z
         rz = _dot(r, z)
@@ -211,7 +215,8 @@ def _cg_flat(
                 return (
                     x,
                     iterations,
-                    (f"breakdown: p^T A p = {pap:.3e} <= 0, the operator is not positive definite"),
+                    f"breakdown: p^T A p = {pap:.3e} <= 0, the operator is not positive definite",
+                    None,
                 )
             alpha = rz / pap
             x = x + alpha * p
@@ -223,10 +228,9 @@ def _cg_flat(
             p = z + (rz_new / rz) * p
             rz = rz_new
         else:
-            return x, iterations, message
+            return x, iterations, message, None
         # recursive residual claims convergence: verify on the true residual
-        if _norm(b - matvec(x)) <= prob.threshold:
-            return x, iterations, message
+        r = b - matvec(x)
 
 
 def cg(
@@ -250,8 +254,10 @@ def cg(
     ``converged=False``.
     """
     prob = _prepare("cg", matvec, b, init, tol, atol, maxiter, ridge, preconditioner)
-    x, iterations, message = _cg_flat(prob, prob.x0, prob.matvec, prob.b)
-    return _finish(prob, x, iterations, message, warn)
+    x, iterations, message, residual = _cg_flat(
+        prob, prob.x0, prob.matvec, prob.b, x_is_zero=init is None
+    )
+    return _finish(prob, x, iterations, message, warn, residual=residual)
 
 
 def normal_cg(
@@ -293,8 +299,10 @@ def normal_cg(
         return rmatvec(matvec(v))
 
     prob = _prepare("normal_cg", normal_matvec, rhs, init, tol, atol, maxiter, 0.0, preconditioner)
-    x, iterations, message = _cg_flat(prob, prob.x0, prob.matvec, prob.b)
-    return _finish(prob, x, iterations, message, warn)
+    x, iterations, message, residual = _cg_flat(
+        prob, prob.x0, prob.matvec, prob.b, x_is_zero=init is None
+    )
+    return _finish(prob, x, iterations, message, warn, residual=residual)
 
 
 def gmres(
