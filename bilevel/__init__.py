@@ -14,17 +14,36 @@ Layers (see ``docs/architecture.md``):
 
 from __future__ import annotations
 
-from bilevel import errors, implicit, linalg, operators, optimality, solvers, tree
+from bilevel import (
+    errors,
+    hypergrad,
+    implicit,
+    linalg,
+    methods,
+    operators,
+    optimality,
+    problems,
+    solvers,
+    tree,
+)
+from bilevel.methods import solve
+from bilevel.problem import BilevelProblem, BilevelResult
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BilevelProblem",
+    "BilevelResult",
     "__version__",
     "errors",
+    "hypergrad",
     "implicit",
     "linalg",
+    "methods",
     "operators",
     "optimality",
+    "problems",
+    "solve",
     "solvers",
     "tree",
 ]

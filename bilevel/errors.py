@@ -24,3 +24,11 @@ class ClosureError(BilevelError):
     to the decorated solver; a tensor captured from an enclosing scope would silently
     receive no gradient, so :mod:`bilevel` refuses it.
     """
+
+
+class DivergenceError(BilevelError):
+    """An iterate became NaN or infinite (step sizes too large, or an unbounded problem)."""
+
+
+class NonFiniteError(ValueError):
+    """An input (tensor, right-hand side, ...) holds NaN or infinite values."""

@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from bilevel.errors import ConvergenceWarning
+from bilevel.errors import ConvergenceWarning, NonFiniteError
 from bilevel.tree import PyTree, check_tensor_leaves, ravel, tree_axpy
 
 Vector = torch.Tensor
@@ -132,7 +132,7 @@ def _prepare(
         raise ValueError(f"{name}: maxiter must be >= 1, got {maxiter}")
     b_norm = float(torch.linalg.vector_norm(b_flat))
     if not math.isfinite(b_norm):
-        raise ValueError(f"{name}: the right-hand side contains NaN or inf")
+        raise NonFiniteError(f"{name}: the right-hand side contains NaN or inf")
     flat_mv = raveler.linear_map(matvec)
     if ridge:
         base_mv = flat_mv

@@ -10,6 +10,8 @@ from typing import Any, TypeAlias
 import torch
 from torch.utils import _pytree
 
+from bilevel.errors import NonFiniteError
+
 PyTree: TypeAlias = Any
 """A tensor, or a nesting of tuples, lists and dicts whose leaves are tensors."""
 
@@ -64,7 +66,7 @@ def check_tensor_leaves(tree: PyTree, name: str) -> list[torch.Tensor]:
 
 
 def check_finite(tree: PyTree, name: str) -> None:
-    """Raise :class:`ValueError` if a floating leaf of ``tree`` holds NaN or inf.
+    """Raise :class:`~bilevel.errors.NonFiniteError` (a ``ValueError``) on NaN or inf leaves.
 
     Leaves wrapped by a :mod:`torch.func` transform are skipped (their values cannot be
     inspected without data-dependent control flow).
@@ -77,7 +79,7 @@ def check_finite(tree: PyTree, name: str) -> None:
         if not bool(torch.isfinite(x).all()):
             n_nan = int(torch.isnan(x).sum())
             n_inf = int(torch.isinf(x).sum())
-            raise ValueError(
+            raise NonFiniteError(
                 f"{name}: leaf {i} (shape {tuple(x.shape)}) contains {n_nan} NaN and "
                 f"{n_inf} infinite value(s)."
             )

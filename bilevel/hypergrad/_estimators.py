@@ -1,0 +1,269 @@
+"""Implementation of :mod:`bilevel.hypergrad` (see the package docstring for the formulas)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bilevel.linalg import LinearSolveInfo, LinearSolver, get_solver
+from bilevel.linalg import neumann as neumann_solve
+from bilevel.problem import BilevelProblem
+from bilevel.tree import PyTree, ravel, tree_add, tree_axpy, tree_map, tree_sub
+
+Batch = Any
+
+
+@dataclass
+class Hypergradient:
+    """An estimate of ``grad h(x)``.
+
+    Attributes
+    ----------
+    grad:
+        The estimate, with the structure of ``x``.
+    y:
+        The inner variable the estimate was computed at (after any inner steps the estimator
+        takes itself, e.g. the end of the unrolled run): the warm start for the next call.
+    grad_calls, hvp_calls:
+        Gradient and Hessian-vector (or Jacobian-vector) products used.
+    linear_solve:
+        Info of the linear solve, for :func:`implicit` and :func:`neumann`.
+    aux:
+        Estimator-specific extras (e.g. ``z`` for :func:`penalty`).
+    """
+
+    grad: PyTree
+    y: PyTree
+    grad_calls: int
+    hvp_calls: int
+    linear_solve: LinearSolveInfo | None = None
+    aux: dict[str, Any] | None = None
+
+
+def _upper(problem: BilevelProblem, batch: Batch) -> Callable[[PyTree, PyTree], torch.Tensor]:
+    return lambda x, y: problem.upper_value(x, y, batch)
+
+
+def _lower(problem: BilevelProblem, batch: Batch) -> Callable[[PyTree, PyTree], torch.Tensor]:
+    return lambda x, y: problem.lower_value(x, y, batch)
+
+
+def _second_order_pieces(
+    problem: BilevelProblem, x: PyTree, y: PyTree, upper_batch: Batch, lower_batch: Batch
+) -> tuple[PyTree, PyTree, Callable[[PyTree], PyTree], Callable[[PyTree], PyTree]]:
+    """``(grad_x F, grad_y F, v -> H v, v -> B v)`` at ``(x, y)``, ``H = d2_yy f, B = d2_xy f``."""
+    gx_F, gy_F = torch.func.grad(_upper(problem, upper_batch), argnums=(0, 1))(x, y)
+    grad_y_f = torch.func.grad(_lower(problem, lower_batch), argnums=1)
+    # one linearisation of grad_y f in (x, y), reused for every product
+    _, vjp_fn = torch.func.vjp(grad_y_f, x, y)
+
+    def hvp(v: PyTree) -> PyTree:  # H symmetric: vjp in y is H v
+        return vjp_fn(v)[1]
+
+    def cross(v: PyTree) -> PyTree:  # d/dx <grad_y f, v> = B v
+        return vjp_fn(v)[0]
+
+    return gx_F, gy_F, hvp, cross
+
+
+def implicit(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    *,
+    solve: str | LinearSolver = "cg",
+    init: PyTree | None = None,
+    upper_batch: Batch = None,
+    lower_batch: Batch = None,
+    **solve_options: Any,
+) -> Hypergradient:
+    """Approximate implicit differentiation (AID): ``grad_x F - B v`` with ``H v = grad_y F``.
+
+    ``y`` should approximate ``y*(x)``; the estimate is exact when it does and the linear
+    system is solved exactly. ``solve`` is any solver of :mod:`bilevel.linalg` (``"cg"``:
+    ``H`` is symmetric, positive definite for a strongly convex lower level), ``init`` warm
+    starts ``v`` (returned as ``aux["v"]``), ``solve_options`` go to the solver (``tol``,
+    ``maxiter``, ``ridge``, ...).
+    """
+    gx_F, gy_F, hvp, cross = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
+    v, info = get_solver(solve)(hvp, gy_F, init=init, **solve_options)
+    grad = tree_sub(gx_F, cross(v))
+    return Hypergradient(
+        grad=grad, y=y, grad_calls=1, hvp_calls=info.iterations + 2, linear_solve=info, aux={"v": v}
+    )
+
+
+def neumann(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    *,
+    steps: int = 10,
+    step_size: float = 0.1,
+    upper_batch: Batch = None,
+    lower_batch: Batch = None,
+) -> Hypergradient:
+    """Truncated Neumann series (stocBiO, Ji, Yang and Liang 2021)::
+
+        v = eta * sum_{k=0}^{Q} (I - eta H)^k grad_y F,      grad ~ grad_x F - B v
+
+    with ``Q = steps`` and ``eta = step_size < 1 / L_y`` (``L_y`` the smoothness of
+    ``f(x, .)``). The ``k = 0`` term and the factor ``eta`` are part of the series (the
+    official stocBiO code omits both, which biases the estimate). With minibatch arguments
+    each product uses the same batch; pass fresh batches per call for stochasticity.
+    """
+    if steps < 0:
+        raise ValueError(f"neumann: steps must be >= 0, got {steps}")
+    gx_F, gy_F, hvp, cross = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
+    v, info = neumann_solve(hvp, gy_F, alpha=step_size, maxiter=steps + 1, tol=0.0, warn=False)
+    grad = tree_sub(gx_F, cross(v))
+    return Hypergradient(grad=grad, y=y, grad_calls=1, hvp_calls=steps + 2, linear_solve=info)
+
+
+def _gd_step(
+    problem: BilevelProblem, batch: Batch, step_size: float
+) -> Callable[[PyTree, PyTree], PyTree]:
+    grad_y = torch.func.grad(_lower(problem, batch), argnums=1)
+    return lambda x, y: tree_axpy(-step_size, grad_y(x, y), y)
+
+
+def unrolled(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    *,
+    steps: int = 10,
+    step_size: float = 0.1,
+    truncate: int | None = None,
+    upper_batch: Batch = None,
+    lower_batch: Batch = None,
+) -> Hypergradient:
+    """Iterative differentiation (ITD): reverse mode through ``T = steps`` inner GD steps.
+
+    ``y_{t+1} = y_t - eta grad_y f(x, y_t)`` from ``y_0 = y``; the estimate is the gradient of
+    ``x -> F(x, y_T(x))``. With ``truncate = K`` only the last ``K`` steps are differentiated
+    (truncated back-propagation, Shaban et al. 2019): the first ``T - K`` run without
+    tracking. Memory grows linearly with the differentiated steps.
+    """
+    if steps < 0 or (truncate is not None and not 0 <= truncate <= steps):
+        raise ValueError(
+            f"unrolled: need 0 <= truncate <= steps, got steps={steps}, truncate={truncate}"
+        )
+    step = _gd_step(problem, lower_batch, step_size)
+    tracked = steps if truncate is None else truncate
+    with torch.no_grad():
+        y_start = y
+        for _ in range(steps - tracked):
+            y_start = step(x, y_start)
+    y_start = tree_map(torch.Tensor.detach, y_start)
+
+    def value(x_: PyTree) -> tuple[torch.Tensor, PyTree]:
+        y_t = y_start
+        for _ in range(tracked):
+            y_t = step(x_, y_t)
+        return problem.upper_value(x_, y_t, upper_batch), y_t
+
+    grad, (_, y_end) = torch.func.grad_and_value(value, has_aux=True)(x)
+    y_end = tree_map(torch.Tensor.detach, y_end)
+    return Hypergradient(grad=grad, y=y_end, grad_calls=steps + 1, hvp_calls=tracked)
+
+
+def forward(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    *,
+    steps: int = 10,
+    step_size: float = 0.1,
+    upper_batch: Batch = None,
+    lower_batch: Batch = None,
+) -> Hypergradient:
+    """Forward-mode iterative differentiation (Franceschi et al. 2017).
+
+    Propagates the Jacobian ``Z_t = d y_t / d x`` along the inner GD steps,
+    ``Z_{t+1} = Z_t - eta (H Z_t + B^T)``, as one JVP per outer coordinate (batched with
+    :func:`torch.vmap`), then returns ``grad_x F + Z_T^T grad_y F``. Memory is independent
+    of ``T`` and linear in ``dim x``: for few outer variables.
+    """
+    step = _gd_step(problem, lower_batch, step_size)
+    x_flat, raveler = ravel(x)
+
+    def run(x_vec: torch.Tensor) -> PyTree:
+        x_ = raveler.unravel(x_vec)
+        y_t = y
+        for _ in range(steps):
+            y_t = step(x_, y_t)
+        return y_t
+
+    def push(direction: torch.Tensor) -> PyTree:
+        return torch.func.jvp(run, (x_flat,), (direction,))
+
+    basis = torch.eye(x_flat.numel(), dtype=x_flat.dtype, device=x_flat.device)
+    y_end_batched, Z = torch.vmap(push, out_dims=(0, 0))(basis)
+    y_end = tree_map(lambda leaf: leaf[0], y_end_batched)
+    gx_F, gy_F = torch.func.grad(_upper(problem, upper_batch), argnums=(0, 1))(x, y_end)
+    # (Z^T grad_y F)_i = <Z_i, grad_y F>, Z_i = d y_T / d x_i
+    Z_flat = torch.stack(
+        [ravel(tree_map(lambda leaf, i=i: leaf[i], Z))[0] for i in range(basis.shape[0])]
+    )
+    total = Z_flat @ ravel(gy_F)[0]
+    grad = tree_add(gx_F, raveler.unravel(total))
+    return Hypergradient(grad=grad, y=y_end, grad_calls=steps + 1, hvp_calls=steps * basis.shape[0])
+
+
+def penalty(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    *,
+    multiplier: float = 100.0,
+    steps: int = 10,
+    step_size: float = 0.01,
+    z: PyTree | None = None,
+    upper_batch: Batch = None,
+    lower_batch: Batch = None,
+) -> Hypergradient:
+    """First-order value-function (penalty) estimate (Kwon et al. 2023, F2SA)::
+
+        y_l ~ argmin_y F(x, y) + l f(x, y),       z ~ argmin_y f(x, y),
+        grad ~ grad_x F(x, y_l) + l (grad_x f(x, y_l) - grad_x f(x, z)),
+
+    the gradient in ``x`` of the penalised Lagrangian ``F + l (f(x, y) - f(x, z))``; its bias
+    is ``O(1/l)``. ``y_l`` takes ``steps`` gradient steps on ``F/l + f`` (same minimiser as
+    ``F + l f``, same scale as ``f``, so one ``step_size ~ 1/L_y`` serves both) from ``y``;
+    ``z`` takes ``steps`` gradient steps on ``f`` from ``z`` (``y`` if not given). No second
+    derivative is used.
+    """
+    if not multiplier > 0:
+        raise ValueError(f"penalty: multiplier must be positive, got {multiplier}")
+    upper, lower = _upper(problem, upper_batch), _lower(problem, lower_batch)
+
+    def scaled_penalised(x_: PyTree, y_: PyTree) -> torch.Tensor:
+        return upper(x_, y_) / multiplier + lower(x_, y_)
+
+    grad_y_pen = torch.func.grad(scaled_penalised, argnums=1)
+    grad_y_low = torch.func.grad(lower, argnums=1)
+    y_pen = y
+    z_low = y if z is None else z
+    for _ in range(steps):
+        y_pen = tree_axpy(-step_size, grad_y_pen(x, y_pen), y_pen)
+        z_low = tree_axpy(-step_size, grad_y_low(x, z_low), z_low)
+    gx_F = torch.func.grad(upper, argnums=0)(x, y_pen)
+    gx_f_pen = torch.func.grad(lower, argnums=0)(x, y_pen)
+    gx_f_low = torch.func.grad(lower, argnums=0)(x, z_low)
+    grad = tree_add(gx_F, tree_map(lambda a, b: multiplier * (a - b), gx_f_pen, gx_f_low))
+    return Hypergradient(
+        grad=grad, y=y_pen, grad_calls=2 * steps + 3, hvp_calls=0, aux={"z": z_low}
+    )
+
+
+ESTIMATORS: dict[str, Callable[..., Hypergradient]] = {
+    "implicit": implicit,
+    "neumann": neumann,
+    "unrolled": unrolled,
+    "forward": forward,
+    "penalty": penalty,
+}

@@ -1,0 +1,98 @@
+"""``bilevel.solve``: one entry point for every outer algorithm."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+from bilevel.methods._base import Method, MethodState, run_method
+from bilevel.methods.deterministic import AID, ITD
+from bilevel.problem import BilevelProblem, BilevelResult
+from bilevel.tree import PyTree
+
+METHODS: dict[str, type[Method]] = {"aid": AID, "itd": ITD}
+
+
+def solve(
+    problem: BilevelProblem,
+    x0: PyTree,
+    y0: PyTree,
+    method: str | Method = "aid",
+    *,
+    maxiter: int = 1000,
+    tol: float = 1e-6,
+    callback: Callable[[int, MethodState], bool | None] | None = None,
+    progress: bool = False,
+    record_every: int = 1,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    **options: Any,
+) -> BilevelResult:
+    """Solve ``min_x F(x, y*(x))``, ``y*(x) = argmin_y f(x, y)``, by an outer algorithm.
+
+    Parameters
+    ----------
+    problem:
+        The :class:`~bilevel.BilevelProblem`.
+    x0, y0:
+        Starting outer and inner variables (tensors or pytrees); never modified.
+    method:
+        A name in :data:`METHODS` (``"aid"``, ``"itd"``, ...) or a configured
+        :class:`~bilevel.methods.Method` instance.
+    maxiter:
+        Maximum number of outer iterations.
+    tol:
+        Deterministic methods stop when the norm of the hypergradient estimate is at most
+        ``tol`` (status ``"converged"``); otherwise the result has status
+        ``"max_iterations"`` and a :class:`~bilevel.errors.ConvergenceWarning` is raised.
+    callback:
+        ``callback(iteration, state)``, called after every outer iteration; returning
+        ``True`` stops the run (status ``"stopped"``).
+    progress:
+        Show a tqdm progress bar.
+    record_every:
+        Record the history every this many iterations (and at the last one).
+    checkpoint, checkpoint_every, resume:
+        Save the state, history and RNG state to ``checkpoint`` every ``checkpoint_every``
+        iterations (atomically); with ``resume=True`` an existing checkpoint is loaded and the
+        run continues from it, producing the same iterates as an uninterrupted run.
+    **options:
+        Hyperparameters of the method (see its docstring), e.g. ``inner_steps=20``.
+    """
+    if isinstance(method, Method):
+        if options:
+            raise TypeError(
+                "pass hyperparameters either in the Method instance or as options, not both"
+            )
+        algorithm = method
+    else:
+        try:
+            cls = METHODS[method]
+        except KeyError:
+            raise ValueError(
+                f"unknown method {method!r}; choose one of {sorted(METHODS)}"
+            ) from None
+        valid = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(options) - valid
+        if unknown:
+            raise TypeError(
+                f"method {method!r} has no option(s) {sorted(unknown)}; valid: {sorted(valid)}"
+            )
+        algorithm = cls(**options)
+    return run_method(
+        algorithm,
+        problem,
+        x0,
+        y0,
+        maxiter=maxiter,
+        tol=tol,
+        callback=callback,
+        progress=progress,
+        record_every=record_every,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+    )

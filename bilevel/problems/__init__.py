@@ -1,0 +1,7 @@
+"""Standard bilevel problem instances with known solutions, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from bilevel.problems.quadratic import QuadraticBilevel
+
+__all__ = ["QuadraticBilevel"]

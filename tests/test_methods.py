@@ -1,0 +1,128 @@
+"""Outer algorithms on the quadratic problem with known solution; checkpoint/resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bilevel
+from bilevel.errors import ConvergenceWarning
+from bilevel.problems import QuadraticBilevel
+
+
+@pytest.fixture
+def quadratic():
+    q = QuadraticBilevel.random(dim_x=4, dim_y=8, seed=1, lower_condition=10.0)
+    step = 1.0 / float(torch.linalg.eigvalsh(q.H).max())
+    return q, step
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("aid", {"inner_steps": 20, "outer_step_size": 0.1}),
+        (
+            "aid",
+            {
+                "inner_steps": 20,
+                "outer_step_size": 0.1,
+                "linear_solver": "neumann",
+                "linear_steps": 200,
+            },
+        ),
+        ("itd", {"inner_steps": 150, "outer_step_size": 0.1}),
+    ],
+)
+def test_deterministic_methods_reach_stationarity(quadratic, method, options):
+    q, step = quadratic
+    result = bilevel.solve(
+        q.problem(),
+        torch.zeros(4),
+        torch.zeros(8),
+        method,
+        maxiter=3000,
+        tol=1e-7,
+        inner_step_size=step,
+        **options,
+    )
+    assert result.converged, result.message
+    assert float(q.hypergradient(result.x).norm()) <= 1e-5
+    assert float((result.x - q.x_star()).norm()) <= 1e-5
+    hist = result.history
+    assert hist["iteration"][-1] == result.n_iter and len(hist["upper_value"]) == len(
+        hist["iteration"]
+    )
+    assert hist["grad_calls"] == sorted(hist["grad_calls"]) and hist["hvp_calls"][-1] > 0
+
+
+def test_nonconvergence_is_reported(quadratic):
+    q, step = quadratic
+    with pytest.warns(ConvergenceWarning, match="maxiter"):
+        result = bilevel.solve(
+            q.problem(), torch.zeros(4), torch.zeros(8), "aid", maxiter=3, inner_step_size=step
+        )
+    assert result.status == "max_iterations" and not result.converged
+
+
+def test_divergence_is_detected(quadratic):
+    q, step = quadratic
+    with pytest.warns(ConvergenceWarning, match="NaN or inf"):
+        result = bilevel.solve(
+            q.problem(),
+            torch.zeros(4),
+            torch.zeros(8),
+            "aid",
+            maxiter=2000,
+            inner_step_size=step,
+            outer_step_size=1e3,
+        )
+    assert result.status == "diverged"
+
+
+def test_checkpoint_resume_is_bit_for_bit(quadratic, tmp_path):
+    q, step = quadratic
+    options = {"inner_step_size": step, "outer_step_size": 0.1, "tol": 0.0}
+    with pytest.warns(ConvergenceWarning):
+        full = bilevel.solve(
+            q.problem(), torch.zeros(4), torch.zeros(8), "aid", maxiter=40, **options
+        )
+    path = tmp_path / "run.pt"
+    stopped = bilevel.solve(
+        q.problem(),
+        torch.zeros(4),
+        torch.zeros(8),
+        "aid",
+        maxiter=40,
+        checkpoint=path,
+        checkpoint_every=10,
+        callback=lambda it, state: it == 25,
+        **options,
+    )
+    assert stopped.status == "stopped"
+    with pytest.warns(ConvergenceWarning):
+        resumed = bilevel.solve(
+            q.problem(),
+            torch.zeros(4),
+            torch.zeros(8),
+            "aid",
+            maxiter=40,
+            checkpoint=path,
+            checkpoint_every=10,
+            resume=True,
+            **options,
+        )
+    assert torch.equal(resumed.x, full.x) and torch.equal(resumed.y, full.y)
+    assert resumed.history["hypergrad_norm"][-1] == full.history["hypergrad_norm"][-1]
+
+
+def test_inputs_are_not_modified_and_bad_options_rejected(quadratic):
+    q, step = quadratic
+    x0, y0 = torch.zeros(4), torch.zeros(8)
+    bilevel.solve(q.problem(), x0, y0, "itd", maxiter=5, tol=1e9, inner_step_size=step)
+    assert bool((x0 == 0).all()) and bool((y0 == 0).all())
+    with pytest.raises(ValueError, match="unknown method"):
+        bilevel.solve(q.problem(), x0, y0, "newton")
+    with pytest.raises(TypeError, match="no option"):
+        bilevel.solve(q.problem(), x0, y0, "aid", inner_stepsize=0.1)
+    with pytest.raises(ValueError, match="NaN"):
+        bilevel.solve(q.problem(), torch.full((4,), float("nan")), y0, "aid")
