@@ -126,3 +126,31 @@ def test_inputs_are_not_modified_and_bad_options_rejected(quadratic):
         bilevel.solve(q.problem(), x0, y0, "aid", inner_stepsize=0.1)
     with pytest.raises(ValueError, match="NaN"):
         bilevel.solve(q.problem(), torch.full((4,), float("nan")), y0, "aid")
+
+
+def test_every_registered_method_runs_by_name(quadratic):
+    q, step = quadratic
+    for name in bilevel.methods.METHODS:
+        result = (
+            bilevel.solve(
+                q.problem(),
+                torch.zeros(4),
+                torch.zeros(8),
+                name,
+                maxiter=3,
+                tol=1e9,
+                inner_step_size=step,
+            )
+            if name != "vpbgd"
+            else bilevel.solve(
+                q.problem(),
+                torch.zeros(4),
+                torch.zeros(8),
+                name,
+                maxiter=3,
+                tol=1e9,
+                inner_step_size=step,
+                step_size=0.01,
+            )
+        )
+        assert result.n_iter >= 1 and result.history["grad_calls"][-1] > 0, name

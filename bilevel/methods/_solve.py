@@ -9,10 +9,22 @@ from typing import Any
 
 from bilevel.methods._base import Method, MethodState, run_method
 from bilevel.methods.deterministic import AID, ITD
+from bilevel.methods.first_order import BOME, F2SA, VPBGD, Penalty
+from bilevel.methods.stochastic import SABA, SOBA, StocBiO
 from bilevel.problem import BilevelProblem, BilevelResult
 from bilevel.tree import PyTree
 
-METHODS: dict[str, type[Method]] = {"aid": AID, "itd": ITD}
+METHODS: dict[str, type[Method]] = {
+    "aid": AID,
+    "itd": ITD,
+    "stocbio": StocBiO,
+    "soba": SOBA,
+    "saba": SABA,
+    "f2sa": F2SA,
+    "penalty": Penalty,
+    "bome": BOME,
+    "vpbgd": VPBGD,
+}
 
 
 def solve(

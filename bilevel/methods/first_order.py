@@ -1,0 +1,572 @@
+"""Fully first-order (Hessian-free) outer algorithms: F2SA, the penalty method, BOME and V-PBGD.
+
+All four replace the implicit hypergradient ``grad_x F - B H^{-1} grad_y F`` by gradients of a
+*value-function penalty*. With ``v(x) = min_y f(x, y)`` and a multiplier ``lambda > 0``::
+
+    L_lambda(x) = min_y [F(x, y) + lambda f(x, y)] - lambda v(x)
+    grad L_lambda(x) = grad_x F(x, y_l) + lambda (grad_x f(x, y_l) - grad_x f(x, y*)),
+    y_l = argmin_y F(x, y)/lambda + f(x, y),   y* = argmin_y f(x, y),
+
+so only gradients of ``F`` and ``f`` are needed (``hvp_calls`` stays 0). For a lower level that
+is ``mu``-strongly convex in ``y``, ``|grad L_lambda(x) - grad h(x)| = O(1/lambda)`` (Kwon et
+al. 2023): F2SA, the penalty method and V-PBGD converge to the stationary point of
+``L_lambda`` (final ``lambda``), whose true hypergradient is ``O(1/lambda)``; BOME settles
+near a point whose distance to the bilevel solution shrinks with its step size and its
+number of inner steps (see its docstring). None is exact for finite parameters.
+
+Conventions shared by the four classes:
+
+* ``F`` is the upper objective, ``f`` the lower one (:class:`~bilevel.BilevelProblem`).
+* ``grad_calls`` counts evaluations of ``grad F`` or ``grad f`` (with respect to any subset of
+  the variables) at one point; a step on ``F/lambda + f`` costs two.
+* ``state.hypergrad`` is the direction the outer variable ``x`` moves along (for projected
+  updates, the gradient mapping ``(x_k - x_{k+1}) / alpha``); it drives the stopping test
+  ``|direction| <= tol`` of :func:`bilevel.solve`.
+* When ``problem.upper_data`` / ``problem.lower_data`` are given, every gradient evaluation
+  draws the next minibatch (:class:`~bilevel.methods._base.BatchStream`, re-iterated each
+  epoch); the two lower-level gradients in a difference ``grad_x f(x, y) - grad_x f(x, z)``
+  share one minibatch. The methods are the deterministic algorithms run on minibatches (no
+  variance reduction, no decaying step sizes), so ``tol`` should then be 0.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bilevel.methods._base import BatchStream, Method, MethodState, require_finite
+from bilevel.problem import BilevelProblem
+from bilevel.tree import PyTree, tree_axpy, tree_map, tree_norm, tree_sub, tree_vdot
+
+Projection = Callable[[PyTree], PyTree]
+
+__all__ = ["BOME", "F2SA", "VPBGD", "Penalty"]
+
+
+# --------------------------------------------------------------------------------------------
+# validation and shared pieces
+# --------------------------------------------------------------------------------------------
+def _check_positive(method: str, allow_zero: bool = False, **values: Any) -> None:
+    for name, value in values.items():
+        ok = (
+            isinstance(value, numbers.Real)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value >= 0 if allow_zero else value > 0)
+        )
+        if not ok:
+            kind = "non-negative" if allow_zero else "positive"
+            raise ValueError(f"{method}: {name} must be a {kind} finite number, got {value!r}")
+
+
+def _check_count(method: str, minimum: int, **values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_projection(method: str, **values: Any) -> None:
+    for name, value in values.items():
+        if value is not None and not callable(value):
+            raise ValueError(f"{method}: {name} must be None or a callable, got {value!r}")
+
+
+def _copy(tree: PyTree) -> PyTree:
+    return tree_map(lambda t: t.detach().clone(), tree)
+
+
+def _project(projection: Projection | None, tree: PyTree) -> PyTree:
+    return tree if projection is None else projection(tree)
+
+
+def _init_streams(problem: BilevelProblem, state: MethodState) -> MethodState:
+    if problem.upper_data is not None or problem.lower_data is not None:
+        state.extra["streams"] = (
+            BatchStream(problem.upper_data, "upper_data"),
+            BatchStream(problem.lower_data, "lower_data"),
+        )
+    return state
+
+
+def _batches(state: MethodState) -> tuple[Any, Any]:
+    """The next (upper, lower) minibatches, ``(None, None)`` for a deterministic problem."""
+    streams = state.extra.get("streams")
+    if streams is None:
+        return None, None
+    return streams[0].next(), streams[1].next()
+
+
+def _lower_grad_y(problem: BilevelProblem, x: PyTree, w: PyTree, lower_batch: Any) -> PyTree:
+    """``grad_y f(x, w)``."""
+    return torch.func.grad(lambda w_: problem.lower_value(x, w_, lower_batch))(w)
+
+
+def _scaled_penalised_grad_y(
+    problem: BilevelProblem, x: PyTree, w: PyTree, sigma: float, upper_batch: Any, lower_batch: Any
+) -> PyTree:
+    """``grad_y [sigma F + f](x, w)``."""
+
+    def objective(w_: PyTree) -> torch.Tensor:
+        return sigma * problem.upper_value(x, w_, upper_batch) + problem.lower_value(
+            x, w_, lower_batch
+        )
+
+    return torch.func.grad(objective)(w)
+
+
+def _penalised_inner_grads(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    z: PyTree,
+    sigma: float,
+    upper_batch: Any,
+    lower_batch: Any,
+) -> tuple[PyTree, PyTree]:
+    """``(grad_y [sigma F + f](x, y), grad_y f(x, z))`` from one backward pass."""
+
+    def objective(y_: PyTree, z_: PyTree) -> torch.Tensor:
+        return (
+            sigma * problem.upper_value(x, y_, upper_batch)
+            + problem.lower_value(x, y_, lower_batch)
+            + problem.lower_value(x, z_, lower_batch)
+        )
+
+    return torch.func.grad(objective, argnums=(0, 1))(y, z)
+
+
+def _penalty_direction(
+    problem: BilevelProblem,
+    x: PyTree,
+    y: PyTree,
+    z: PyTree,
+    multiplier: float,
+    upper_batch: Any,
+    lower_batch: Any,
+) -> PyTree:
+    """``grad_x F(x, y) + multiplier (grad_x f(x, y) - grad_x f(x, z))``."""
+    grad_F = torch.func.grad(lambda x_: problem.upper_value(x_, y, upper_batch))(x)
+    grad_f = torch.func.grad(
+        lambda x_: problem.lower_value(x_, y, lower_batch) - problem.lower_value(x_, z, lower_batch)
+    )(x)
+    return tree_map(lambda a, b: a + multiplier * b, grad_F, grad_f)
+
+
+def _outer_update(
+    x: PyTree, direction: PyTree, step_size: float, projection: Projection | None
+) -> tuple[PyTree, PyTree]:
+    """``x_new = P(x - alpha d)`` and the gradient mapping ``(x - x_new) / alpha``."""
+    x_new = tree_axpy(-step_size, direction, x)
+    if projection is None:
+        return x_new, direction
+    x_new = projection(x_new)
+    return x_new, tree_map(lambda a, b: (a - b) / step_size, x, x_new)
+
+
+# --------------------------------------------------------------------------------------------
+# F2SA
+# --------------------------------------------------------------------------------------------
+@dataclass
+class F2SA(Method):
+    """Fully first-order stochastic approximation (Kwon, Kwon, Wright and Nowak, ICML 2023).
+
+    Single loop on three sequences: ``y`` tracks the minimiser of the penalised objective
+    ``F + lambda f``, ``z`` tracks the lower-level solution ``y*``, ``x`` descends the
+    Lagrangian ``L_lambda`` (module docstring) while ``lambda`` grows. Outer iteration
+    ``k`` (``T = inner_steps``, ``beta = inner_step_size``, ``alpha = outer_step_size``)::
+
+        repeat T times:                                   (warm started at y_k, z_k)
+            y <- y - beta (grad_y F(x_k, y) / lambda_k + grad_y f(x_k, y))
+            z <- z - beta grad_y f(x_k, z)
+        d_k     = grad_x F(x_k, y) + lambda_k (grad_x f(x_k, y) - grad_x f(x_k, z))
+        x_{k+1} = x_k - alpha d_k
+        lambda_{k+1} = min(lambda_k + delta, lambda_max)
+
+    **Scaling.** The paper steps ``y`` on ``F + lambda_k f`` with step ``alpha_k``, ``z`` on
+    ``f`` with step ``gamma_k``, and couples ``alpha_k lambda_k`` to ``gamma_k`` (the
+    ``y``-step is stable only if ``alpha_k lambda_k < 2 / L_y``, ``L_y`` the smoothness of
+    ``f(x, .)``). Stepping on ``F/lambda + f`` with one ``beta`` is that coupling with
+    ``alpha_k = beta / lambda_k``, ``gamma_k = beta``: both inner problems contract at the
+    same rate and one ``beta < 2 / L_y`` serves every ``lambda``. The paper's ``x``-step
+    ``xi alpha_k`` corresponds to ``alpha = xi beta / lambda_k``; here ``alpha`` is constant.
+    With exact gradients and warm starts this converges linearly to the stationary point of
+    ``L_lambda`` once the ``T`` inner steps contract the ``y``/``z`` errors faster than the
+    ``x``-steps move their targets (the error of ``d_k`` is about
+    ``lambda L_xy (|y - y_lambda| + |z - y*|)``); the tests use ``T = 3`` with contraction
+    0.6 per inner step up to ``lambda = 1000``.
+
+    **Multiplier schedule.** The analysis lets ``lambda_k`` grow polynomially in ``k`` (a
+    power below one fixed by the noise regime, increments ``delta_k = lambda_{k+1} -
+    lambda_k``), giving ``epsilon``-stationarity in ``epsilon^{-3/2}`` iterations without
+    noise and ``epsilon^{-7/2}`` with noise at both levels. The practical schedule here
+    (also that of the benchopt F2SA solver, ``lambda_0 = 1``, ``delta = 0.1``) increases
+    ``lambda`` by a constant ``delta`` and caps it at ``lambda_max``, which fixes the final
+    bias: the iterates converge to the stationary point ``x_lambda`` of ``L_{lambda_max}``,
+    with ``|grad h(x_lambda)| = O(1 / lambda_max)``. The stopping test can only trigger once
+    ``d_k`` is small, i.e. near ``x_lambda`` for the current ``lambda_k``.
+
+    Defaults: ``T = 10``, ``lambda_0 = 1``; ``delta = 1`` (benchopt's ``0.1`` suits its
+    stochastic runs; with exact gradients ``lambda_max`` is then reached within the default
+    ``maxiter``); ``lambda_max = 100`` (a bias of order 1% of the scale of ``grad h``). Step
+    sizes must suit the problem: ``beta < 2 / (L_F / lambda_0 + L_y)`` for the first
+    ``y``-steps, ``alpha <= 1 / L_h``.
+    """
+
+    inner_steps: int = 10
+    inner_step_size: float = 0.1
+    outer_step_size: float = 0.01
+    lambda_init: float = 1.0
+    lambda_increment: float = 1.0
+    lambda_max: float = 100.0
+    name: str = field(default="f2sa", init=False)
+
+    def __post_init__(self) -> None:
+        _check_count("F2SA", 1, inner_steps=self.inner_steps)
+        _check_positive(
+            "F2SA",
+            inner_step_size=self.inner_step_size,
+            outer_step_size=self.outer_step_size,
+            lambda_init=self.lambda_init,
+            lambda_max=self.lambda_max,
+        )
+        _check_positive("F2SA", allow_zero=True, lambda_increment=self.lambda_increment)
+        if self.lambda_max < self.lambda_init:
+            raise ValueError(
+                f"F2SA: lambda_max ({self.lambda_max}) must be >= lambda_init ({self.lambda_init})"
+            )
+
+    def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
+        state = MethodState(x=x0, y=y0, extra={"z": _copy(y0), "lambda": float(self.lambda_init)})
+        return _init_streams(problem, state)
+
+    def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        lam = state.extra["lambda"]
+        x, y, z = state.x, state.y, state.extra["z"]
+        for _ in range(self.inner_steps):
+            upper_batch, lower_batch = _batches(state)
+            grad_y, grad_z = _penalised_inner_grads(
+                problem, x, y, z, 1.0 / lam, upper_batch, lower_batch
+            )
+            y = tree_axpy(-self.inner_step_size, grad_y, y)
+            z = tree_axpy(-self.inner_step_size, grad_z, z)
+        require_finite(y, "the inner variable y")
+        require_finite(z, "the lower-level variable z")
+        upper_batch, lower_batch = _batches(state)
+        direction = _penalty_direction(problem, x, y, z, lam, upper_batch, lower_batch)
+        state.x = tree_axpy(-self.outer_step_size, direction, x)
+        state.y = y
+        state.extra["z"] = z
+        state.extra["lambda"] = min(lam + self.lambda_increment, self.lambda_max)
+        state.hypergrad = direction
+        state.grad_calls += 3 * self.inner_steps + 3
+        return state
+
+
+# --------------------------------------------------------------------------------------------
+# Penalty method
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Penalty(Method):
+    """Double-loop penalty method (Kwon, Kwon, Wright and Nowak, ICLR 2024).
+
+    With ``sigma = 1 / lambda`` and ``h_sigma(x, y) = sigma F(x, y) + f(x, y)``, the penalty
+    function ``psi_sigma(x) = (min_y h_sigma(x, y) - min_z f(x, z)) / sigma`` is exactly
+    ``L_{1/sigma}`` of the module docstring, ``grad psi_sigma(x) = grad_x F(x, y_sigma) +
+    (grad_x f(x, y_sigma) - grad_x f(x, z*)) / sigma``. The paper shows
+    ``|psi_sigma - h| = O(sigma / mu)`` and ``|grad psi_sigma - grad h| = O(sigma / mu^3)``
+    and finds ``epsilon``-stationary points by minimising ``psi_sigma`` with
+    ``sigma = O(epsilon)``, the two inner problems (projected onto ``Y``) being solved by
+    gradient steps before each outer step. An error in ``y`` or ``z`` enters the estimate of
+    ``grad psi_sigma`` multiplied by ``1 / sigma``, so the inner accuracy must scale with
+    ``sigma``; here the inner loops stop on a tolerance proportional to ``sigma_k``. Outer
+    iteration ``k``::
+
+        sigma_k = max(sigma_0 rho^(k-1), sigma_min)                     (continuation)
+        y <- P_Y(y - beta grad_y [sigma_k F + f](x_k, y))   until |G_y| <= tau sigma_k
+        z <- P_Y(z - beta grad_y f(x_k, z))                  until |G_z| <= tau sigma_k
+        d_k     = grad_x F(x_k, y) + (grad_x f(x_k, y) - grad_x f(x_k, z)) / sigma_k
+        x_{k+1} = P_X(x_k - alpha d_k)
+
+    where ``G`` is the (projected) gradient mapping of the inner step and each inner loop
+    runs at most ``inner_steps`` iterations from its warm start (``inner_steps`` caps the
+    cost; ``inner_tol = tau``). Since ``|y - y_sigma| <= |G_y| / mu``, the stopping rule
+    bounds the error of ``d_k`` by about ``2 tau L_xy / mu``, independently of ``sigma``.
+
+    **Schedule.** ``sigma`` decreases geometrically from ``sigma_0`` (``sigma_decay = rho``)
+    to ``sigma_min``, then stays there: the method then converges to the stationary point
+    of ``psi_{sigma_min}``, whose true hypergradient is ``O(sigma_min)``. ``rho = 1`` is the
+    fixed ``sigma = sigma_0`` of the paper's analysis; continuation from a larger
+    ``sigma_0`` is the classical penalty-method practice and avoids spending the first
+    iterations at the most accurate (hence most expensive) inner tolerance. Under lower-level
+    strong convexity ``grad psi_sigma`` is Lipschitz with a constant independent of
+    ``sigma``, so a constant outer step ``alpha`` serves every ``sigma``.
+
+    Defaults: ``sigma_0 = 1``, ``rho = 0.9``, ``sigma_min = 1e-3`` (``lambda`` up to 1000),
+    ``tau = 1e-3``, at most ``inner_steps = 100`` per inner loop. The inner step needs
+    ``beta < 2 / (sigma_0 L_F + L_y)``; the outer one ``alpha <= 1 / L_psi`` (about the
+    smoothness of ``h``). ``project_x`` and
+    ``project_y`` (e.g. from :mod:`bilevel.operators.projections`) restrict ``x`` and ``y``
+    to closed convex sets, as in the paper; ``None`` means unconstrained.
+    """
+
+    inner_steps: int = 100
+    inner_step_size: float = 0.1
+    outer_step_size: float = 0.01
+    inner_tol: float = 1e-3
+    sigma_init: float = 1.0
+    sigma_decay: float = 0.9
+    sigma_min: float = 1e-3
+    project_x: Projection | None = None
+    project_y: Projection | None = None
+    name: str = field(default="penalty", init=False)
+
+    def __post_init__(self) -> None:
+        _check_count("Penalty", 1, inner_steps=self.inner_steps)
+        _check_positive(
+            "Penalty",
+            inner_step_size=self.inner_step_size,
+            outer_step_size=self.outer_step_size,
+            sigma_init=self.sigma_init,
+            sigma_decay=self.sigma_decay,
+            sigma_min=self.sigma_min,
+        )
+        _check_positive("Penalty", allow_zero=True, inner_tol=self.inner_tol)
+        if self.sigma_decay > 1:
+            raise ValueError(f"Penalty: sigma_decay must be in (0, 1], got {self.sigma_decay}")
+        if self.sigma_min > self.sigma_init:
+            raise ValueError(
+                f"Penalty: sigma_min ({self.sigma_min}) must be <= sigma_init ({self.sigma_init})"
+            )
+        _check_projection("Penalty", project_x=self.project_x, project_y=self.project_y)
+
+    def sigma(self, iteration: int) -> float:
+        """``sigma_k = max(sigma_0 rho^(k-1), sigma_min)`` at outer iteration ``k >= 1``."""
+        return max(self.sigma_init * self.sigma_decay ** (iteration - 1), self.sigma_min)
+
+    def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
+        y0 = _project(self.project_y, y0)
+        state = MethodState(x=x0, y=y0, extra={"z": _copy(y0), "sigma": float(self.sigma_init)})
+        return _init_streams(problem, state)
+
+    def _inner_loop(
+        self,
+        problem: BilevelProblem,
+        state: MethodState,
+        x: PyTree,
+        w: PyTree,
+        sigma: float,
+        with_upper: bool,
+    ) -> tuple[PyTree, int]:
+        """Projected GD on ``sigma F + f`` (``with_upper``) or ``f``; returns (w, grad calls)."""
+        beta, tol = self.inner_step_size, self.inner_tol * sigma
+        calls = 0
+        for _ in range(self.inner_steps):
+            upper_batch, lower_batch = _batches(state)
+            if with_upper:
+                grad = _scaled_penalised_grad_y(problem, x, w, sigma, upper_batch, lower_batch)
+            else:
+                grad = _lower_grad_y(problem, x, w, lower_batch)
+            calls += 2 if with_upper else 1
+            w_new = _project(self.project_y, tree_axpy(-beta, grad, w))
+            mapping = tree_norm(tree_sub(w, w_new)) / beta
+            w = w_new
+            if float(mapping) <= tol:
+                break
+        return w, calls
+
+    def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        sigma = self.sigma(iteration)
+        x = state.x
+        y, calls_y = self._inner_loop(problem, state, x, state.y, sigma, with_upper=True)
+        z, calls_z = self._inner_loop(problem, state, x, state.extra["z"], sigma, with_upper=False)
+        require_finite(y, "the inner variable y")
+        require_finite(z, "the lower-level variable z")
+        upper_batch, lower_batch = _batches(state)
+        direction = _penalty_direction(problem, x, y, z, 1.0 / sigma, upper_batch, lower_batch)
+        state.x, state.hypergrad = _outer_update(x, direction, self.outer_step_size, self.project_x)
+        state.y = y
+        state.extra["z"] = z
+        state.extra["sigma"] = sigma
+        state.grad_calls += calls_y + calls_z + 3
+        return state
+
+
+# --------------------------------------------------------------------------------------------
+# BOME
+# --------------------------------------------------------------------------------------------
+@dataclass
+class BOME(Method):
+    """Bilevel Optimization Made Easy (Liu, Ye, Wright, Stone and Liu, NeurIPS 2022).
+
+    Value-function reformulation ``min_{x, y} F(x, y)`` s.t. ``q(x, y) = f(x, y) - v(x) <= 0``,
+    solved by joint ``(x, y)`` steps with a *dynamic barrier* multiplier. Outer iteration
+    ``k`` (``T = inner_steps``, ``beta = inner_step_size``, ``xi = outer_step_size``)::
+
+        z_0 = y_k,  z_{t+1} = z_t - beta grad_y f(x_k, z_t),  t < T
+        q(x, y)  = f(x, y) - f(x, z_T)                       (z_T held fixed)
+        grad q   = (grad_x f(x_k, y_k) - grad_x f(x_k, z_T),  grad_y f(x_k, y_k))
+        phi_k    = eta |grad q|^2         (phi="grad_norm"; phi="value": eta q(x_k, y_k))
+        lambda_k = max(phi_k - <grad F, grad q>, 0) / |grad q|^2       (0 if grad q = 0)
+        (x, y)_{k+1} = (x, y)_k - xi (grad F + lambda_k grad q)
+
+    ``lambda_k`` is the smallest multiplier for which the step decreases ``q`` at rate at
+    least ``phi_k`` (``<grad q, d> >= phi_k``), so the direction is ``grad F`` whenever that
+    already reduces ``q`` fast enough. Defaults from the paper: ``eta = 0.5``, ``T = 10``,
+    ``phi = eta |grad q|^2`` (the choice of its analysis; ``eta q`` is its alternative).
+
+    **Accuracy.** There is no exact fixed point: ``d = 0`` with ``grad q != 0`` contradicts
+    ``<grad q, d> >= eta |grad q|^2 > 0``, and ``grad q = 0`` means ``y = y*(x)`` where
+    ``d = grad F`` (nonzero away from degenerate problems). With a constant ``xi`` the
+    iterates settle on a small orbit with ``lambda ~ 1/xi``. Linearising at ``y = y*(x)``
+    (``grad_x q ~ B P_T (y - y*)``, ``grad_y q ~ H (y - y*)``, ``P_T = I - (I - beta H)^T``),
+    the limit ``xi -> 0``, ``lambda (y - y*) -> -H^{-1} grad_y F`` is the zero ``x_T`` of the
+    ``T``-step truncated hypergradient ``grad_x F - B P_T H^{-1} grad_y F`` (``B = d2_xy f``),
+    whose distance to the bilevel solution decays like ``(1 - beta mu)^T`` (as for ITD).
+    On the test quadratic the orbit stays within about ``1.2 xi |x*|`` of ``x_T``.
+    ``state.hypergrad`` is the ``x``-part of the direction; ``state.extra`` records
+    ``lambda`` and ``q``.
+    """
+
+    inner_steps: int = 10
+    inner_step_size: float = 0.1
+    outer_step_size: float = 0.01
+    eta: float = 0.5
+    phi: str = "grad_norm"
+    name: str = field(default="bome", init=False)
+
+    def __post_init__(self) -> None:
+        _check_count("BOME", 0, inner_steps=self.inner_steps)
+        _check_positive(
+            "BOME",
+            inner_step_size=self.inner_step_size,
+            outer_step_size=self.outer_step_size,
+            eta=self.eta,
+        )
+        if self.phi not in ("grad_norm", "value"):
+            raise ValueError(f"BOME: phi must be 'grad_norm' or 'value', got {self.phi!r}")
+
+    def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
+        return _init_streams(problem, MethodState(x=x0, y=y0))
+
+    def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        x, y = state.x, state.y
+        z = y
+        for _ in range(self.inner_steps):
+            _, lower_batch = _batches(state)
+            grad_z = _lower_grad_y(problem, x, z, lower_batch)
+            z = tree_axpy(-self.inner_step_size, grad_z, z)
+        require_finite(z, "the lower-level variable z")
+        upper_batch, lower_batch = _batches(state)
+        gF_x, gF_y = torch.func.grad(
+            lambda x_, y_: problem.upper_value(x_, y_, upper_batch), argnums=(0, 1)
+        )(x, y)
+
+        def q(x_: PyTree, y_: PyTree) -> torch.Tensor:
+            return problem.lower_value(x_, y_, lower_batch) - problem.lower_value(
+                x_, z, lower_batch
+            )
+
+        (gq_x, gq_y), q_value = torch.func.grad_and_value(q, argnums=(0, 1))(x, y)
+        sq_norm = tree_vdot(gq_x, gq_x) + tree_vdot(gq_y, gq_y)
+        inner = tree_vdot(gF_x, gq_x) + tree_vdot(gF_y, gq_y)
+        phi = self.eta * (sq_norm if self.phi == "grad_norm" else q_value)
+        if float(sq_norm) > 0:
+            lam = torch.clamp(phi - inner, min=0) / sq_norm
+        else:
+            lam = torch.zeros_like(sq_norm)
+        d_x = tree_map(lambda a, b: a + lam * b, gF_x, gq_x)
+        d_y = tree_map(lambda a, b: a + lam * b, gF_y, gq_y)
+        state.x = tree_axpy(-self.outer_step_size, d_x, x)
+        state.y = tree_axpy(-self.outer_step_size, d_y, y)
+        require_finite(state.y, "the inner variable y")
+        state.hypergrad = d_x
+        state.extra["lambda"] = float(lam)
+        state.extra["q"] = float(q_value)
+        state.grad_calls += self.inner_steps + 3
+        return state
+
+
+# --------------------------------------------------------------------------------------------
+# V-PBGD
+# --------------------------------------------------------------------------------------------
+@dataclass
+class VPBGD(Method):
+    """Value-function penalty-based bilevel gradient descent (Shen and Chen, ICML 2023).
+
+    Minimises the penalised single-level problem
+    ``min_{x in X, y in Y} F(x, y) + gamma (f(x, y) - v(x))`` by projected gradient descent
+    on ``(x, y)`` jointly, with ``grad v(x) = grad_x f(x, y_hat)`` at an approximate
+    lower-level solution ``y_hat``. Outer iteration ``k`` (``T = inner_steps``,
+    ``beta = inner_step_size``, ``alpha = step_size``)::
+
+        repeat T times:  z <- P_Y(z - beta grad_y f(x_k, z))         (warm start z_{k-1})
+        g_x = grad_x F(x_k, y_k) + gamma (grad_x f(x_k, y_k) - grad_x f(x_k, z))
+        g_y = grad_y F(x_k, y_k) + gamma grad_y f(x_k, y_k)
+        (x_{k+1}, y_{k+1}) = P_{X x Y}((x_k, y_k) - alpha (g_x, g_y))
+
+    The paper's analysis (lower level satisfying a PL condition, possibly constrained) takes
+    ``gamma`` of order ``epsilon^{-1/2}``, ``alpha <= 1 / ell_gamma`` with ``ell_gamma =
+    O(gamma)`` the smoothness of the penalised objective, and a number of inner steps
+    logarithmic in ``k``; warm-starting ``z`` (a choice of this implementation) keeps ``T``
+    constant. For a strongly convex lower level, minimising the penalised objective over
+    ``y`` gives ``L_gamma`` of the module docstring, so the ``x``-iterates converge to its
+    stationary point ``x_gamma``, with ``|grad h(x_gamma)| = O(1 / gamma)``.
+
+    Defaults: ``gamma = 10``, ``alpha = 0.01``, ``T = 10``. ``alpha`` must stay below
+    ``2 / ell_gamma``, where ``ell_gamma >= gamma L_y`` (the ``y``-block alone) and the
+    coupling adds about ``gamma |B|^2 / mu`` (``B = d2_xy f``): ``alpha = O(1 / gamma)``,
+    while the reduced problem in ``x`` has curvature ``O(1)``, so the number of iterations
+    grows linearly with ``gamma``. ``project_x``/``project_y`` (``None``: unconstrained) are
+    the Euclidean projections onto ``X`` and ``Y``; ``state.hypergrad`` is the ``x``-part of
+    the gradient mapping.
+    """
+
+    penalty: float = 10.0
+    step_size: float = 0.01
+    inner_steps: int = 10
+    inner_step_size: float = 0.1
+    project_x: Projection | None = None
+    project_y: Projection | None = None
+    name: str = field(default="vpbgd", init=False)
+
+    def __post_init__(self) -> None:
+        _check_count("VPBGD", 0, inner_steps=self.inner_steps)
+        _check_positive(
+            "VPBGD",
+            penalty=self.penalty,
+            step_size=self.step_size,
+            inner_step_size=self.inner_step_size,
+        )
+        _check_projection("VPBGD", project_x=self.project_x, project_y=self.project_y)
+
+    def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
+        y0 = _project(self.project_y, y0)
+        return _init_streams(problem, MethodState(x=x0, y=y0, extra={"z": _copy(y0)}))
+
+    def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        x, y, z = state.x, state.y, state.extra["z"]
+        for _ in range(self.inner_steps):
+            _, lower_batch = _batches(state)
+            grad_z = _lower_grad_y(problem, x, z, lower_batch)
+            z = _project(self.project_y, tree_axpy(-self.inner_step_size, grad_z, z))
+        require_finite(z, "the lower-level variable z")
+        upper_batch, lower_batch = _batches(state)
+        gamma = self.penalty
+
+        def penalised(x_: PyTree, y_: PyTree) -> torch.Tensor:
+            return problem.upper_value(x_, y_, upper_batch) + gamma * (
+                problem.lower_value(x_, y_, lower_batch) - problem.lower_value(x_, z, lower_batch)
+            )
+
+        g_x, g_y = torch.func.grad(penalised, argnums=(0, 1))(x, y)
+        state.x, state.hypergrad = _outer_update(x, g_x, self.step_size, self.project_x)
+        state.y = _project(self.project_y, tree_axpy(-self.step_size, g_y, y))
+        require_finite(state.y, "the inner variable y")
+        state.extra["z"] = z
+        state.grad_calls += self.inner_steps + 3
+        return state
