@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[test,demo]"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[test,demo,cli]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/hyperparameter_optimization.py
+	$(BIN)/bilevel demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
