@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/bilevel demo
+	$(BIN)/bilevel demo --output-dir runs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
