@@ -452,3 +452,16 @@ def test_penalty_inner_loops_stop_at_tolerance(quadratic):
     assert float(g["fy"](x0, state.extra["z"]).norm()) <= tau * sigma
     # ... and stopped early instead of running all inner_steps
     assert state.grad_calls < 3 * method.inner_steps
+
+
+def test_bome_does_not_stop_while_y_still_moves():
+    """F independent of x: d_x = 0 at the start although y is far from optimal (regression)."""
+    problem = bilevel.BilevelProblem(
+        upper=lambda x, y: ((y - 1.0) ** 2).sum(), lower=lambda x, y: ((y - x) ** 2).sum()
+    )
+    with pytest.warns(ConvergenceWarning):
+        result = bilevel.solve(
+            problem, torch.zeros(3), torch.zeros(3), BOME(outer_step_size=0.1), maxiter=5, tol=1e-8
+        )
+    assert result.status == "max_iterations" and result.n_iter == 5
+    assert float(result.y.abs().sum()) > 0  # y did move towards argmin F

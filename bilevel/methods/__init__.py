@@ -12,6 +12,7 @@ name              method                                                 oracles
 ``"penalty"``     :class:`Penalty`: penalty method with sigma schedule   grad only
 ``"bome"``        :class:`BOME`: value function with dynamic barrier     grad only
 ``"vpbgd"``       :class:`VPBGD`: value-function penalty gradient        grad only
+``"borep"``       :class:`BOREP`: normalized momentum, periodic y updates grad + HVP
 ================  =====================================================  ==============
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from bilevel.methods._base import Method, MethodState, run_method
 from bilevel.methods._solve import METHODS, solve
+from bilevel.methods.borep import BOREP
 from bilevel.methods.deterministic import AID, ITD, inner_gradient_steps
 from bilevel.methods.first_order import BOME, F2SA, VPBGD, Penalty
 from bilevel.methods.stochastic import SABA, SOBA, StocBiO
@@ -26,6 +28,7 @@ from bilevel.methods.stochastic import SABA, SOBA, StocBiO
 __all__ = [
     "AID",
     "BOME",
+    "BOREP",
     "F2SA",
     "ITD",
     "METHODS",

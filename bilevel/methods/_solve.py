@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bilevel.methods._base import Method, MethodState, run_method
+from bilevel.methods.borep import BOREP
 from bilevel.methods.deterministic import AID, ITD
 from bilevel.methods.first_order import BOME, F2SA, VPBGD, Penalty
 from bilevel.methods.stochastic import SABA, SOBA, StocBiO
@@ -24,6 +25,7 @@ METHODS: dict[str, type[Method]] = {
     "penalty": Penalty,
     "bome": BOME,
     "vpbgd": VPBGD,
+    "borep": BOREP,
 }
 
 

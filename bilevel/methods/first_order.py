@@ -428,7 +428,9 @@ class BOME(Method):
     ``T``-step truncated hypergradient ``grad_x F - B P_T H^{-1} grad_y F`` (``B = d2_xy f``),
     whose distance to the bilevel solution decays like ``(1 - beta mu)^T`` (as for ITD).
     On the test quadratic the orbit stays within about ``1.2 xi |x*|`` of ``x_T``.
-    ``state.hypergrad`` is the ``x``-part of the direction; ``state.extra`` records
+    ``state.hypergrad`` is the joint direction ``(d_x, d_y)`` (the stopping test and the
+    history use its norm: ``d_x`` alone vanishes whenever ``lambda = 0`` and ``F`` does not
+    depend on ``x``, however far ``y`` is from ``y*``); ``state.extra`` records
     ``lambda`` and ``q``.
     """
 
@@ -484,7 +486,9 @@ class BOME(Method):
         state.x = tree_axpy(-self.outer_step_size, d_x, x)
         state.y = tree_axpy(-self.outer_step_size, d_y, y)
         require_finite(state.y, "the inner variable y")
-        state.hypergrad = d_x
+        # stop on the joint direction: d_x alone vanishes whenever lambda = 0 and F does not
+        # depend on x, although y may still be far from the lower-level solution
+        state.hypergrad = (d_x, d_y)
         state.extra["lambda"] = float(lam)
         state.extra["q"] = float(q_value)
         state.grad_calls += self.inner_steps + 3
