@@ -429,13 +429,7 @@ def projection_hyperplane(x: Tensor, a: Tensor, b: TensorOrScalar) -> Tensor:
         If ``x`` is 0-dimensional, or ``a`` is concrete (see the module notes)
         and zero.
     """
-    x = _check_x(x, "projection_hyperplane", min_dim=1)
-    a = _check_x(a, "projection_hyperplane", min_dim=1, arg="a")
-    _check_normal(a, "projection_hyperplane")
-    a = _as_param(a, x, "projection_hyperplane", "a")
-    b_t = _batch(_as_param(b, x, "projection_hyperplane", "b"))
-    residual = torch.sum(a * x, dim=-1, keepdim=True) - b_t
-    return x - residual / torch.sum(a * a, dim=-1, keepdim=True) * a
+    return _affine_projection(x, a, b, "projection_hyperplane", inequality=False)
 
 
 def projection_halfspace(x: Tensor, a: Tensor, b: TensorOrScalar) -> Tensor:
@@ -475,10 +469,19 @@ def projection_halfspace(x: Tensor, a: Tensor, b: TensorOrScalar) -> Tensor:
         If ``x`` is 0-dimensional, or ``a`` is concrete (see the module notes)
         and zero.
     """
-    x = _check_x(x, "projection_halfspace", min_dim=1)
-    a = _check_x(a, "projection_halfspace", min_dim=1, arg="a")
-    _check_normal(a, "projection_halfspace")
-    a = _as_param(a, x, "projection_halfspace", "a")
-    b_t = _batch(_as_param(b, x, "projection_halfspace", "b"))
-    violation = torch.relu(torch.sum(a * x, dim=-1, keepdim=True) - b_t)
-    return x - violation / torch.sum(a * a, dim=-1, keepdim=True) * a
+    return _affine_projection(x, a, b, "projection_halfspace", inequality=True)
+
+
+def _affine_projection(
+    x: Tensor, a: Tensor, b: TensorOrScalar, op: str, *, inequality: bool
+) -> Tensor:
+    """``x - r / ||a||^2 a`` with ``r = a^T x - b`` (clipped at 0 for the half-space)."""
+    x = _check_x(x, op, min_dim=1)
+    a = _check_x(a, op, min_dim=1, arg="a")
+    _check_normal(a, op)
+    a = _as_param(a, x, op, "a")
+    b_t = _batch(_as_param(b, x, op, "b"))
+    residual = torch.sum(a * x, dim=-1, keepdim=True) - b_t
+    if inequality:
+        residual = torch.relu(residual)
+    return x - residual / torch.sum(a * a, dim=-1, keepdim=True) * a
