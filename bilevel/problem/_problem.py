@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bilevel.tree import PyTree
+from bilevel.tree import PyTree, tree_leaves, tree_map
 
 Objective = Callable[..., torch.Tensor]
 
@@ -27,6 +27,15 @@ class BilevelProblem:
     upper_data, lower_data:
         Optional iterables of minibatches for stochastic methods; deterministic methods
         call the objectives without a batch argument when these are ``None``.
+    n_blocks:
+        Multi-block form: ``m`` lower-level problems ``y_i = argmin f_i(x, y_i)`` share ``x``
+        and ``F = (1/m) sum_i F_i(x, y_i)``. The objectives are then called per block as
+        ``F(x, y_i, i[, batch])`` and ``f(x, y_i, i[, batch])``, and ``y`` stacks the blocks
+        along the leading dimension of every leaf. :meth:`upper_value` and
+        :meth:`lower_value` return the block means; the lower level being separable, the
+        mean has the same minimisers, so every method applies unchanged (using all blocks);
+        blockwise methods sample blocks through :meth:`block_upper_value` and
+        :meth:`block_lower_value`.
 
     Notes
     -----
@@ -39,6 +48,7 @@ class BilevelProblem:
     lower: Objective
     upper_data: Any = None
     lower_data: Any = None
+    n_blocks: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("upper", "lower"):
@@ -46,14 +56,59 @@ class BilevelProblem:
                 raise TypeError(
                     f"BilevelProblem.{name} must be callable, got {getattr(self, name)!r}"
                 )
+        if self.n_blocks is not None and (not isinstance(self.n_blocks, int) or self.n_blocks < 1):
+            raise ValueError(
+                f"BilevelProblem.n_blocks must be a positive int, got {self.n_blocks!r}"
+            )
 
     def upper_value(self, x: PyTree, y: PyTree, batch: Any = None) -> torch.Tensor:
-        """``F(x, y[, batch])`` with a check that the value is a finite scalar."""
+        """``F(x, y[, batch])``; for a multi-block problem the mean of the block values."""
+        if self.n_blocks is not None:
+            return self._block_mean(self.block_upper_value, x, y, batch)
         return _scalar("upper", self.upper(x, y) if batch is None else self.upper(x, y, batch))
 
     def lower_value(self, x: PyTree, y: PyTree, batch: Any = None) -> torch.Tensor:
-        """``f(x, y[, batch])`` with a check that the value is a scalar."""
+        """``f(x, y[, batch])``; for a multi-block problem the mean of the block values."""
+        if self.n_blocks is not None:
+            return self._block_mean(self.block_lower_value, x, y, batch)
         return _scalar("lower", self.lower(x, y) if batch is None else self.lower(x, y, batch))
+
+    def block_upper_value(
+        self, x: PyTree, y_block: PyTree, block: int, batch: Any = None
+    ) -> torch.Tensor:
+        """``F_i(x, y_i[, batch])`` of block ``i`` of a multi-block problem."""
+        self._require_blocks()
+        args = (x, y_block, block) if batch is None else (x, y_block, block, batch)
+        return _scalar("upper", self.upper(*args))
+
+    def block_lower_value(
+        self, x: PyTree, y_block: PyTree, block: int, batch: Any = None
+    ) -> torch.Tensor:
+        """``f_i(x, y_i[, batch])`` of block ``i`` of a multi-block problem."""
+        self._require_blocks()
+        args = (x, y_block, block) if batch is None else (x, y_block, block, batch)
+        return _scalar("lower", self.lower(*args))
+
+    def _require_blocks(self) -> None:
+        if self.n_blocks is None:
+            raise ValueError(
+                "block values need a multi-block problem (BilevelProblem(..., n_blocks=m))"
+            )
+
+    def _block_mean(
+        self, block_value: Callable[..., torch.Tensor], x: PyTree, y: PyTree, batch: Any
+    ) -> torch.Tensor:
+        m = self.n_blocks
+        for leaf in tree_leaves(y):
+            if leaf.dim() == 0 or leaf.shape[0] != m:
+                raise ValueError(
+                    f"multi-block problem with n_blocks={m}: every leaf of y needs a leading "
+                    f"dimension of size {m}, got shape {tuple(leaf.shape)}"
+                )
+        values = [
+            block_value(x, tree_map(lambda leaf, i=i: leaf[i], y), i, batch) for i in range(m)
+        ]
+        return torch.stack(values).mean()
 
 
 def _scalar(name: str, value: Any) -> torch.Tensor:
