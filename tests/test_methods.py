@@ -131,6 +131,8 @@ def test_inputs_are_not_modified_and_bad_options_rejected(quadratic):
 def test_every_registered_method_runs_by_name(quadratic):
     q, step = quadratic
     for name in bilevel.methods.METHODS:
+        if name == "bsvrb":  # multi-block only: run by name in the multi-block test below
+            continue
         result = (
             bilevel.solve(
                 q.problem(),
@@ -186,3 +188,15 @@ def test_aid_on_a_multi_block_problem_reaches_the_mean_solution():
     )
     assert result.converged, result.message
     assert float((result.x - x_star).norm()) <= 1e-6 * max(1.0, float(x_star.norm()))
+    # the blockwise method, by its registered name, on the same problem (all blocks)
+    blockwise = bilevel.solve(
+        problem,
+        torch.zeros(3),
+        torch.zeros(3, 5),
+        "bsvrb",
+        maxiter=1000,
+        tol=0.0,
+        inner_step_size=1.0 / (3 * L),
+        linear_step_size=1.0 / (3 * L),
+    )
+    assert float((blockwise.x - x_star).norm()) <= 1e-6 * max(1.0, float(x_star.norm()))

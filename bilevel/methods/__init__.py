@@ -13,6 +13,7 @@ name              method                                                 oracles
 ``"bome"``        :class:`BOME`: value function with dynamic barrier     grad only
 ``"vpbgd"``       :class:`VPBGD`: value-function penalty gradient        grad only
 ``"borep"``       :class:`BOREP`: normalized momentum, periodic y updates grad + HVP
+``"bsvrb"``       :class:`BSVRB`: blockwise variance reduction (multi-block) grad + HVP
 ================  =====================================================  ==============
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 from bilevel.methods._base import Method, MethodState, run_method
 from bilevel.methods._solve import METHODS, solve
 from bilevel.methods.borep import BOREP
+from bilevel.methods.bsvrb import BSVRB
 from bilevel.methods.deterministic import AID, ITD, inner_gradient_steps
 from bilevel.methods.first_order import BOME, F2SA, VPBGD, Penalty
 from bilevel.methods.stochastic import SABA, SOBA, StocBiO
@@ -29,6 +31,7 @@ __all__ = [
     "AID",
     "BOME",
     "BOREP",
+    "BSVRB",
     "F2SA",
     "ITD",
     "METHODS",

@@ -9,6 +9,7 @@ from typing import Any
 
 from bilevel.methods._base import Method, MethodState, run_method
 from bilevel.methods.borep import BOREP
+from bilevel.methods.bsvrb import BSVRB
 from bilevel.methods.deterministic import AID, ITD
 from bilevel.methods.first_order import BOME, F2SA, VPBGD, Penalty
 from bilevel.methods.stochastic import SABA, SOBA, StocBiO
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "bome": BOME,
     "vpbgd": VPBGD,
     "borep": BOREP,
+    "bsvrb": BSVRB,
 }
 
 

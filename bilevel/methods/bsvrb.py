@@ -1,0 +1,321 @@
+"""BSVRB: blockwise stochastic variance-reduced bilevel method (Hu, Zhu, Yang et al.,
+"Blockwise Stochastic Variance-Reduced Methods with Parallel Speedup for Multi-Block Bilevel
+Optimization", ICML 2023), Hessian-vector-product variant.
+
+The problem is multi-block (``BilevelProblem(..., n_blocks=m)``)::
+
+    min_x (1/m) sum_i F_i(x, y_i*(x)),   y_i*(x) = argmin_y f_i(x, y),   i = 1 .. m
+
+Every iteration samples ``I`` of the ``m`` blocks and updates only their ``y_i`` and their
+linear-system variables ``v_i`` (``H_i v_i = grad_y F_i``), with MSVR estimators (Jiang et al.,
+ICML 2022: the multi-block single-probe variance-reduced estimator the paper builds on), and a
+STORM-style variance-reduced momentum for the ``x`` direction.
+
+Status: the updates below follow the paper's description (MSVR estimators for ``y_i`` and
+``v_i``, STORM for ``x``) but have not yet been checked line by line against its algorithm
+box or official code, and the minibatch-data path (``upper_data``/``lower_data``) is not
+covered by tests yet; with all blocks and exact oracles the method reduces to single-loop AID
+and converges to machine precision (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bilevel.methods._base import Method, MethodState, require_finite
+from bilevel.methods.stochastic import _check_step, _grad, _streams, _track
+from bilevel.problem import BilevelProblem
+from bilevel.tree import (
+    PyTree,
+    tree_add,
+    tree_axpy,
+    tree_flatten,
+    tree_map,
+    tree_scale,
+    tree_sub,
+    tree_unflatten,
+    tree_zeros_like,
+)
+
+
+def _block(tree: PyTree, i: int) -> PyTree:
+    return tree_map(lambda leaf: leaf[i], tree)
+
+
+def _set_blocks(tree: PyTree, index: torch.Tensor, values: list[PyTree]) -> PyTree:
+    """A copy of the stacked ``tree`` whose blocks ``index[k]`` are ``values[k]``."""
+    leaves, spec = tree_flatten(tree)
+    value_leaves = [tree_flatten(v)[0] for v in values]
+    out = []
+    for j, leaf in enumerate(leaves):
+        leaf = leaf.clone()
+        if len(values):
+            leaf[index] = torch.stack([v[j] for v in value_leaves])
+        out.append(leaf)
+    return tree_unflatten(out, spec)
+
+
+def _block_oracles(
+    problem: BilevelProblem,
+    x: PyTree,
+    y_i: PyTree,
+    v_i: PyTree,
+    i: int,
+    lower_batch: Any,
+    upper_batch: Any,
+) -> tuple[PyTree, PyTree, PyTree]:
+    """``(grad_y f_i, H_i v_i - grad_y F_i, grad_x F_i - B_i v_i)`` at ``(x, y_i, v_i)``."""
+    with torch.enable_grad():
+        x_t, x_leaves, x_spec = _track(x)
+        y_t, y_leaves, y_spec = _track(y_i)
+        lower = problem.block_lower_value(x_t, y_t, i, lower_batch)
+        grad_y = _grad(lower, y_leaves, create_graph=True)
+        v_leaves = [leaf.detach() for leaf in tree_flatten(v_i)[0]]
+        products = _grad(grad_y, x_leaves + y_leaves, v_leaves)
+        upper = problem.block_upper_value(x_t, y_t, i, upper_batch)
+        upper_grads = _grad(upper, x_leaves + y_leaves)
+    n = len(x_leaves)
+    g = tree_unflatten([t.detach() for t in grad_y], y_spec)
+    bv, hv = tree_unflatten(products[:n], x_spec), tree_unflatten(products[n:], y_spec)
+    gx_F, gy_F = tree_unflatten(upper_grads[:n], x_spec), tree_unflatten(upper_grads[n:], y_spec)
+    return g, tree_sub(hv, gy_F), tree_sub(gx_F, bv)
+
+
+@dataclass
+class BSVRB(Method):
+    """BSVRB (Hu, Zhu, Yang et al., ICML 2023), Hessian-vector-product variant, for
+    multi-block problems (``problem.n_blocks = m``).
+
+    Notation: ``g_i = grad_y f_i``, ``r_i(x, y_i, v_i) = H_i v_i - grad_y F_i`` (the gradient
+    in ``v_i`` of ``1/2 v^T H_i v - v^T grad_y F_i``, whose minimiser is
+    ``v_i* = H_i^{-1} grad_y F_i``), ``D_i(x, y_i, v_i) = grad_x F_i - B_i v_i`` with
+    ``H_i = d2_yy f_i``, ``B_i = d2_xy f_i``; ``D_i(x, y_i*(x), v_i*(x))`` averaged over the
+    blocks is the hypergradient. State at iteration ``t``: ``x_t``, per-block ``y_i^t``,
+    ``v_i^t``, the previous iterates ``x_{t-1}``, ``y_i^{t-1}``, ``v_i^{t-1}``, the estimators
+    ``u_i`` (of ``g_i``), ``w_i`` (of ``r_i``) and ``z`` (of the hypergradient).
+
+    Iteration ``t``::
+
+        I_t = first I entries of torch.randperm(m)       (blocks, without replacement)
+        for i in I_t, with one sample S_i (B lower and B upper minibatches, averaged):
+            a_i = (x_t, y_i^t, v_i^t),  p_i = (x_{t-1}, y_i^{t-1}, v_i^{t-1})
+            u_i <- (1 - beta_y) u_i + beta_y g_i(a_i; S_i) + gamma_y (g_i(a_i; S_i) - g_i(p_i; S_i))
+            w_i <- (1 - beta_v) w_i + beta_v r_i(a_i; S_i) + gamma_v (r_i(a_i; S_i) - r_i(p_i; S_i))
+        gamma_y = (m - I) / (I (1 - beta_y)) + (1 - beta_y)       (MSVR weight; same for gamma_v)
+        Dbar_t  = (1/I) sum_{i in I_t} D_i(a_i; S_i),  Dbar'_t = (1/I) sum_{i in I_t} D_i(p_i; S_i)
+        z <- (1 - beta_x) z + beta_x Dbar_t + (1 - beta_x) (Dbar_t - Dbar'_t)        (STORM)
+        y_i^{t+1} = y_i^t - tau_y u_i,   v_i^{t+1} = v_i^t - tau_v w_i      (i in I_t only;
+        y_i^{t+1} = y_i^t, v_i^{t+1} = v_i^t and u_i, w_i unchanged for the other blocks)
+        x_{t+1}  = x_t - eta z
+
+    The estimators are updated with the same sample at the current and the previous point
+    (single probe per sampled block), as MSVR/STORM require. :meth:`init` sets
+    ``v_i^0 = 0``, the previous iterates equal to the first ones (so the first corrections
+    vanish) and initialises ``u_i``, ``w_i`` for *every* block and ``z`` (all blocks
+    averaged) from one sample each, like the paper's initial large-batch estimators.
+    ``state.hypergrad`` is ``z`` (the ``x`` direction); ``state.extra`` holds ``v``, ``u``,
+    ``w``, ``z``, ``x_prev``, ``y_prev``, ``v_prev`` and the streams.
+
+    With ``I = m`` and no noise, ``gamma = 1 - beta`` and the MSVR recursion keeps
+    ``u_i = g_i``, ``w_i = r_i`` and ``z = mean_i D_i`` exactly: the method is then a
+    deterministic single-loop AID (one gradient step on every ``y_i`` and ``v_i``, one on
+    ``x``), which converges linearly for small enough steps.
+
+    Data: with ``problem.lower_data`` / ``upper_data`` given, each sampled block consumes
+    ``B = batch_size`` minibatches of each level's :class:`~bilevel.methods._base.BatchStream`
+    (blocks in the order drawn) and averages its oracles over them; the objectives are called
+    as ``f(x, y_i, i, batch)``. ``None`` data means a deterministic level. Blocks are drawn from
+    the global torch RNG, which checkpoints save: resumed runs repeat the uninterrupted one bit
+    for bit under the conditions of :class:`~bilevel.methods._base.BatchStream`.
+
+    Parameters (defaults, sources)
+    ------------------------------
+    blocks_per_iter:
+        ``I``; ``None`` (default) means all ``m`` blocks. The paper's experiments sample a
+        small fraction of the tasks; ``1 <= I <= m``.
+    batch_size:
+        ``B = 1`` minibatch per sampled block and level (library default).
+    outer_step_size:
+        ``eta = 0.01`` (library default, as :class:`SOBA`); ``0`` freezes ``x``.
+    inner_step_size:
+        ``tau_y = 0.1`` (library default, as :class:`SOBA`); needs ``tau_y < 2 / L_y``.
+    linear_step_size:
+        ``tau_v = 0.1`` (library default); needs ``tau_v < 2 / L_y``.
+    inner_momentum, linear_momentum:
+        ``beta_y = beta_v = 0.5`` in ``(0, 1]``: weight of the new sample in the MSVR
+        estimators (library default; the theory takes ``beta = O(I B eps^2 / m)``-type small
+        values, the paper tunes them in ``{0.1, ..., 0.9}``-type grids). ``1`` with ``I = m``
+        is plain stochastic gradient.
+    outer_momentum:
+        ``beta_x = 0.5`` in ``(0, 1]``: weight of the new sample in STORM (library default).
+
+    Oracle calls per iteration (counted): ``2 I B`` lower gradients and ``2 I B`` upper
+    gradients (``grad_calls += 4 I B``) and ``4 I B`` products (``H v`` and ``B v`` at two
+    points); :meth:`init` costs ``m`` times the oracles of one point.
+
+    Accuracy (``tests/test_bsvrb.py``, three deterministic ``QuadraticBilevel`` blocks,
+    ``dim x = 3``, ``dim y = 5``): see the test module for the measured relative errors
+    ``||x - x*|| / ||x*||``.
+    """
+
+    blocks_per_iter: int | None = None
+    batch_size: int = 1
+    outer_step_size: float = 0.01
+    inner_step_size: float = 0.1
+    linear_step_size: float = 0.1
+    inner_momentum: float = 0.5
+    linear_momentum: float = 0.5
+    outer_momentum: float = 0.5
+    name: str = field(default="bsvrb", init=False)
+    stochastic = True
+
+    def __post_init__(self) -> None:
+        _check_step("outer_step_size", self.outer_step_size, allow_zero=True)
+        _check_step("inner_step_size", self.inner_step_size)
+        _check_step("linear_step_size", self.linear_step_size)
+        for what in ("inner_momentum", "linear_momentum", "outer_momentum"):
+            value = getattr(self, what)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"bsvrb: {what} must be in (0, 1], got {value}")
+        if self.blocks_per_iter is not None and (
+            not isinstance(self.blocks_per_iter, int) or self.blocks_per_iter < 1
+        ):
+            raise ValueError(
+                f"bsvrb: blocks_per_iter must be a positive int or None, got "
+                f"{self.blocks_per_iter!r}"
+            )
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"bsvrb: batch_size must be a positive int, got {self.batch_size!r}")
+
+    # ------------------------------------------------------------------ helpers
+
+    def _n_blocks(self, problem: BilevelProblem) -> tuple[int, int]:
+        m = problem.n_blocks
+        if m is None:
+            raise ValueError(
+                "bsvrb needs a multi-block problem: build it with BilevelProblem(..., "
+                "n_blocks=m) and objectives F(x, y_i, i[, batch]), f(x, y_i, i[, batch])"
+            )
+        I = m if self.blocks_per_iter is None else self.blocks_per_iter
+        if I > m:
+            raise ValueError(f"bsvrb: blocks_per_iter={I} exceeds the problem's n_blocks={m}")
+        return m, I
+
+    def _gamma(self, beta: float, m: int, I: int) -> float:
+        """MSVR correction weight ``(m - I) / (I (1 - beta)) + (1 - beta)``."""
+        if I == m:
+            return 1.0 - beta
+        if beta >= 1.0:
+            raise ValueError(
+                "bsvrb: MSVR with blocks_per_iter < n_blocks needs momentum parameters < 1"
+            )
+        return (m - I) / (I * (1.0 - beta)) + (1.0 - beta)
+
+    def _samples(self, problem: BilevelProblem, state: MethodState) -> list[tuple[Any, Any]]:
+        upper, lower = _streams(problem, state)
+        return [(lower.next(), upper.next()) for _ in range(self.batch_size)]
+
+    def _oracles(self, problem, x, y_i, v_i, i, samples):
+        """Oracles of block ``i`` averaged over ``samples``."""
+        out = None
+        for lower_batch, upper_batch in samples:
+            res = _block_oracles(problem, x, y_i, v_i, i, lower_batch, upper_batch)
+            out = res if out is None else tuple(tree_add(a, b) for a, b in zip(out, res))
+        if len(samples) > 1:
+            out = tuple(tree_scale(1.0 / len(samples), a) for a in out)
+        return out
+
+    # ------------------------------------------------------------------ method
+
+    def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
+        m, _ = self._n_blocks(problem)
+        for leaf in tree_flatten(y0)[0]:
+            if leaf.dim() == 0 or leaf.shape[0] != m:
+                raise ValueError(
+                    f"bsvrb: every leaf of y needs a leading dimension n_blocks={m}, got "
+                    f"shape {tuple(leaf.shape)}"
+                )
+        state = MethodState(x=x0, y=y0)
+        v = tree_zeros_like(y0)
+        us, ws, ds = [], [], []
+        for i in range(m):
+            samples = self._samples(problem, state)
+            g, r, d = self._oracles(problem, x0, _block(y0, i), _block(v, i), i, samples)
+            us.append(g)
+            ws.append(r)
+            ds.append(d)
+        index = torch.arange(m)
+        z = tree_scale(1.0 / m, ds[0] if m == 1 else _sum(ds))
+        state.extra.update(
+            v=v,
+            u=_set_blocks(tree_zeros_like(y0), index, us),
+            w=_set_blocks(tree_zeros_like(y0), index, ws),
+            z=z,
+            x_prev=x0,
+            y_prev=y0,
+            v_prev=v,
+        )
+        state.grad_calls += 2 * m * self.batch_size
+        state.hvp_calls += 2 * m * self.batch_size
+        return state
+
+    def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        m, I = self._n_blocks(problem)
+        gamma_y = self._gamma(self.inner_momentum, m, I)
+        gamma_v = self._gamma(self.linear_momentum, m, I)
+        beta_y, beta_v, beta_x = self.inner_momentum, self.linear_momentum, self.outer_momentum
+        ex = state.extra
+        x, y, v = state.x, state.y, ex["v"]
+        x_prev, y_prev, v_prev = ex["x_prev"], ex["y_prev"], ex["v_prev"]
+        u, w, z = ex["u"], ex["w"], ex["z"]
+
+        blocks = torch.randperm(m)[:I] if I < m else torch.arange(m)
+        new_u, new_w, new_y, new_v, d_cur, d_old = [], [], [], [], [], []
+        for i in blocks.tolist():
+            samples = self._samples(problem, state)
+            y_i, v_i = _block(y, i), _block(v, i)
+            g, r, d = self._oracles(problem, x, y_i, v_i, i, samples)
+            g_p, r_p, d_p = self._oracles(
+                problem, x_prev, _block(y_prev, i), _block(v_prev, i), i, samples
+            )
+            u_i = _msvr(_block(u, i), g, g_p, beta_y, gamma_y)
+            w_i = _msvr(_block(w, i), r, r_p, beta_v, gamma_v)
+            new_u.append(u_i)
+            new_w.append(w_i)
+            new_y.append(tree_axpy(-self.inner_step_size, u_i, y_i))
+            new_v.append(tree_axpy(-self.linear_step_size, w_i, v_i))
+            d_cur.append(d)
+            d_old.append(d_p)
+        d_bar = tree_scale(1.0 / I, _sum(d_cur))
+        d_bar_old = tree_scale(1.0 / I, _sum(d_old))
+        # z <- (1 - beta_x) z + beta_x D + (1 - beta_x) (D - D') = D + (1 - beta_x) (z - D')
+        z = tree_add(d_bar, tree_scale(1.0 - beta_x, tree_sub(z, d_bar_old)))
+        z = require_finite(z, "the hypergradient estimate z")
+
+        ex["x_prev"], ex["y_prev"], ex["v_prev"] = x, y, v
+        ex["u"] = _set_blocks(u, blocks, new_u)
+        ex["w"] = _set_blocks(w, blocks, new_w)
+        state.y = require_finite(_set_blocks(y, blocks, new_y), "the inner variable y")
+        ex["v"] = require_finite(_set_blocks(v, blocks, new_v), "the linear-system variable v")
+        ex["z"] = z
+        state.x = require_finite(tree_axpy(-self.outer_step_size, z, x), "the outer variable x")
+        state.hypergrad = z
+        state.grad_calls += 4 * I * self.batch_size
+        state.hvp_calls += 4 * I * self.batch_size
+        return state
+
+
+def _sum(trees: list[PyTree]) -> PyTree:
+    total = trees[0]
+    for t in trees[1:]:
+        total = tree_add(total, t)
+    return total
+
+
+def _msvr(old: PyTree, new: PyTree, new_prev: PyTree, beta: float, gamma: float) -> PyTree:
+    """``(1 - beta) old + beta new + gamma (new - new_prev)``."""
+    out = tree_add(tree_scale(1.0 - beta, old), tree_scale(beta, new))
+    return tree_axpy(gamma, tree_sub(new, new_prev), out)
