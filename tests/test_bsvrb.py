@@ -16,24 +16,15 @@ import torch
 
 import bilevel
 from bilevel.methods.bsvrb import BSVRB
-from bilevel.problems import QuadraticBilevel
+from bilevel.problems import MultiBlockQuadratic, QuadraticBilevel
 
 
 def _setup():
-    blocks = [QuadraticBilevel.random(dim_x=3, dim_y=5, seed=20 + i) for i in range(3)]
-    problem = bilevel.BilevelProblem(
-        upper=lambda x, y_i, i: blocks[i].upper(x, y_i),
-        lower=lambda x, y_i, i: blocks[i].lower(x, y_i),
-        n_blocks=3,
-    )
-
-    def hessian(q):
-        M = torch.linalg.solve(q.H, q.J)
-        return q.C + q.K.T @ M + M.T @ q.K + M.T @ q.A @ M
-
-    mean_hessian = torch.stack([hessian(q) for q in blocks]).mean(0)
-    mean_grad0 = torch.stack([q.hypergradient(torch.zeros(3)) for q in blocks]).mean(0)
-    x_star = torch.linalg.solve(mean_hessian, -mean_grad0)
+    multi = MultiBlockQuadratic.random(n_blocks=3, dim_x=3, dim_y=5, seed=20)
+    blocks = multi.blocks
+    problem = multi.problem()
+    mean_hessian = multi.hessian()
+    x_star = multi.x_star()
     L = max(float(torch.linalg.eigvalsh(q.H).max()) for q in blocks)
     eta = 0.5 / float(torch.linalg.eigvalsh(mean_hessian).max())
     return problem, x_star, L, eta

@@ -8,7 +8,7 @@ from conftest import relative_error
 
 from bilevel import hypergrad
 from bilevel.problem import BilevelProblem
-from bilevel.problems import QuadraticBilevel
+from bilevel.problems import MultiBlockQuadratic, QuadraticBilevel
 
 
 @pytest.fixture
@@ -118,23 +118,16 @@ def test_objective_must_return_scalar(quadratic):
 
 def test_multi_block_problem_hypergradient_is_the_mean_of_blocks():
     """m independent lower problems sharing x: grad h = mean_i grad h_i (closed forms)."""
-    blocks = [QuadraticBilevel.random(dim_x=3, dim_y=5, seed=10 + i) for i in range(4)]
-
-    def upper(x, y_i, i):
-        return blocks[i].upper(x, y_i)
-
-    def lower(x, y_i, i):
-        return blocks[i].lower(x, y_i)
-
-    problem = BilevelProblem(upper, lower, n_blocks=4)
+    multi = MultiBlockQuadratic.random(n_blocks=4, dim_x=3, dim_y=5, seed=10)
+    problem = multi.problem()
     x = torch.randn(3)
-    y = torch.stack([q.y_star(x) for q in blocks])
-    exact = torch.stack([q.hypergradient(x) for q in blocks]).mean(0)
+    y = multi.y_star(x)
+    exact = torch.stack([q.hypergradient(x) for q in multi.blocks]).mean(0)
     est = hypergrad.implicit(problem, x, y, tol=1e-13)
     assert relative_error(est.grad, exact) <= 1e-8
-    value = torch.stack([q.value(x) for q in blocks]).mean()
+    value = torch.stack([q.value(x) for q in multi.blocks]).mean()
     assert abs(float(problem.upper_value(x, y) - value)) <= 1e-12
     with pytest.raises(ValueError, match="leading"):
         problem.upper_value(x, y[:2])
     with pytest.raises(ValueError, match="n_blocks"):
-        BilevelProblem(upper, lower, n_blocks=0)
+        BilevelProblem(problem.upper, problem.lower, n_blocks=0)

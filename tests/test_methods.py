@@ -7,7 +7,7 @@ import torch
 
 import bilevel
 from bilevel.errors import ConvergenceWarning
-from bilevel.problems import QuadraticBilevel
+from bilevel.problems import MultiBlockQuadratic, QuadraticBilevel
 
 
 @pytest.fixture
@@ -159,20 +159,10 @@ def test_every_registered_method_runs_by_name(quadratic):
 
 
 def test_aid_on_a_multi_block_problem_reaches_the_mean_solution():
-    blocks = [QuadraticBilevel.random(dim_x=3, dim_y=5, seed=20 + i) for i in range(3)]
-    problem = bilevel.BilevelProblem(
-        upper=lambda x, y_i, i: blocks[i].upper(x, y_i),
-        lower=lambda x, y_i, i: blocks[i].lower(x, y_i),
-        n_blocks=3,
-    )
-
-    def hessian(q):
-        M = torch.linalg.solve(q.H, q.J)
-        return q.C + q.K.T @ M + M.T @ q.K + M.T @ q.A @ M
-
-    mean_hessian = torch.stack([hessian(q) for q in blocks]).mean(0)
-    mean_grad0 = torch.stack([q.hypergradient(torch.zeros(3)) for q in blocks]).mean(0)
-    x_star = torch.linalg.solve(mean_hessian, -mean_grad0)
+    multi = MultiBlockQuadratic.random(n_blocks=3, dim_x=3, dim_y=5, seed=20)
+    blocks, problem = multi.blocks, multi.problem()
+    mean_hessian = multi.hessian()
+    x_star = multi.x_star()
     # the mean lower objective has Hessian blocks H_i / m: the inner step scales with m
     L = max(float(torch.linalg.eigvalsh(q.H).max()) for q in blocks) / 3
     result = bilevel.solve(

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from bilevel.problems.quadratic import QuadraticBilevel
+from bilevel.problems.quadratic import MultiBlockQuadratic, QuadraticBilevel
 
-__all__ = ["QuadraticBilevel"]
+__all__ = ["MultiBlockQuadratic", "QuadraticBilevel"]

@@ -88,8 +88,64 @@ class QuadraticBilevel:
         M = torch.linalg.solve(self.H, self.J)
         return self.C @ x + self.d + self.K.T @ y + M.T @ (self.A @ y + self.K @ x + self.c)
 
+    def hessian(self) -> torch.Tensor:
+        """Exact Hessian of ``h``, ``C + K^T M + M^T K + M^T A M`` with ``M = H^{-1} J``."""
+        M = torch.linalg.solve(self.H, self.J)
+        return self.C + self.K.T @ M + M.T @ self.K + M.T @ self.A @ M
+
     def x_star(self) -> torch.Tensor:
         """Exact minimiser of ``h``."""
-        M = torch.linalg.solve(self.H, self.J)
-        hess = self.C + self.K.T @ M + M.T @ self.K + M.T @ self.A @ M
-        return torch.linalg.solve(hess, -self.hypergradient(torch.zeros_like(self.d)))
+        return torch.linalg.solve(self.hessian(), -self.hypergradient(torch.zeros_like(self.d)))
+
+
+@dataclass(frozen=True)
+class MultiBlockQuadratic:
+    """Multi-block problem from quadratic blocks sharing ``x``::
+
+        min_x (1/m) sum_i F_i(x, y_i*(x)),   y_i*(x) = argmin_y f_i(x, y)
+
+    with ``F_i``, ``f_i`` those of ``blocks[i]`` (same ``dim_x`` and ``dim_y``). ``h`` is the
+    mean of the blocks' value functions, so its gradient, Hessian and minimiser are exact.
+    """
+
+    blocks: tuple[QuadraticBilevel, ...]
+
+    @classmethod
+    def random(
+        cls, n_blocks: int = 3, dim_x: int = 3, dim_y: int = 5, seed: int = 0
+    ) -> MultiBlockQuadratic:
+        """``n_blocks`` instances of :meth:`QuadraticBilevel.random` with seeds ``seed + i``."""
+        return cls(
+            tuple(QuadraticBilevel.random(dim_x, dim_y, seed=seed + i) for i in range(n_blocks))
+        )
+
+    def problem(self) -> BilevelProblem:
+        """The multi-block :class:`~bilevel.BilevelProblem` (``n_blocks = m``)."""
+        blocks = self.blocks
+        return BilevelProblem(
+            upper=lambda x, y_i, i: blocks[i].upper(x, y_i),
+            lower=lambda x, y_i, i: blocks[i].lower(x, y_i),
+            n_blocks=len(blocks),
+        )
+
+    def y_star(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact inner solutions, stacked along the first dimension."""
+        return torch.stack([q.y_star(x) for q in self.blocks])
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``h(x)``."""
+        return torch.stack([q.value(x) for q in self.blocks]).mean()
+
+    def hypergradient(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact ``grad h(x)``."""
+        return torch.stack([q.hypergradient(x) for q in self.blocks]).mean(0)
+
+    def hessian(self) -> torch.Tensor:
+        """Exact Hessian of ``h``."""
+        return torch.stack([q.hessian() for q in self.blocks]).mean(0)
+
+    def x_star(self) -> torch.Tensor:
+        """Exact minimiser of ``h``."""
+        return torch.linalg.solve(
+            self.hessian(), -self.hypergradient(torch.zeros_like(self.blocks[0].d))
+        )
