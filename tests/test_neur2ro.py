@@ -25,7 +25,7 @@ from bilevel.robust.neur2ro import (
     solve_main,
     solve_neur2ro,
 )
-from bilevel.robust.neur2ro.embedding import MilpBuilder, embed_item_set, embed_value
+from bilevel.robust.neur2ro.embedding import MilpBuilder, embed_item_set, embed_mlp, embed_value
 from bilevel.robust.problems import capital_budgeting_problem, knapsack_problem
 
 
@@ -134,6 +134,61 @@ def test_embedding_reproduces_forward_pass(x_ub):
         np.testing.assert_allclose(values, ref, rtol=0, atol=1e-6 * max(1.0, abs(ref)))
 
 
+@pytest.mark.parametrize("variable", ["x", "xi"])
+def test_joint_embedding_reproduces_forward_pass(variable):
+    """Joint encoder: binary x columns with a fixed scenario (main problem), continuous xi
+    columns with a fixed x (adversarial problem); both must equal the torch forward pass."""
+    n, d = 6, 3
+    rng = np.random.default_rng(7)
+    f = rng.normal(size=(n, d))
+    torch.manual_seed(8)
+    net = SetValueNetwork(
+        NetworkConfig(d, d, phi_dims=(8, 4), rho_dims=(8, 3), value_dims=(6,), encoder="joint")
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(2.0)
+    for _ in range(4):
+        x = rng.integers(0, 2, n).astype(float)
+        xi = rng.uniform(-1, 1, n)
+        with torch.no_grad():
+            ref = float(
+                net(
+                    torch.from_numpy(np.hstack([x[:, None], f]))[None],
+                    torch.from_numpy(np.hstack([xi[:, None], f]))[None],
+                )
+            )
+        for maximize in (True, False):
+            b = MilpBuilder()
+            if variable == "x":
+                cols = b.add_vars(n, 0.0, 1.0, integer=True)
+                feats, index, value = np.hstack([xi[:, None], f]), 0, x
+            else:
+                cols = b.add_vars(n, -1.0, 1.0)
+                feats, index, value = np.hstack([x[:, None], f]), 1, xi
+            code = embed_item_set(b, net.phi, net.rho, cols, feats, var_index=index)
+            out = embed_mlp(b, net.psi, code)
+            if variable == "x":  # linear in binary x: only rho and psi need binaries
+                assert b.n_binaries_relu <= 8 + 6
+            else:
+                assert b.n_binaries_relu > 8 + 6  # phi's units over continuous xi
+            b.set_objective(out, maximize=maximize)
+            b.set_bounds(cols, value, value)
+            assert b.solve() == "Optimal"
+            got = b.highs.getInfo().objective_function_value
+            assert got == pytest.approx(ref, rel=0, abs=1e-6 * max(1.0, abs(ref)))
+
+
+def test_joint_encoder_refuses_unaligned_inputs():
+    net = SetValueNetwork(NetworkConfig(2, 2, encoder="joint"))
+    with pytest.raises(ValueError, match="as many uncertainty components"):
+        net(torch.zeros(1, 4, 3, dtype=torch.float64), torch.zeros(1, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no separate x code"):
+        net.encode_x(torch.zeros(1, 4, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="encoder must be"):
+        NetworkConfig(2, 2, encoder="both")
+
+
 def test_binary_first_stage_needs_no_binaries_in_phi():
     """sum_i phi(x_i, f_i) is linear in binary x: only rho's unstable units need binaries."""
     net = _random_network(3, 2, seed=3)
@@ -176,10 +231,12 @@ def test_interval_bounds_contain_sampled_preactivations():
 # --------------------------------------------------------------------------- main / adversarial
 
 
-@pytest.fixture(scope="module")
-def small_knapsack_model():
+@pytest.fixture(scope="module", params=["separate", "joint"])
+def small_knapsack_model(request):
     problem = knapsack_instance(5, seed=11)
-    return problem, _fit(problem, n_first_stage=8, n_scenarios=5, n_epochs=20)
+    model = _fit(problem, n_first_stage=8, n_scenarios=5, n_epochs=20, encoder=request.param)
+    assert model.network_.config.encoder == request.param
+    return problem, model
 
 
 @pytest.mark.parametrize("form", ["argmax", "max"])
@@ -311,7 +368,7 @@ def test_capital_budgeting_returns_robust_feasible_decision():
 
 def test_training_is_reproducible_and_save_load_round_trips(tmp_path, small_knapsack_model):
     problem, model = small_knapsack_model
-    again = _fit(problem, n_first_stage=8, n_scenarios=5, n_epochs=20)
+    again = _fit(problem, n_first_stage=8, n_scenarios=5, n_epochs=20, encoder=model.encoder)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 2, (10, problem.n_x)).astype(float)
     xi = problem.uncertainty.sample(10, rng)
@@ -341,6 +398,12 @@ def test_bad_inputs_raise_clear_errors(small_knapsack_model, tmp_path):
     cb = capital_budgeting_problem(np.ones(5), np.ones(5), np.zeros((5, 5)), np.zeros((5, 5)), 3.0)
     with pytest.raises(ValueError, match="capital_budgeting"):
         model.prepare(cb)
+    cb_data = generate_dataset(cb, n_first_stage=2, n_scenarios=2)
+    with pytest.raises(ValueError, match="aligned"):
+        Neur2ROValueModel(encoder="joint", n_epochs=1).fit(cb_data)
+    assert Neur2ROValueModel(n_epochs=1).fit(cb_data).network_.config.encoder == "separate"
+    with pytest.raises(ValueError, match="encoder must be"):
+        Neur2ROValueModel(encoder="shared").fit(cb_data)
     with pytest.raises(ValueError, match="shape"):
         model.network_(torch.zeros(1, 5, 3), torch.zeros(1, 5, 7))
     with pytest.raises(ValueError, match="main_form"):

@@ -64,7 +64,13 @@ import numpy as np
 from bilevel.errors import ConvergenceWarning
 from bilevel.robust.model import RobustResult, TwoStageRobustProblem
 from bilevel.robust.neur2ro.data import generate_dataset
-from bilevel.robust.neur2ro.embedding import Affine, MilpBuilder, embed_item_set, embed_value
+from bilevel.robust.neur2ro.embedding import (
+    Affine,
+    MilpBuilder,
+    embed_item_set,
+    embed_mlp,
+    embed_value,
+)
 from bilevel.robust.neur2ro.estimator import Neur2ROValueModel, PreparedInstance
 
 __all__ = ["solve_adversarial", "solve_main", "solve_neur2ro", "train_value_model"]
@@ -84,9 +90,29 @@ def _prediction_expr(
     x_code: Affine,
     xi_code: Affine,
 ) -> Affine:
+    """Separate encoder: ``psi([x_code, xi_code])`` in cost units."""
     net = model.network_
     out = embed_value(builder, net.psi, x_code, xi_code)
     return out.scale(prep.factor, prep.offset)
+
+
+def _joint_prediction_expr(
+    builder: MilpBuilder,
+    model: Neur2ROValueModel,
+    prep: PreparedInstance,
+    cols: np.ndarray,
+    fixed: np.ndarray,
+    *,
+    variable: str,
+) -> Affine:
+    """Joint encoder: ``psi(rho(sum_i phi([x_i, xi_i, f_i])))`` in cost units, with the
+    MILP columns ``cols`` as ``x`` (``variable="x"``, ``fixed`` the scenario) or as ``xi``
+    (``variable="xi"``, ``fixed`` the first-stage decision)."""
+    net = model.network_
+    feats = np.hstack([np.asarray(fixed, dtype=float)[:, None], prep.x_features])
+    var_index = 0 if variable == "x" else 1
+    code = embed_item_set(builder, net.phi, net.rho, cols, feats, var_index=var_index)
+    return embed_mlp(builder, net.psi, code).scale(prep.factor, prep.offset)
 
 
 def _recourse_copy(
@@ -164,11 +190,16 @@ def solve_main(
     terms: list[Affine] = []  # the objective is c^T x + max over these terms
     s = None
     if K:
-        x_code = embed_item_set(b, net.phi_x, net.rho_x, xcols, prep.x_features)
-        preds = []
-        for xi in scenarios:
-            xi_code = Affine.constant(model.codes(prep, xi=xi))
-            preds.append(_prediction_expr(b, model, prep, x_code, xi_code))
+        if net.joint:
+            preds = [
+                _joint_prediction_expr(b, model, prep, xcols, xi, variable="x") for xi in scenarios
+            ]
+        else:
+            x_code = embed_item_set(b, net.phi_x, net.rho_x, xcols, prep.x_features)
+            preds = [
+                _prediction_expr(b, model, prep, x_code, Affine.constant(model.codes(prep, xi=xi)))
+                for xi in scenarios
+            ]
         if form == "max":
             terms += preds
         else:
@@ -241,9 +272,12 @@ def solve_adversarial(
     xicols = b.add_vars(unc.dim, unc.lb, unc.ub)
     for row, rhs in zip(unc.P, unc.q, strict=True):
         b.add_row(-np.inf, rhs, xicols, row)
-    x_code = Affine.constant(model.codes(prep, x=x))
-    xi_code = embed_item_set(b, net.phi_xi, net.rho_xi, xicols, prep.xi_features)
-    pred = _prediction_expr(b, model, prep, x_code, xi_code)
+    if net.joint:
+        pred = _joint_prediction_expr(b, model, prep, xicols, x, variable="xi")
+    else:
+        x_code = Affine.constant(model.codes(prep, x=x))
+        xi_code = embed_item_set(b, net.phi_xi, net.rho_xi, xicols, prep.xi_features)
+        pred = _prediction_expr(b, model, prep, x_code, xi_code)
     b.set_objective(pred, maximize=True)
     status = b.solve(time_limit=time_limit, mip_rel_gap=mip_rel_gap)
     info: dict[str, Any] = {"status": status, "n_relu_binaries": b.n_binaries_relu}

@@ -61,12 +61,17 @@ class InstanceFeatures:
         ``"generic"``); a trained model only accepts instances of its own kind.
     scale:
         Instance scale of the labels (see :func:`label_scale`).
+    aligned:
+        Whether first-stage item ``i`` and uncertainty component ``i`` are the same object
+        with the same features (``n_x = n_xi`` and ``x == xi``), which the joint encoder
+        of :class:`~bilevel.robust.neur2ro.network.SetValueNetwork` needs.
     """
 
     x: np.ndarray
     xi: np.ndarray
     kind: str
     scale: float
+    aligned: bool = False
 
 
 def label_scale(problem: TwoStageRobustProblem) -> float:
@@ -102,7 +107,7 @@ def instance_features(problem: TwoStageRobustProblem) -> InstanceFeatures:
         feats = np.stack([*cols, np.full(n, float(meta["capacity"]))], axis=1)
         if problem.n_xi != n:
             raise ValueError("knapsack metadata does not match the problem's dimensions")
-        return InstanceFeatures(feats, feats.copy(), "knapsack", label_scale(problem))
+        return InstanceFeatures(feats, feats.copy(), "knapsack", label_scale(problem), aligned=True)
     if kind == "capital_budgeting" and "Phi" in meta:
         cbar = np.asarray(meta["cbar"], dtype=float)
         rbar = np.asarray(meta["rbar"], dtype=float)

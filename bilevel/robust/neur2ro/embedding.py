@@ -383,35 +383,38 @@ def embed_item_set(
     cols: np.ndarray,
     features: np.ndarray,
     *,
+    var_index: int = 0,
     bounds_log: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Affine:
-    """Embed ``rho(sum_i phi([v_i, features_i]))`` with ``v_i`` the MILP column ``cols[i]``.
+    """Embed ``rho(sum_i phi(item_i))`` where ``item_i`` is ``features_i`` with the MILP
+    column ``v_i = cols[i]`` inserted at position ``var_index`` (``[v_i, f_i]`` by default;
+    the joint encoder's ``[x_i, xi_i, f_i]`` puts a variable ``xi_i`` at position 1).
 
     Fixed columns (``lower == upper``) give constants; binary columns give the exact linear
-    form ``phi([0, f_i]) + v_i (phi([1, f_i]) - phi([0, f_i]))`` (no new variables); other
+    form ``phi(item_i(0)) + v_i (phi(item_i(1)) - phi(item_i(0)))`` (no new variables); other
     columns get the big-M embedding of ``phi``.
     """
     cols = np.asarray(cols, dtype=np.int64)
     features = np.asarray(features, dtype=float).reshape(len(cols), -1)
+    if not 0 <= var_index <= features.shape[1]:
+        raise ValueError(f"var_index must lie in [0, {features.shape[1]}], got {var_index}")
+
+    def item_at(i: int, v: float) -> np.ndarray:
+        return np.insert(features[i], var_index, v)
+
     parts: list[Affine] = []
     for i, col in enumerate(cols):
         lo, hi = builder.lower[col], builder.upper[col]
         if lo == hi:
-            item = np.concatenate([[lo], features[i]])[None, :]
-            parts.append(Affine.constant(_mlp_numpy(phi, item)[0]))
+            parts.append(Affine.constant(_mlp_numpy(phi, item_at(i, lo)[None, :])[0]))
         elif builder.is_binary(int(col)):
-            pair = np.stack(
-                [np.concatenate([[0.0], features[i]]), np.concatenate([[1.0], features[i]])]
-            )
-            out0, out1 = _mlp_numpy(phi, pair)
+            out0, out1 = _mlp_numpy(phi, np.stack([item_at(i, 0.0), item_at(i, 1.0)]))
             parts.append(Affine(np.array([col]), (out1 - out0)[:, None], out0))
         else:
             width = mlp_layers(phi)[0][0].shape[1]
-            # the item input [v_i, f_i] as an affine expression in the single column v_i
+            # the item input as an affine expression in the single column v_i
             item = Affine(
-                np.array([col]),
-                np.eye(width)[:, :1],
-                np.concatenate([[0.0], features[i]]),
+                np.array([col]), np.eye(width)[:, var_index : var_index + 1], item_at(i, 0.0)
             )
             parts.append(embed_mlp(builder, phi, item, bounds_log=bounds_log))
     return embed_mlp(builder, rho, Affine.sum(parts), bounds_log=bounds_log)

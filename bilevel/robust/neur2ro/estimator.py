@@ -58,6 +58,12 @@ class Neur2ROValueModel:
     ----------
     phi_dims, rho_dims, value_dims:
         Network widths (:class:`~bilevel.robust.neur2ro.network.NetworkConfig`).
+    encoder:
+        ``"separate"`` (the paper's two set encoders), ``"joint"`` (one encoder of the
+        aligned items ``[x_i, xi_i, f_i]``, for instances whose features are
+        :attr:`~bilevel.robust.neur2ro.data.InstanceFeatures.aligned`, such as the
+        knapsack) or ``"auto"``: joint when the training instances are aligned, else
+        separate. See :mod:`bilevel.robust.neur2ro.network`.
     n_epochs:
         Passes over the training split.
     learning_rate, weight_decay:
@@ -100,6 +106,7 @@ class Neur2ROValueModel:
         phi_dims: tuple[int, ...] = (16, 8),
         rho_dims: tuple[int, ...] = (32, 4),
         value_dims: tuple[int, ...] = (16,),
+        encoder: str = "auto",
         n_epochs: int = 200,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
@@ -112,6 +119,7 @@ class Neur2ROValueModel:
         self.phi_dims = phi_dims
         self.rho_dims = rho_dims
         self.value_dims = value_dims
+        self.encoder = encoder
         self.n_epochs = n_epochs
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -128,6 +136,7 @@ class Neur2ROValueModel:
             "phi_dims",
             "rho_dims",
             "value_dims",
+            "encoder",
             "n_epochs",
             "learning_rate",
             "weight_decay",
@@ -140,6 +149,8 @@ class Neur2ROValueModel:
         return {k: getattr(self, k) for k in names}
 
     def _check_hyperparameters(self) -> None:
+        if self.encoder not in ("auto", "separate", "joint"):
+            raise ValueError(f"encoder must be 'auto', 'separate' or 'joint', got {self.encoder!r}")
         for name in ("n_epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -177,6 +188,11 @@ class Neur2ROValueModel:
                 raise ValueError(
                     f"feature sizes ({feats.x.shape[1]}, {feats.xi.shape[1]}) of this instance do "
                     f"not match the model's ({cfg.x_feature_dim}, {cfg.xi_feature_dim})"
+                )
+            if self.network_.joint and not feats.aligned:
+                raise ValueError(
+                    "the model has a joint encoder, which needs aligned instances "
+                    "(first-stage item i and uncertainty component i the same object)"
                 )
             size = [problem.n_x, problem.n_xi]
             if size not in self.trained_sizes_ and not self.allow_unseen_sizes:
@@ -233,12 +249,22 @@ class Neur2ROValueModel:
         self.feature_kind_ = kinds.pop()
         self.trained_sizes_ = sorted({(p.n_x, p.n_xi) for p in dataset.problems})
         self.trained_sizes_ = [list(s) for s in self.trained_sizes_]
+        aligned = all(f.aligned for f in feats)
+        encoder = self.encoder
+        if encoder == "auto":
+            encoder = "joint" if aligned else "separate"
+        elif encoder == "joint" and not aligned:
+            raise ValueError(
+                "encoder='joint' needs aligned instances (n_x = n_xi, item i of x and xi the "
+                "same object with shared features, as for the knapsack); use 'separate'"
+            )
         config = NetworkConfig(
             x_feature_dim=all_x.shape[1],
             xi_feature_dim=all_xi.shape[1],
             phi_dims=tuple(self.phi_dims),
             rho_dims=tuple(self.rho_dims),
             value_dims=tuple(self.value_dims),
+            encoder=encoder,
         )
         prepared = [
             self._prepare(f, p, check=False) for f, p in zip(feats, dataset.problems, strict=True)
@@ -336,7 +362,8 @@ class Neur2ROValueModel:
         self, prep: PreparedInstance, x: Any | None = None, xi: Any | None = None
     ) -> np.ndarray:
         """Set encoding ``rho_x(sum phi_x)`` of one ``x`` (or ``rho_xi(sum phi_xi)`` of one
-        ``xi``) as a numpy vector; exactly one of ``x`` and ``xi`` must be given."""
+        ``xi``) as a numpy vector; exactly one of ``x`` and ``xi`` must be given (separate
+        encoder only)."""
         if (x is None) == (xi is None):
             raise ValueError("give exactly one of x and xi")
         if x is not None:

@@ -15,6 +15,18 @@ concatenated encodings to a scalar::
 
     NN(x, xi) = psi([rho_x(sum_i phi_x([x_i, f_i])), rho_xi(sum_j phi_xi([xi_j, g_j]))]).
 
+**Joint encoder** (``encoder="joint"``). When first-stage item ``i`` and uncertainty
+component ``i`` describe the same object (the knapsack: ``xi_i`` degrades the profit of
+item ``i``), the value depends on products such as ``x_i xi_i``, which the separate encoder
+can only reach through its small set codes. The joint encoder reads each item once::
+
+    NN(x, xi) = psi(rho(sum_i phi([x_i, xi_i, f_i]))).
+
+It is still a DeepSets network and embeds into the same MILPs: for a fixed scenario the
+per-item term is exactly linear in a binary ``x_i``, and for a fixed ``x`` it is a ReLU
+network of the single input ``xi_i``. It needs ``n_x = n_xi`` and per-item features shared
+by ``x_i`` and ``xi_i`` (:attr:`~bilevel.robust.neur2ro.data.InstanceFeatures.aligned`).
+
 The sum makes the network independent of the item order and of ``n``; items are padded
 and masked so that instances of different sizes share one batch. Every MLP alternates
 ``Linear`` and ``ReLU`` with no activation after its last layer, which is what
@@ -46,6 +58,10 @@ class NetworkConfig:
         Hidden and output widths of the post-aggregation networks ``rho_x`` and ``rho_xi``.
     value_dims:
         Hidden widths of the value network ``psi`` (its output is a scalar).
+    encoder:
+        ``"separate"`` (the paper: one set encoder for ``x``, one for ``xi``) or
+        ``"joint"`` (one encoder of the aligned items ``[x_i, xi_i, f_i]``; the
+        ``xi_feature_dim`` features are then not used, since they equal the ``x`` ones).
 
     The paper's knapsack network is ``phi_dims=(16, 8)``, ``rho_dims=(64, 2)``,
     ``value_dims=(4,)``; the defaults are smaller so that the MILPs stay small.
@@ -56,8 +72,11 @@ class NetworkConfig:
     phi_dims: tuple[int, ...] = (16, 8)
     rho_dims: tuple[int, ...] = (32, 4)
     value_dims: tuple[int, ...] = (16,)
+    encoder: str = "separate"
 
     def __post_init__(self) -> None:
+        if self.encoder not in ("separate", "joint"):
+            raise ValueError(f"encoder must be 'separate' or 'joint', got {self.encoder!r}")
         for name in ("x_feature_dim", "xi_feature_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -104,11 +123,26 @@ class SetValueNetwork(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        if c.encoder == "joint":
+            self.phi = mlp((2 + c.x_feature_dim, *c.phi_dims), dtype=dtype)
+            self.rho = mlp((c.phi_dims[-1], *c.rho_dims), dtype=dtype)
+            self.psi = mlp((c.rho_dims[-1], *c.value_dims, 1), dtype=dtype)
+            return
         self.phi_x = mlp((1 + c.x_feature_dim, *c.phi_dims), dtype=dtype)
         self.rho_x = mlp((c.phi_dims[-1], *c.rho_dims), dtype=dtype)
         self.phi_xi = mlp((1 + c.xi_feature_dim, *c.phi_dims), dtype=dtype)
         self.rho_xi = mlp((c.phi_dims[-1], *c.rho_dims), dtype=dtype)
         self.psi = mlp((2 * c.rho_dims[-1], *c.value_dims, 1), dtype=dtype)
+
+    @property
+    def joint(self) -> bool:
+        """Whether the network reads aligned items ``[x_i, xi_i, f_i]`` (joint encoder)."""
+        return self.config.encoder == "joint"
+
+    @staticmethod
+    def joint_items(x_items: torch.Tensor, xi_items: torch.Tensor) -> torch.Tensor:
+        """``[x_i, xi_i, f_i]`` from ``x_items = [x_i, f_i]`` and ``xi_items = [xi_i, g_i]``."""
+        return torch.cat([x_items[..., :1], xi_items[..., :1], x_items[..., 1:]], dim=-1)
 
     @staticmethod
     def _encode(
@@ -121,10 +155,14 @@ class SetValueNetwork(nn.Module):
 
     def encode_x(self, x_items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``rho_x(sum_i phi_x(x_items[..., i, :]))``; ``x_items`` is ``(batch, n, 1 + d_x)``."""
+        if self.joint:
+            raise ValueError("a joint-encoder network has no separate x code")
         return self._encode(self.phi_x, self.rho_x, x_items, mask)
 
     def encode_xi(self, xi_items: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``rho_xi(sum_j phi_xi(xi_items[..., j, :]))``; ``xi_items`` is ``(batch, m, 1 + d_xi)``."""
+        if self.joint:
+            raise ValueError("a joint-encoder network has no separate xi code")
         return self._encode(self.phi_xi, self.rho_xi, xi_items, mask)
 
     def value(self, x_code: torch.Tensor, xi_code: torch.Tensor) -> torch.Tensor:
@@ -152,4 +190,12 @@ class SetValueNetwork(nn.Module):
                 raise ValueError(
                     f"{name} must have shape (batch, n_items, {dim}), got {tuple(items.shape)}"
                 )
+        if self.joint:
+            if x_items.shape[:2] != xi_items.shape[:2]:
+                raise ValueError(
+                    "the joint encoder needs as many uncertainty components as first-stage "
+                    f"items, got {tuple(x_items.shape[:2])} and {tuple(xi_items.shape[:2])}"
+                )
+            code = self._encode(self.phi, self.rho, self.joint_items(x_items, xi_items), x_mask)
+            return self.psi(code).squeeze(-1)
         return self.value(self.encode_x(x_items, x_mask), self.encode_xi(xi_items, xi_mask))
