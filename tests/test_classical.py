@@ -227,8 +227,71 @@ def test_inconsistent_bounds():
     with pytest.raises(ValueError, match="inconsistent"):
         _simple(y_bounds=(1.0, 0.0))
     problem = _simple(y_bounds=(torch.zeros(3), torch.ones(3)))
-    with pytest.raises(ValueError, match="y_bounds has 3 entries but the variable has 1"):
+    with pytest.raises(ValueError, match=r"shape \(3,\), which does not broadcast.*\(1,\)"):
         solve_classical(problem, torch.zeros(1), torch.zeros(1), **FAST)
+    # (2, 2) bounds neither broadcast to a (2, 3) y nor list its 6 entries
+    problem = _simple(y_bounds=(torch.zeros(2, 2), 1.0))
+    with pytest.raises(ValueError, match="does not broadcast.*does not have its 6 entries"):
+        solve_classical(problem, torch.zeros(1), torch.zeros(2, 3), **FAST)
+
+
+# ------------------------------------------------------------------ matrix-shaped y
+
+_LO, _HI = torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 0.5])
+_A = torch.tensor([2.0, -1.0])
+_B = torch.tensor([[3.0, 0.2], [2.0, 0.3]])
+# the KKT/MPCC path alone: the value-function path adds nothing on a convex lower level
+_LIGHT = {"n_starts": 1, "n_lower_starts": 2, "n_certify": 1, "use_value_function": False}
+
+
+def _columns_problem(y_bounds):
+    """Column j of the (2, 2) matrix y follows x_j inside [lo_j, hi_j]:
+    f = |y - 1 x^T|^2 / 2, so y*_ij = clip(x_j, lo_j, hi_j), and F = |x - a|^2 + |y - B|^2.
+    Closed form column by column (1-D piecewise quadratics): x*_0 = 2 with y*_i0 = 1 (upper
+    bound active; the interior piece is minimal at x = 7/3 > 1, clipped value 6 > 5), and
+    x*_1 = -1 with y*_i1 = 0 (lower bound active; 0.13 < 1.13). y may be given flat."""
+    return BilevelProblem(
+        upper=lambda x, y: ((x - _A) ** 2).sum() + ((y.reshape(2, 2) - _B) ** 2).sum(),
+        lower=lambda x, y: 0.5 * ((y.reshape(2, 2) - x) ** 2).sum(),
+        y_bounds=y_bounds,
+    )
+
+
+def test_matrix_y_with_broadcast_bounds_matches_flat_y_and_the_closed_form():
+    """(2,) bounds broadcast over the rows of a (2, 2) y (NumPy rules, as LV-HBA reads
+    them): the run equals the one on the flattened y with explicit 4-entry bounds (also
+    accepted for the matrix y: one entry per entry, row-major), and the closed form."""
+    full = (_LO.repeat(2), _HI.repeat(2))
+    x0 = torch.zeros(2, dtype=torch.float64)
+    runs = []
+    for shape, bounds in [((2, 2), (_LO, _HI)), ((4,), full), ((2, 2), full)]:
+        y0 = torch.zeros(shape, dtype=torch.float64)
+        runs.append(solve_classical(_columns_problem(bounds), x0, y0, **_LIGHT))
+    matrix, flat, matrix_flat_bounds = runs
+    assert matrix.y.shape == (2, 2) and flat.y.shape == (4,)
+    for other in (flat, matrix_flat_bounds):
+        assert other.status == matrix.status == "converged"
+        assert torch.equal(other.x, matrix.x)
+        assert torch.equal(other.y.reshape(2, 2), matrix.y)
+    torch.testing.assert_close(matrix.x, torch.tensor([2.0, -1.0]).double(), atol=1e-7, rtol=0)
+    y_star = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).double()
+    torch.testing.assert_close(matrix.y, y_star, atol=1e-8, rtol=0)
+    assert matrix.info["certified"] and matrix.info["lower_violation"] == 0
+
+
+def test_scalar_bounds_on_a_matrix_y():
+    """Scalar bounds apply to every entry of a (2, 2) y and give the same run as explicit
+    4-entry bounds; with y in [0, 0.5], column 0 is clipped at 0.5 and x*_0 = 2."""
+    x0, y0 = torch.zeros(2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
+    scalar = solve_classical(_columns_problem((0.0, 0.5)), x0, y0, **_LIGHT)
+    full = solve_classical(
+        _columns_problem((torch.zeros(4), torch.full((4,), 0.5))), x0, y0, **_LIGHT
+    )
+    assert scalar.converged and torch.equal(scalar.x, full.x) and torch.equal(scalar.y, full.y)
+    torch.testing.assert_close(scalar.x, torch.tensor([2.0, -1.0]).double(), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        scalar.y, torch.tensor([[0.5, 0.0], [0.5, 0.0]]).double(), atol=1e-8, rtol=0
+    )
 
 
 def test_invalid_arguments():

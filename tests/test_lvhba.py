@@ -336,3 +336,26 @@ def test_converged_status_means_close_to_the_solution():
     assert result.converged
     assert abs(float(result.x) - 3.0) <= 1e-2
     assert abs(float(result.y) - 1.0) <= 1e-6
+
+
+@pytest.mark.filterwarnings("ignore::bilevel.errors.ConvergenceWarning")  # short runs
+def test_bounds_broadcast_or_flat_on_a_matrix_y_give_the_same_run():
+    """Bounds of a (2, 3) y given as (3,) tensors (broadcast over the rows), as 6 entries in
+    row-major order, or as (2, 3) tensors are the same box (read through
+    BilevelProblem.bounds_like, as the classical solver reads them): identical iterates,
+    inside the column bounds."""
+    lo, hi = torch.tensor([-1.0, 0.0, -2.0], dtype=D), torch.tensor([1.0, 0.5, 2.0], dtype=D)
+    b = torch.tensor([[3.0, 0.2, 0.1], [2.0, 0.3, -0.1]], dtype=D)
+    runs = []
+    for bounds in [(lo, hi), (lo.repeat(2), hi.repeat(2)), (lo.expand(2, 3), hi.expand(2, 3))]:
+        problem = bilevel.BilevelProblem(
+            upper=lambda x, y: ((x - 1) ** 2).sum() + ((y - b) ** 2).sum(),
+            lower=lambda x, y: 0.5 * ((y - x) ** 2).sum(),
+            y_bounds=bounds,
+        )
+        x0, y0 = torch.zeros(3, dtype=D), torch.zeros(2, 3, dtype=D)
+        runs.append(bilevel.solve(problem, x0, y0, "lv-hba", maxiter=30))
+    for run in runs[1:]:
+        assert torch.equal(run.x, runs[0].x) and torch.equal(run.y, runs[0].y)
+    y = runs[0].y
+    assert bool((y >= lo).all() and (y <= hi).all()) and float(y[:, 0].max()) == 1.0

@@ -104,25 +104,14 @@ class UnboundedLowerLevelError(UnboundedError):
 # --------------------------------------------------------------------------------------
 
 
-def _bound_arrays(bounds: Any, size: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(lower, upper)`` as float64 arrays of length ``size`` (``-inf``/``inf`` if None)."""
-    if bounds is None:
-        return np.full(size, -np.inf), np.full(size, np.inf)
-    out = []
-    for side in bounds:
-        arr = torch.as_tensor(side, dtype=_DTYPE).detach().reshape(-1).numpy()
-        if arr.size == 1:
-            arr = np.full(size, float(arr[0]))
-        if arr.size != size:
-            raise ValueError(
-                f"{name} has {arr.size} entries but the variable has {size}; give scalars or "
-                f"tensors with {size} entries"
-            )
-        out.append(arr.astype(np.float64))
-    low, high = out
-    if np.any(low > high):
-        raise ValueError(f"{name} is inconsistent: some lower bound exceeds its upper bound")
-    return low, high
+def _bound_arrays(
+    problem: BilevelProblem, name: str, like: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(lower, upper)`` of ``problem.<name>`` as flat float64 arrays with one entry per
+    entry of ``like`` (``-inf``/``inf`` if absent): the bounds are broadcast to ``like``'s
+    shape, or given entry by entry, by :meth:`BilevelProblem.bounds_like`."""
+    low, high = problem.bounds_like(name, like.detach().to(_DTYPE))
+    return low.detach().reshape(-1).numpy(), high.detach().reshape(-1).numpy()
 
 
 class _Program:
@@ -144,8 +133,8 @@ class _Program:
         self.n, self.m = x0.numel(), y0.numel()
         if self.m == 0:
             raise ValueError("y0 is empty: the lower level needs at least one variable")
-        self.x_lo, self.x_hi = _bound_arrays(problem.x_bounds, self.n, "x_bounds")
-        self.y_lo, self.y_hi = _bound_arrays(problem.y_bounds, self.m, "y_bounds")
+        self.x_lo, self.x_hi = _bound_arrays(problem, "x_bounds", x0)
+        self.y_lo, self.y_hi = _bound_arrays(problem, "y_bounds", y0)
         self.y_lo_idx = np.flatnonzero(np.isfinite(self.y_lo))
         self.y_hi_idx = np.flatnonzero(np.isfinite(self.y_hi))
         self._y_lo_i, self._y_hi_i = torch.as_tensor(self.y_lo_idx), torch.as_tensor(self.y_hi_idx)
@@ -704,6 +693,12 @@ class Classical(Method):
 
     Notes
     -----
+    ``x`` and ``y`` are tensors of any shape (flattened internally). ``x_bounds`` and
+    ``y_bounds`` are read by :meth:`BilevelProblem.bounds_like`, as in
+    :class:`~bilevel.constrained.LVHBA`:
+    scalars, tensors broadcasting to the variable's shape (``(3,)`` bounds for a ``(2, 3)``
+    ``y`` bound every row), or one entry per entry of the variable in row-major order.
+
     ``state.hypergrad`` holds the round residual (a 1-element tensor): the relative change
     ``|dF| / (1 + |F|)`` of the certified incumbent's upper value, ``1e100`` while no
     feasible certified point is known (so at least two rounds run).

@@ -50,8 +50,9 @@ class BilevelProblem:
         couple ``x`` and ``y``. The lower level is then ``y*(x) in argmin {f(x, y) : g <= 0,
         h = 0, y in y_bounds}``.
     x_bounds, y_bounds:
-        ``(lower, upper)`` pairs of floats or tensors (infinite entries allowed).
-        Constrained problems are solved by the constrained methods (``"lv-hba"``,
+        ``(lower, upper)`` pairs of floats or tensors (infinite entries allowed); each side
+        broadcasts to the variable's shape or lists its entries in row-major order (see
+        :meth:`bounds_like`). Constrained problems are solved by the constrained methods (``"lv-hba"``,
         ``"classical"``); the unconstrained methods refuse them.
 
     Notes
@@ -128,8 +129,14 @@ class BilevelProblem:
     def bounds_like(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_bounds`` or ``y_bounds`` broadcast to the shape, dtype and device of ``like``.
 
-        Absent bounds give ``(-inf, +inf)``; bounds that do not broadcast to ``like.shape``
-        raise :class:`ValueError`.
+        Each side is a scalar or a tensor that broadcasts to ``like.shape`` (NumPy rules: a
+        ``(3,)`` bound applies to every row of a ``(2, 3)`` variable), or, for backward
+        compatibility, a tensor with exactly one entry per entry of ``like`` in row-major
+        order (a flat ``(6,)`` bound for a ``(2, 3)`` variable), which is reshaped. The two
+        rules never disagree: a broadcast that adds no entries is that same reshape. Absent
+        bounds give ``(-inf, +inf)``; other shapes raise :class:`ValueError`. Every
+        constrained method (``"lv-hba"``, ``"classical"``, the KKT tools) reads the bounds
+        through this method.
         """
         if name not in ("x_bounds", "y_bounds"):
             raise ValueError(f"name must be 'x_bounds' or 'y_bounds', got {name!r}")
@@ -142,9 +149,13 @@ class BilevelProblem:
             try:
                 out.append(torch.broadcast_to(t, like.shape).clone())
             except RuntimeError as err:
+                if t.numel() == like.numel():  # one entry per entry, row-major
+                    out.append(t.reshape(like.shape).clone())
+                    continue
                 raise ValueError(
                     f"BilevelProblem.{name} has shape {tuple(t.shape)}, which does not "
-                    f"broadcast to the variable's shape {tuple(like.shape)}"
+                    f"broadcast to the variable's shape {tuple(like.shape)} (and does not "
+                    f"have its {like.numel()} entries)"
                 ) from err
         return out[0], out[1]
 
