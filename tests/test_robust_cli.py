@@ -175,3 +175,37 @@ def test_solve_neur2ro_method_prints_its_rows_and_times(runner, tmp_path, monkey
     assert res.exit_code == 0, res.output
     assert "predicted 12" in res.output
     assert "data generation time: 1.50s" in res.output and "training time: 2.50s" in res.output
+
+
+@pytest.mark.parametrize("h", ["0", "101", "-40"])
+def test_generate_knapsack_rejects_a_capacity_ratio_outside_1_to_H(runner, tmp_path, h):
+    """--h is Pisinger's instance number: C = h / (H + 1) sum c needs 1 <= h <= H = 100.
+    The generator validates it; the CLI prints its message (exit 2, no traceback: the
+    runner does not catch exceptions) and writes nothing."""
+    new = tmp_path / "new.json"
+    res = _invoke(runner, "generate", "knapsack", "--n", "5", "--h", h, "--out", str(new))
+    assert res.exit_code == 2
+    assert "h must be an integer with 1 <= h <= H = 100" in res.output
+    assert "Traceback" not in res.output and not new.exists()
+
+
+@pytest.mark.parametrize("h", [1, 40, 80, 100])
+def test_generate_knapsack_capacity_follows_h(runner, tmp_path, h):
+    """Every integer 1 <= h <= 100 is a valid instance: the written capacity is
+    floor(h / 101 * sum c) of the written weights (the published files' rule)."""
+    import math
+
+    inst = tmp_path / "inst.json"
+    res = _invoke(runner, "generate", "knapsack", "--n", "6", "--h", str(h), "--out", str(inst))
+    assert res.exit_code == 0, res.output
+    meta = load_instance(inst).metadata
+    assert meta["capacity"] == math.floor(h / 101 * sum(meta["items"]["c"]))
+    assert 0 < meta["capacity"] < sum(meta["items"]["c"])
+
+
+@pytest.mark.parametrize("h, H", [(40.5, 100), (True, 100), (5, 4), (1, 0)])
+def test_generate_knapsack_h_validation_in_the_generator(h, H):
+    from bilevel.robust import generate_knapsack
+
+    with pytest.raises(ValueError, match=r"\bh must be an integer|H must be a positive"):
+        generate_knapsack(4, h=h, H=H, seed=0)

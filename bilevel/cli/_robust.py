@@ -170,7 +170,14 @@ def generate_knapsack_command(
     ] = "UN",
     dev: Annotated[float, typer.Option(help="Budget factor: Gamma = n * dev.")] = 0.1,
     delta: Annotated[float, typer.Option(help="Degradation spread in [0, 1].")] = 0.5,
-    h: Annotated[int, typer.Option("--h", help="Capacity ratio h (40 or 80).")] = 40,
+    h: Annotated[
+        int,
+        typer.Option(
+            "--h",
+            help="Capacity h/101 of the total weight: an integer 1..100 (the published "
+            "instances use 40 and 80).",
+        ),
+    ] = 40,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Two-stage robust knapsack (Arslan and Detienne 2022 generator)."""

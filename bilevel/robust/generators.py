@@ -6,7 +6,9 @@ The procedure of Arslan and Detienne (2022), as documented in the published inst
 (``RKP_<type>_n<n>_R1000_H100_h<h>_dev<dev>_d<delta>``) and in the Neur2RO code that
 re-implements it; with ``R = 1000``, ``H = 100``:
 
-- weights ``c_i ~ U[1, R]``; capacity ``C = h / (H + 1) * sum_i c_i`` (``h in {40, 80}``);
+- weights ``c_i ~ U[1, R]``; capacity ``C = h / (H + 1) * sum_i c_i`` (Pisinger's
+  convention: instance ``h`` of a series of ``H``, any integer ``1 <= h <= H``; the
+  published set has ``h in {40, 80}``);
 - nominal profits by correlation type: ``UN``: ``pbar_i ~ U[1, R]``; ``WC``:
   ``pbar_i ~ U[c_i - R/20, c_i + R/20]``; ``ASC``: ``pbar_i ~ U[c_i + R/10 - R/1000,
   c_i + R/10 + R/1000]``; ``SC``: ``pbar_i = c_i + R/10``;
@@ -33,6 +35,8 @@ the unit simplex (spacings of sorted uniforms), ``theta = 0.8``, ``xi in [-1, 1]
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -69,7 +73,10 @@ def generate_knapsack(
     delta:
         Degradation spread: ``phat_i / pbar_i ~ U[(1 - delta)/2, (1 + delta)/2]``.
     h, R, H:
-        Capacity ratio ``C = h / (H + 1) sum c`` and the data range ``R``.
+        Capacity ``C = h / (H + 1) sum c`` and the data range ``R``. ``h`` is an integer
+        with ``1 <= h <= H`` (Pisinger's instance number within a series of ``H``, so that
+        ``0 < C < sum c``); Arslan and Detienne publish ``h = 40`` and ``h = 80`` with
+        ``H = 100``.
     seed:
         Seed or generator.
     integer:
@@ -83,6 +90,13 @@ def generate_knapsack(
         raise ValueError(f"delta must lie in [0, 1], got {delta}")
     if not 0.0 <= dev <= 1.0:
         raise ValueError(f"dev must lie in [0, 1], got {dev}")
+    if isinstance(H, bool) or not isinstance(H, numbers.Integral) or H < 1:
+        raise ValueError(f"H must be a positive integer, got {H!r}")
+    if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 1 <= h <= H:
+        raise ValueError(
+            f"h must be an integer with 1 <= h <= H = {H} (capacity h / (H + 1) of the total "
+            f"weight; the published instances use 40 and 80), got {h!r}"
+        )
     rng = np.random.default_rng(seed)
 
     def rnd(v):
