@@ -1,4 +1,4 @@
-r"""Exact column-and-constraint generation (Zeng and Zhao 2013) with integer recourse.
+r"""Exact column-and-constraint generation (Zeng and Zhao 2013).
 
 Master problem (cost form) over the scenarios ``S`` generated so far, with one copy
 ``y^s`` of the recourse per scenario:
@@ -37,7 +37,14 @@ Adversarial problems (:func:`worst_case`)
     within tolerance and loops): scenarios where every cheaper column is violated by less
     than ``epsilon`` are not separated, which is the only approximation.
 
-Continuous recourse under constraint uncertainty is not supported (``NotImplementedError``).
+(c) *Constraint uncertainty, continuous (LP) recourse* with the uncertainty in the
+    right-hand side only (``H``, ``T_xi``; no ``W_xi``, no ``D``; finite recourse bounds):
+    the KKT reformulation of Zeng and Zhao (2013), two MILPs (a feasibility phase, exact,
+    then an optimality phase with the big-M ``dual_bound`` on the duals; each MILP point is
+    re-solved as an LP with its complementarity pattern fixed, so the solver's integrality
+    tolerance cannot inflate the value), in :mod:`bilevel.robust.lp_adversary`. An uncertain recourse matrix or cost, and a mixed
+    integer/continuous recourse, under constraint uncertainty are not supported
+    (``NotImplementedError`` saying which part).
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ import scipy.sparse as sp
 
 from bilevel.errors import BilevelError, ConvergenceWarning
 from bilevel.robust._highs import solve_milp
+from bilevel.robust.lp_adversary import lp_worst_case, lp_worst_case_supported
 from bilevel.robust.model import (
     RobustResult,
     TwoStageRobustProblem,
@@ -104,13 +112,18 @@ def worst_case(
     tol: float = 1e-7,
     max_iter: int = 100_000,
     solver: str = "highs",
+    dual_bound: float | None = None,
 ) -> WorstCase:
     r"""Exact ``max_{xi in Xi} [c^T x + xi^T C x + Q(x, xi)]`` for a fixed first stage ``x``.
 
     See the module docstring for the algorithms. ``tol`` is the relative tolerance
     (``max(1, |value|) * tol``) on ``upper bound - value`` at which the column generation
     stops; ``epsilon`` the violation margin of the constraint-uncertainty separation;
-    ``solver`` the MILP solver (``"highs"``, or ``"scip"`` when PySCIPOpt is installed).
+    ``solver`` the MILP solver (``"highs"``, or ``"scip"`` when PySCIPOpt is installed);
+    ``dual_bound`` the big-M on the recourse duals of the KKT adversary for continuous
+    recourse under constraint uncertainty (default
+    :func:`bilevel.robust.lp_adversary.default_dual_bound`; a multiplier at the bound
+    emits :class:`~bilevel.errors.ConvergenceWarning`; ignored by the other cases).
     """
     if epsilon < 1e-4:
         raise ValueError(
@@ -125,9 +138,16 @@ def worst_case(
             return _worst_case_lp_dual(problem, x, deadline, solver)
         return _worst_case_objective(problem, x, deadline, tol, max_iter, solver)
     if not np.all(problem.y_integer):
-        raise NotImplementedError(
-            "the exact adversary for constraint uncertainty needs integer recourse variables "
-            "(continuous recourse with constraint uncertainty is not supported)"
+        reason = lp_worst_case_supported(problem)
+        if reason is not None:
+            raise NotImplementedError(reason)
+        return lp_worst_case(
+            problem,
+            x,
+            dual_bound=dual_bound,
+            time_limit=_remaining(deadline),
+            tol=tol,
+            solver=solver,
         )
     if not (np.all(np.isfinite(problem.y_lb)) and np.all(np.isfinite(problem.y_ub))):
         raise ValueError(
@@ -527,6 +547,7 @@ def solve_ccg(
     callback: Callable[[dict[str, float]], None] | None = None,
     solver: str = "highs",
     warm_start: bool = True,
+    dual_bound: float | None = None,
 ) -> RobustResult:
     r"""Solve ``min_x max_xi min_y`` exactly by column-and-constraint generation.
 
@@ -552,6 +573,13 @@ def solve_ccg(
     warm_start:
         Give each master the incumbent (with its optimal recourse in every scenario) as a
         MIP start (HiGHS).
+    dual_bound:
+        Continuous recourse under right-hand-side uncertainty only: the big-M on the
+        duals of the recourse constraints in the KKT adversary
+        (:mod:`bilevel.robust.lp_adversary`; default ``1e4 * max(1, ||d||_inf / w)``,
+        ``w`` the smallest row scale of ``W``). Exact when every scenario has an optimal
+        dual within it; a multiplier at the bound emits
+        :class:`~bilevel.errors.ConvergenceWarning` (raise it then). Ignored otherwise.
 
     Returns
     -------
@@ -627,7 +655,12 @@ def solve_ccg(
         else:
             try:
                 wc = worst_case(
-                    problem, x, time_limit=_remaining(deadline), epsilon=epsilon, solver=solver
+                    problem,
+                    x,
+                    time_limit=_remaining(deadline),
+                    epsilon=epsilon,
+                    solver=solver,
+                    dual_bound=dual_bound,
                 )
             except UnboundedRecourseError as err:
                 status = "unbounded"

@@ -1,0 +1,652 @@
+r"""Exact adversary for a continuous (LP) recourse under right-hand-side uncertainty.
+
+For a fixed first stage ``x`` the recourse is the LP
+
+.. math::
+
+    Q(x, \xi) = \min_y \{ d^T y : W y \le r(\xi),\ l \le y \le u \}, \qquad
+    r(\xi) = h + H \xi - \Big(T + \sum_k \xi_k T^{\xi}_k\Big) x = r_0 + R \xi,
+
+with ``r_0 = h - T x`` and ``R[:, k] = H[:, k] - T^xi_k x`` (the recourse matrix ``W`` and
+the cost ``d`` do not depend on ``xi``; ``l``, ``u`` finite). The adversarial problem
+``max_{xi in Xi} [c^T x + xi^T C x + Q(x, xi)]`` is solved as in Zeng and Zhao (2013),
+"Solving two-stage robust optimization problems using a column-and-constraint generation
+method", Oper. Res. Lett. 41(5): replace the inner LP by its KKT conditions and linearise
+the complementarity conditions with binaries and big-M constants. Two MILPs are solved.
+
+Phase 1: feasibility (exact, no user constant)
+----------------------------------------------
+.. math::
+
+    \phi^* = \max_{\xi \in \Xi}\ \min_{y, s} \{ 1^T s : W y - s \le r(\xi),\
+    l \le y \le u,\ s \ge 0 \}.
+
+``phi(xi) = 0`` exactly when ``Y(x, xi)`` is nonempty. The KKT conditions of the inner LP,
+with ``mu`` (rows), ``nu`` (``s >= 0``), ``alpha`` (``y <= u``), ``beta`` (``y >= l``):
+``1 - mu - nu = 0`` and ``W^T mu + alpha - beta = 0``, all multipliers ``>= 0``, plus
+complementarity. Hence ``0 <= mu <= 1`` and ``|alpha_j - beta_j| = |(W^T mu)_j| <=
+sum_i |W_ij|`` (the column sums of ``|W|``). Any optimal dual can be replaced by one with
+``alpha = max(0, -W^T mu)`` and ``beta = max(0, W^T mu)`` (the positive and negative
+parts are below the original ``alpha``, ``beta``, so complementarity still holds), so the
+bounds ``alpha_j, beta_j <= sum_i |W_ij|`` cut off no scenario: the MILP is exact. The
+primal slacks are bounded by interval arithmetic over the boxes of ``y`` and ``xi``:
+``s_i <= max(0, max (W_i y - r_i(xi)))`` and ``r_i(xi) - W_i y + s_i`` by the same bound
+plus ``max (r_i(xi) - W_i y)``. When ``phi* > feas_tol`` the maximiser ``xi`` is checked with
+:meth:`~bilevel.robust.model.TwoStageRobustProblem.second_stage_value`; if the recourse is
+infeasible there, the worst case is ``+inf`` (returned with that scenario, status
+``"optimal"``, as for integer recourse).
+
+Phase 2: optimality (big-M on the duals of ``W y <= r``)
+--------------------------------------------------------
+.. math::
+
+    \max_{\xi, y, \lambda, \alpha, \beta, z}\ c^T x + \xi^T C x + d^T y \quad
+    \text{s.t.}\quad \xi \in \Xi,\ W y \le r(\xi),\ l \le y \le u,\
+    d + W^T \lambda + \alpha - \beta = 0,
+
+    0 \le \lambda_i \le \Lambda z_i,\ r_i(\xi) - W_i y \le M_i (1 - z_i),\
+    0 \le \alpha_j \le A_j z^u_j,\ u_j - y_j \le (u_j - l_j)(1 - z^u_j),\
+    0 \le \beta_j \le A_j z^l_j,\ y_j - l_j \le (u_j - l_j)(1 - z^l_j),
+
+with binaries ``z``, ``z^u``, ``z^l``, ``M_i = max(0, max (r_i(xi) - W_i y))`` over the
+boxes, ``A_j = |d_j| + Lambda sum_i |W_ij|`` (the positive/negative-part argument above)
+and ``Lambda`` = ``dual_bound``. A feasible point is a KKT point of the inner LP, hence
+``d^T y = Q(x, xi)``; the MILP is exact whenever, for every ``xi in Xi`` with a feasible
+recourse, some optimal dual has ``max_i lambda_i <= Lambda``. No such bound holds for
+general real data (the dual vertices are ratios of subdeterminants of ``W``), so
+``Lambda`` is a user constant (default :func:`default_dual_bound`). After the solve, a
+multiplier at the bound emits :class:`~bilevel.errors.ConvergenceWarning` (the bound may
+cut off the true worst case; raise ``dual_bound``). The returned scenario is always
+re-evaluated exactly by :meth:`~bilevel.robust.model.TwoStageRobustProblem.second_stage_value`
+(so ``cost`` is the exact value of that scenario, a valid lower bound on the worst case);
+the MILP's proven bound is reported as ``upper_bound`` (an upper bound on the worst case
+whenever ``Lambda`` is large enough in the sense above).
+
+Exact complementarity despite the integrality tolerance
+-------------------------------------------------------
+A MILP solver accepts a binary within ``1e-6`` of an integer (HiGHS'
+``mip_feasibility_tolerance``), so ``z_i = 1e-6`` lets ``lambda_i = 1e-6 Lambda`` sit on a
+row with slack ``M_i``: the MILP value can exceed every true recourse value by up to
+``1e-6 Lambda M_i`` per row (measured: 0.04 to 0.09 on unit-scale random instances with the
+default ``Lambda``), and may then point to a wrong scenario. Both phases therefore treat
+the MILP as a search over *complementarity patterns* (the rounded binaries): the pattern of
+each MILP solution is fixed and the remaining LP over ``(xi, y, multipliers)`` is solved
+exactly (no big-M slack left, its points are exact KKT points); the pattern is then cut
+off by a no-good cut ``sum_{pi_b=0} z_b + sum_{pi_b=1} (1 - z_b) >= 1`` and the MILP
+re-solved, until the MILP bound over the remaining patterns is within ``tol`` of the best
+pattern value (phase 2), or decides ``phi* <= feas_tol`` (phase 1). Excluded patterns are
+solved exactly, so the final bound is ``max(best, MILP bound)``. In practice one or two
+MILPs per phase suffice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from bilevel.errors import BilevelError, ConvergenceWarning
+from bilevel.robust._highs import MilpSolution, solve_milp
+from bilevel.robust.model import TwoStageRobustProblem, WorstCase
+
+__all__ = ["default_dual_bound", "lp_worst_case", "lp_worst_case_supported"]
+
+INF = math.inf
+FEAS_TOL = 1e-6
+AT_BOUND_RTOL = 1e-6
+
+
+def lp_worst_case_supported(problem: TwoStageRobustProblem) -> str | None:
+    """``None`` when :func:`lp_worst_case` applies, else why not (a sentence).
+
+    It applies to a continuous recourse (every ``y_types`` entry ``"C"``) whose
+    constraint uncertainty is in the right-hand side only (``H`` and/or ``T_xi``), with no
+    uncertain recourse matrix (``W_xi``) and no uncertain recourse cost (``D``).
+    """
+    integer = problem.y_integer
+    if np.any(integer) and not np.all(integer):
+        return (
+            "mixed integer and continuous recourse under constraint uncertainty is not "
+            "supported: the exact adversaries need all recourse variables integer "
+            "(separation MILP) or all continuous (KKT reformulation with right-hand-side "
+            "uncertainty)"
+        )
+    if np.all(integer):
+        return "the recourse is integer (use the separation adversary)"
+    if problem.W_xi is not None:
+        return (
+            "continuous recourse with an uncertain recourse matrix (W_xi) is not supported: "
+            "the KKT adversary needs the uncertainty in the right-hand side only (H, T_xi)"
+        )
+    if problem.D is not None:
+        return (
+            "continuous recourse with an uncertain recourse cost (D) together with "
+            "constraint uncertainty is not supported: the KKT adversary needs the recourse "
+            "cost independent of xi (right-hand-side uncertainty H, T_xi only)"
+        )
+    return None
+
+
+def default_dual_bound(problem: TwoStageRobustProblem) -> float:
+    r"""Default bound ``Lambda`` on the multipliers of ``W y <= r`` in the phase-2 MILP.
+
+    ``1e4 * max(1, ||d||_inf / w)`` with ``w`` the smallest row scale ``max_j |W_ij|`` over
+    the nonzero rows of ``W``: a multiplier balances costs through stationarity
+    ``d + W^T lambda + alpha - beta = 0``, so ``||d||_inf / w`` is its natural scale and the
+    factor ``1e4`` leaves room for chains of rows. A heuristic, not a proof: see the module
+    docstring.
+    """
+    row_scale = np.max(np.abs(problem.W), axis=1) if problem.W.size else np.zeros(0)
+    row_scale = row_scale[row_scale > 0]
+    w = float(np.min(row_scale)) if row_scale.size else 1.0
+    d_scale = float(np.max(np.abs(problem.d))) if problem.d.size else 0.0
+    return 1e4 * max(1.0, d_scale / w)
+
+
+def _rhs_affine(problem: TwoStageRobustProblem, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``r(xi) = r0 + R xi`` for the fixed ``x``."""
+    r0 = problem.h - problem.T @ x
+    R = np.zeros((problem.m_y, problem.n_xi))
+    if problem.H is not None:
+        R += problem.H
+    if problem.T_xi is not None:
+        R -= (problem.T_xi @ x).T
+    return r0, R
+
+
+def _slack_range(
+    problem: TwoStageRobustProblem, r0: np.ndarray, R: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interval bounds of ``r_i(xi) - W_i y`` over the boxes of ``xi`` and ``y``."""
+    lo_xi, hi_xi = problem.uncertainty.lb, problem.uncertainty.ub
+    W, l, u = problem.W, problem.y_lb, problem.y_ub
+    rx_lo = np.minimum(R * lo_xi, R * hi_xi).sum(axis=1)
+    rx_hi = np.maximum(R * lo_xi, R * hi_xi).sum(axis=1)
+    wy_lo = np.minimum(W * l, W * u).sum(axis=1)
+    wy_hi = np.maximum(W * l, W * u).sum(axis=1)
+    return r0 + rx_lo - wy_hi, r0 + rx_hi - wy_lo
+
+
+@dataclass
+class _KktMilp:
+    """``max obj^T v`` s.t. ``lower <= A v <= upper``, ``lb <= v <= ub``; the last
+    ``n_bin`` variables are the complementarity binaries."""
+
+    obj: np.ndarray
+    A: sp.csr_matrix
+    lower: np.ndarray
+    upper: np.ndarray
+    lb: np.ndarray
+    ub: np.ndarray
+    n_bin: int
+
+
+def _assemble(
+    obj: np.ndarray,
+    blocks: list[tuple[list[Any], np.ndarray, np.ndarray]],
+    lb: np.ndarray,
+    ub: np.ndarray,
+    n_bin: int,
+) -> _KktMilp:
+    """Stack the row blocks ``(list of column blocks, lower, upper)``."""
+    A = sp.bmat([row for row, _, _ in blocks], format="csr")
+    lower = np.concatenate([lo for _, lo, _ in blocks])
+    upper = np.concatenate([up for _, _, up in blocks])
+    return _KktMilp(obj, A, lower, upper, lb, ub, n_bin)
+
+
+def _solve_milp_with_cuts(
+    model: _KktMilp, cuts: list[np.ndarray], time_limit: float | None, solver: str
+) -> MilpSolution:
+    """The MILP with a no-good cut per excluded binary pattern ``pi``:
+    ``sum_{pi_b = 0} v_b + sum_{pi_b = 1} (1 - v_b) >= 1``."""
+    n = model.obj.shape[0]
+    A, lower, upper = model.A, model.lower, model.upper
+    if cuts:
+        pats = np.array(cuts, dtype=float)
+        coef = np.zeros((len(cuts), n))
+        coef[:, n - model.n_bin :] = 1.0 - 2.0 * pats
+        A = sp.vstack([A, sp.csr_matrix(coef)], format="csr")
+        lower = np.concatenate([lower, 1.0 - pats.sum(axis=1)])
+        upper = np.concatenate([upper, np.full(len(cuts), INF)])
+    integrality = np.zeros(n, dtype=bool)
+    integrality[n - model.n_bin :] = True
+    return solve_milp(
+        model.obj,
+        A,
+        lower,
+        upper,
+        model.lb,
+        model.ub,
+        integrality,
+        maximize=True,
+        time_limit=time_limit,
+        solver=solver,
+    )
+
+
+def _solve_pattern_lp(
+    model: _KktMilp, pattern: np.ndarray, time_limit: float | None, solver: str
+) -> MilpSolution:
+    """The LP with the binaries fixed to ``pattern`` (exact complementarity)."""
+    n = model.obj.shape[0]
+    lb, ub = model.lb.copy(), model.ub.copy()
+    lb[n - model.n_bin :] = pattern
+    ub[n - model.n_bin :] = pattern
+    return solve_milp(
+        model.obj,
+        model.A,
+        model.lower,
+        model.upper,
+        lb,
+        ub,
+        maximize=True,
+        time_limit=time_limit,
+        solver=solver,
+    )
+
+
+@dataclass
+class _Search:
+    """Outcome of :func:`_pattern_search`: best exact point, proven bound, rounds, status."""
+
+    x: np.ndarray | None
+    value: float
+    bound: float
+    rounds: int
+    status: str  # "optimal", "exhausted" (no pattern left), "time_limit", "max_rounds"
+
+
+def _pattern_search(
+    model: _KktMilp,
+    done: Callable[[float, float], bool],
+    deadline: float | None,
+    solver: str,
+    max_rounds: int,
+) -> _Search:
+    """Maximise exactly over the binary patterns (the MILP solver's integrality tolerance
+    lets a binary at ``1e-6`` carry a multiplier ``1e-6 * bound``; each MILP point is
+    therefore re-solved as an LP with its pattern fixed, and the pattern is cut off until
+    ``done(best exact value, MILP bound)``)."""
+    cuts: list[np.ndarray] = []
+    best_x, best = None, -INF
+    bound = INF
+    n = model.obj.shape[0]
+    for rounds in range(1, max_rounds + 1):
+        sol = _solve_milp_with_cuts(model, cuts, _remaining(deadline), solver)
+        if sol.status == "infeasible":
+            return _Search(best_x, best, best, rounds, "exhausted")
+        if sol.status not in ("optimal", "time_limit"):
+            raise BilevelError(f"a KKT MILP of the LP adversary ended with {sol.status!r}")
+        if sol.x is None:
+            return _Search(best_x, best, bound, rounds, "time_limit")
+        pattern = np.round(sol.x[n - model.n_bin :])
+        lp = _solve_pattern_lp(model, pattern, _remaining(deadline), solver)
+        if lp.status == "optimal" and lp.objective > best:
+            best_x, best = lp.x, lp.objective
+        if math.isfinite(sol.bound):  # excluded patterns are worth at most ``best``
+            bound = min(bound, max(best, sol.bound))
+        if sol.status == "time_limit" or lp.status == "time_limit":
+            return _Search(best_x, best, bound, rounds, "time_limit")
+        if done(best, bound):
+            return _Search(best_x, best, bound, rounds, "optimal")
+        cuts.append(pattern)
+    return _Search(best_x, best, bound, max_rounds, "max_rounds")
+
+
+def _feasibility_milp(problem, r0, R) -> _KktMilp:
+    """Phase 1: ``max_xi min {1^T s : W y - s <= r(xi), y in [l, u], s >= 0}`` (KKT MILP).
+
+    Variables ``(xi, y, s, mu, alpha, beta, z, w, z_u, z_l)``.
+    """
+    U = problem.uncertainty
+    W, l, u = problem.W, problem.y_lb, problem.y_ub
+    n, m, k = problem.n_y, problem.m_y, U.P.shape[0]
+    p = problem.n_xi
+    slack_lo, slack_hi = _slack_range(problem, r0, R)
+    s_max = np.maximum(0.0, -slack_lo)
+    M = np.maximum(0.0, slack_hi) + s_max
+    col = np.abs(W).sum(axis=0)
+    width = u - l
+    I_m, I_n = sp.eye(m), sp.eye(n)
+    Wsp = sp.csr_matrix(W)
+    Rsp = sp.csr_matrix(R)
+
+    def z(rows: int, cols: int):
+        return sp.csr_matrix((rows, cols))
+
+    #           xi          y            s            mu          alpha       beta
+    #           z           w            z_u          z_l
+    blocks = [
+        (
+            [sp.csr_matrix(U.P), z(k, n), z(k, m), z(k, m), z(k, n), z(k, n)]
+            + [z(k, m), z(k, m), z(k, n), z(k, n)],
+            np.full(k, -INF),
+            U.q,
+        ),
+        # W y - s - R xi <= r0
+        (
+            [-Rsp, Wsp, -I_m, z(m, m), z(m, n), z(m, n), z(m, m), z(m, m), z(m, n), z(m, n)],
+            np.full(m, -INF),
+            r0,
+        ),
+        # W^T mu + alpha - beta = 0
+        (
+            [z(n, p), z(n, n), z(n, m), Wsp.T, I_n, -I_n, z(n, m), z(n, m), z(n, n), z(n, n)],
+            np.zeros(n),
+            np.zeros(n),
+        ),
+        # mu <= z
+        (
+            [z(m, p), z(m, n), z(m, m), I_m, z(m, n), z(m, n), -I_m, z(m, m), z(m, n), z(m, n)],
+            np.full(m, -INF),
+            np.zeros(m),
+        ),
+        # r(xi) - W y + s <= M (1 - z)
+        (
+            [Rsp, -Wsp, I_m, z(m, m), z(m, n), z(m, n), sp.diags(M), z(m, m), z(m, n), z(m, n)],
+            np.full(m, -INF),
+            M - r0,
+        ),
+        # s <= s_max w
+        (
+            [z(m, p), z(m, n), I_m, z(m, m), z(m, n), z(m, n), z(m, m), -sp.diags(s_max)]
+            + [z(m, n), z(m, n)],
+            np.full(m, -INF),
+            np.zeros(m),
+        ),
+        # nu = 1 - mu <= 1 - w
+        (
+            [z(m, p), z(m, n), z(m, m), -I_m, z(m, n), z(m, n), z(m, m), I_m, z(m, n), z(m, n)],
+            np.full(m, -INF),
+            np.zeros(m),
+        ),
+        # alpha <= col z_u ;  u - y <= (u - l)(1 - z_u)
+        (
+            [z(n, p), z(n, n), z(n, m), z(n, m), I_n, z(n, n), z(n, m), z(n, m)]
+            + [-sp.diags(col), z(n, n)],
+            np.full(n, -INF),
+            np.zeros(n),
+        ),
+        (
+            [z(n, p), -I_n, z(n, m), z(n, m), z(n, n), z(n, n), z(n, m), z(n, m)]
+            + [sp.diags(width), z(n, n)],
+            np.full(n, -INF),
+            -l,
+        ),
+        # beta <= col z_l ;  y - l <= (u - l)(1 - z_l)
+        (
+            [z(n, p), z(n, n), z(n, m), z(n, m), z(n, n), I_n, z(n, m), z(n, m)]
+            + [z(n, n), -sp.diags(col)],
+            np.full(n, -INF),
+            np.zeros(n),
+        ),
+        (
+            [z(n, p), I_n, z(n, m), z(n, m), z(n, n), z(n, n), z(n, m), z(n, m)]
+            + [z(n, n), sp.diags(width)],
+            np.full(n, -INF),
+            u,
+        ),
+    ]
+    n_bin = 2 * m + 2 * n
+    obj = np.concatenate([np.zeros(p + n), np.ones(m), np.zeros(m + 2 * n + n_bin)])
+    lb = np.concatenate([U.lb, l, np.zeros(2 * m + 2 * n + n_bin)])
+    ub = np.concatenate([U.ub, u, s_max, np.ones(m), col, col, np.ones(n_bin)])
+    return _assemble(obj, blocks, lb, ub, n_bin)
+
+
+def _optimality_milp(problem, x, r0, R, dual_bound) -> _KktMilp:
+    """Phase 2: ``max c^T x + xi^T C x + d^T y`` over the KKT points of the recourse LP.
+
+    Variables ``(xi, y, lambda, alpha, beta, z, z_u, z_l)``; the objective omits ``c^T x``.
+    """
+    U = problem.uncertainty
+    W, d, l, u = problem.W, problem.d, problem.y_lb, problem.y_ub
+    n, m, k = problem.n_y, problem.m_y, U.P.shape[0]
+    p = problem.n_xi
+    _, slack_hi = _slack_range(problem, r0, R)
+    M = np.maximum(0.0, slack_hi)
+    A_bound = np.abs(d) + dual_bound * np.abs(W).sum(axis=0)
+    width = u - l
+    I_m, I_n = sp.eye(m), sp.eye(n)
+    Wsp = sp.csr_matrix(W)
+    Rsp = sp.csr_matrix(R)
+
+    def z(rows: int, cols: int):
+        return sp.csr_matrix((rows, cols))
+
+    #           xi          y            lambda       alpha       beta
+    #           z           z_u          z_l
+    blocks = [
+        (
+            [sp.csr_matrix(U.P), z(k, n), z(k, m), z(k, n), z(k, n), z(k, m), z(k, n), z(k, n)],
+            np.full(k, -INF),
+            U.q,
+        ),
+        # W y - R xi <= r0
+        ([-Rsp, Wsp, z(m, m), z(m, n), z(m, n), z(m, m), z(m, n), z(m, n)], np.full(m, -INF), r0),
+        # W^T lambda + alpha - beta = -d
+        ([z(n, p), z(n, n), Wsp.T, I_n, -I_n, z(n, m), z(n, n), z(n, n)], -d, -d),
+        # lambda <= Lambda z
+        (
+            [z(m, p), z(m, n), I_m, z(m, n), z(m, n), -dual_bound * I_m, z(m, n), z(m, n)],
+            np.full(m, -INF),
+            np.zeros(m),
+        ),
+        # r(xi) - W y <= M (1 - z)
+        (
+            [Rsp, -Wsp, z(m, m), z(m, n), z(m, n), sp.diags(M), z(m, n), z(m, n)],
+            np.full(m, -INF),
+            M - r0,
+        ),
+        # alpha <= A z_u ;  u - y <= (u - l)(1 - z_u)
+        (
+            [z(n, p), z(n, n), z(n, m), I_n, z(n, n), z(n, m), -sp.diags(A_bound), z(n, n)],
+            np.full(n, -INF),
+            np.zeros(n),
+        ),
+        (
+            [z(n, p), -I_n, z(n, m), z(n, n), z(n, n), z(n, m), sp.diags(width), z(n, n)],
+            np.full(n, -INF),
+            -l,
+        ),
+        # beta <= A z_l ;  y - l <= (u - l)(1 - z_l)
+        (
+            [z(n, p), z(n, n), z(n, m), z(n, n), I_n, z(n, m), z(n, n), -sp.diags(A_bound)],
+            np.full(n, -INF),
+            np.zeros(n),
+        ),
+        (
+            [z(n, p), I_n, z(n, m), z(n, n), z(n, n), z(n, m), z(n, n), sp.diags(width)],
+            np.full(n, -INF),
+            u,
+        ),
+    ]
+    Cx = problem.C @ x if problem.C is not None else np.zeros(p)
+    n_bin = m + 2 * n
+    obj = np.concatenate([Cx, d, np.zeros(m + 2 * n + n_bin)])
+    lb = np.concatenate([U.lb, l, np.zeros(m + 2 * n + n_bin)])
+    ub = np.concatenate([U.ub, u, np.full(m, dual_bound), A_bound, A_bound, np.ones(n_bin)])
+    return _assemble(obj, blocks, lb, ub, n_bin)
+
+
+def _worst(problem, cost, xi, y, status, upper, n_iter) -> WorstCase:
+    return WorstCase(
+        cost=float(cost),
+        objective=float(problem.to_objective(cost)),
+        xi=np.asarray(xi, dtype=float),
+        y=y,
+        status=status,
+        upper_bound=float(upper),
+        n_iter=n_iter,
+    )
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.perf_counter(), 0.0)
+
+
+def lp_worst_case(
+    problem: TwoStageRobustProblem,
+    x: Any,
+    *,
+    dual_bound: float | None = None,
+    time_limit: float | None = None,
+    feas_tol: float = FEAS_TOL,
+    tol: float = 1e-7,
+    max_rounds: int = 50,
+    solver: str = "highs",
+) -> WorstCase:
+    r"""Exact ``max_{xi in Xi} [c^T x + xi^T C x + Q(x, xi)]`` for LP recourse, rhs uncertainty.
+
+    Two KKT MILPs (module docstring): phase 1 decides whether some scenario leaves the
+    recourse infeasible (then the worst case is ``+inf``), phase 2 maximises the recourse
+    value over the KKT points of the inner LP.
+
+    Parameters
+    ----------
+    problem:
+        A problem for which :func:`lp_worst_case_supported` returns ``None``, with finite
+        recourse bounds ``y_lb``, ``y_ub``.
+    x:
+        The first-stage decision (checked with ``problem.check_first_stage``).
+    dual_bound:
+        ``Lambda``, the big-M on the multipliers of ``W y <= r(xi)`` in phase 2 (default
+        :func:`default_dual_bound`). The result is exact when every scenario with a
+        feasible recourse has an optimal dual with ``max_i lambda_i <= Lambda``; a
+        multiplier at the bound in the solution emits
+        :class:`~bilevel.errors.ConvergenceWarning`.
+    time_limit:
+        Seconds for both MILPs and the evaluations (``None``: no limit). When it is
+        reached the result has status ``"time_limit"``, ``cost`` the best scenario value
+        found (``-inf`` if none) and ``upper_bound`` the proven bound (``inf`` if none).
+    feas_tol:
+        Scenarios whose least total constraint violation ``phi(xi)`` is at most
+        ``feas_tol`` count as feasible (phase 1).
+    tol:
+        Phase 2 stops when ``MILP bound - best exact pattern value <= tol * max(1, |bound|)``.
+    max_rounds:
+        Most MILPs per phase (one per complementarity pattern cut off; module docstring).
+        Reaching it emits :class:`~bilevel.errors.ConvergenceWarning`; the result then
+        keeps the gap in ``upper_bound``.
+    solver:
+        ``"highs"`` or ``"scip"`` (MILPs and evaluations).
+
+    Returns
+    -------
+    WorstCase
+        ``cost`` (exact value of the returned scenario ``xi``, recomputed by
+        ``problem.second_stage_value``; ``+inf`` with the infeasible scenario when phase 1
+        finds one), ``upper_bound`` the phase-2 MILP's proven bound (cost form), ``y`` an
+        optimal recourse at ``xi``, ``n_iter`` the number of MILPs solved (both phases).
+
+    Raises
+    ------
+    NotImplementedError
+        For the combinations :func:`lp_worst_case_supported` refuses.
+    ValueError
+        When a recourse bound is infinite (the big-M constants need finite bounds), or
+        ``dual_bound`` is not a positive finite number.
+    BilevelError
+        When phase 2 has no feasible point: no scenario has an optimal dual within
+        ``dual_bound`` (raise it).
+    """
+    reason = lp_worst_case_supported(problem)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    if not (np.all(np.isfinite(problem.y_lb)) and np.all(np.isfinite(problem.y_ub))):
+        raise ValueError(
+            "the exact adversary for continuous recourse under constraint uncertainty needs "
+            "finite bounds on the recourse variables (y_lb, y_ub): they set the big-M "
+            "constants of the KKT reformulation (interval arithmetic over the box of y)"
+        )
+    if dual_bound is None:
+        dual_bound = default_dual_bound(problem)
+    dual_bound = float(dual_bound)
+    if not (math.isfinite(dual_bound) and dual_bound > 0):
+        raise ValueError(f"dual_bound must be a positive finite number, got {dual_bound}")
+    if not (math.isfinite(feas_tol) and feas_tol > 0):
+        raise ValueError(f"feas_tol must be a positive finite number, got {feas_tol}")
+    x = problem.check_first_stage(x)
+    x = np.where(problem.x_integer, np.round(x), x)
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
+    U = problem.uncertainty
+    p, n, m = problem.n_xi, problem.n_y, problem.m_y
+    r0, R = _rhs_affine(problem, x)
+    const = float(problem.c @ x)
+
+    # Phase 1: is there a scenario without a feasible recourse?
+    phase1 = _pattern_search(
+        _feasibility_milp(problem, r0, R),
+        lambda best, bound: best > feas_tol or bound <= feas_tol,
+        deadline,
+        solver,
+        max_rounds,
+    )
+    if phase1.x is not None and phase1.value > feas_tol:
+        xi = np.clip(phase1.x[:p], U.lb, U.ub)
+        sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
+        if sol.status == "infeasible":
+            return _worst(problem, INF, xi, None, "optimal", INF, phase1.rounds)
+    if phase1.status == "time_limit":
+        return _worst(problem, -INF, U.interior_point(), None, "time_limit", INF, phase1.rounds)
+    if phase1.status == "max_rounds":
+        warnings.warn(
+            f"the feasibility phase of the KKT adversary stopped after {max_rounds} rounds "
+            f"with its bound {phase1.bound:.3g} above feas_tol={feas_tol:g}: a scenario with "
+            "a slightly infeasible recourse may be missed",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+    # Phase 2: maximise the recourse value over the KKT points.
+    phase2 = _pattern_search(
+        _optimality_milp(problem, x, r0, R, dual_bound),
+        lambda best, bound: bound - best <= tol * max(1.0, abs(bound)),
+        deadline,
+        solver,
+        max_rounds,
+    )
+    rounds = phase1.rounds + phase2.rounds
+    if phase2.x is None:
+        if phase2.status == "exhausted":
+            raise BilevelError(
+                f"the KKT adversary has no feasible point with dual_bound={dual_bound:g}: no "
+                "scenario has an optimal dual of the recourse LP within that bound; raise "
+                "dual_bound"
+            )
+        upper = const + phase2.bound
+        return _worst(problem, -INF, U.interior_point(), None, "time_limit", upper, rounds)
+    upper = const + phase2.bound
+    xi = np.clip(phase2.x[:p], U.lb, U.ub)
+    lam = phase2.x[p + n : p + n + m]
+    if lam.size and float(np.max(lam)) >= dual_bound * (1.0 - AT_BOUND_RTOL):
+        warnings.warn(
+            f"a multiplier of the recourse constraints sits at dual_bound={dual_bound:g} in "
+            "the KKT adversary: the bound may cut off the true worst case (the value "
+            "returned is exact for its scenario but may be below the worst case); pass a "
+            "larger dual_bound to worst_case / solve_ccg",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    if phase2.status == "max_rounds":
+        warnings.warn(
+            f"the KKT adversary stopped after {max_rounds} rounds with a gap of "
+            f"{phase2.bound - phase2.value:.3g} between its bound and the best scenario",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
+    if sol.status == "time_limit":
+        return _worst(problem, -INF, xi, None, "time_limit", upper, rounds)
+    if sol.status == "infeasible":  # within the tolerance of phase 1: report it
+        return _worst(problem, INF, xi, None, "optimal", INF, rounds)
+    cost = problem.first_stage_cost(x, xi) + sol.value
+    status = "time_limit" if phase2.status == "time_limit" else "optimal"
+    return _worst(problem, cost, xi, sol.y, status, max(upper, cost), rounds)
