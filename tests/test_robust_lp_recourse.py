@@ -127,6 +127,16 @@ def test_larger_instance_with_t_xi():
         assert _close(worst_case(problem, x).cost, _oracle_worst_case(problem, x))
 
 
+def test_time_limit_keeps_valid_bounds():
+    problem = _random_problem(1007, n_x=4, n_y=6, m=8, n_xi=6, gamma=3, t_xi=True)
+    x = np.array([1.0, 0.0, 1.0, 1.0])
+    oracle = _oracle_worst_case(problem, x)
+    wc = worst_case(problem, x, time_limit=1e-4)
+    assert wc.status in ("time_limit", "optimal")
+    assert wc.cost <= oracle + 1e-7 * max(1.0, abs(oracle))
+    assert wc.upper_bound >= oracle - 1e-7 * max(1.0, abs(oracle))
+
+
 def test_infeasible_vertex_is_reported_with_its_scenario():
     # y in [0, 1], y >= 0.2 + xi_0 + 0.3 xi_1: infeasible exactly when xi_0 + 0.3 xi_1 > 0.8.
     problem = TwoStageRobustProblem(
