@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 import bilevel
 from bilevel.errors import ConvergenceWarning
+from bilevel.methods import Method, MethodState
 from bilevel.problems import MultiBlockQuadratic, QuadraticBilevel
 
 
@@ -66,7 +69,7 @@ def test_nonconvergence_is_reported(quadratic):
 
 def test_divergence_is_detected(quadratic):
     q, step = quadratic
-    with pytest.warns(ConvergenceWarning, match="NaN or inf"):
+    with pytest.warns(ConvergenceWarning, match="NaN or inf|grew geometrically"):
         result = bilevel.solve(
             q.problem(),
             torch.zeros(4),
@@ -198,3 +201,91 @@ def test_integer_starting_points_are_rejected_with_a_clear_error(quadratic):
     q, _ = quadratic
     with pytest.raises(TypeError, match="floating-point"):
         bilevel.solve(q.problem(), torch.zeros(4, dtype=torch.long), torch.zeros(8), "aid")
+
+
+def test_finite_geometric_blow_up_is_reported_as_diverged(quadratic):
+    """Regression (review): with an outer step size far too large (2.0; 0.1 converges),
+    AID's iterates grow by a factor of about 12 per iteration and stay finite for 100
+    iterations (about 1e110, the upper value 1e220), which used to end as "max_iterations". The growth rule (> 1.2x at each of
+    30 consecutive iterations, past 1e6 times the initial scale) reports it at iteration
+    30, with the ConvergenceWarning that non-finite iterates get."""
+    q, step = quadratic
+    with pytest.warns(ConvergenceWarning, match="grew geometrically"):
+        result = bilevel.solve(
+            q.problem(),
+            torch.zeros(4),
+            torch.zeros(8),
+            "aid",
+            maxiter=100,
+            inner_step_size=step,
+            outer_step_size=2.0,
+        )
+    assert result.status == "diverged" and result.n_iter == 30
+    assert bool(torch.isfinite(result.x).all()) and float(result.x.abs().max()) > 1e6
+    assert result.history["iteration"][-1] == 30  # the diverged iterate is recorded
+    # the same run stopped one iteration earlier is not flagged
+    with pytest.warns(ConvergenceWarning, match="maxiter"):
+        early = bilevel.solve(
+            q.problem(),
+            torch.zeros(4),
+            torch.zeros(8),
+            "aid",
+            maxiter=29,
+            inner_step_size=step,
+            outer_step_size=2.0,
+        )
+    assert early.status == "max_iterations"
+
+
+class _Scaling(Method):
+    """x <- factor * x, y <- y: a blow-up by a fixed factor per iteration."""
+
+    name = "scaling"
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def step(self, problem, state: MethodState, iteration: int) -> MethodState:
+        state.x = state.x * self.factor
+        state.hypergrad = torch.ones(1)
+        return state
+
+
+@pytest.mark.parametrize(
+    ("dtype", "factor", "scale"),
+    [(torch.float64, 1e50, "1.341e+154"), (torch.float32, 1e5, "1.845e+19")],
+)
+def test_iterates_past_the_overflow_scale_are_diverged(dtype, factor, scale):
+    """x = factor^k reaches 1e200 (float64) / 1e20 (float32), finite but past
+    sqrt(finfo.max): their squares overflow, so the run is diverged at iteration 4."""
+    problem = bilevel.BilevelProblem(
+        upper=lambda x, y: (x**2).sum(), lower=lambda x, y: ((y - x) ** 2).sum()
+    )
+    one = torch.ones(1, dtype=dtype)
+    with pytest.warns(ConvergenceWarning, match=f"beyond the overflow scale {re.escape(scale)}"):
+        result = bilevel.solve(problem, one, one, _Scaling(factor), maxiter=10)
+    assert result.status == "diverged" and result.n_iter == 4
+    assert float(result.x) == pytest.approx(factor**4, rel=1e-6)
+
+
+def test_far_away_solution_is_not_mistaken_for_divergence():
+    """A convergent run to x* = 1e9 from 0 (a million-fold the initial scale at the first
+    step) is not flagged: its growth ratios decay to 1 (2, 1.5, 1.17, ...)."""
+    target = 1e9
+    problem = bilevel.BilevelProblem(
+        upper=lambda x, y: 0.5 * ((y - target) ** 2).sum(),
+        lower=lambda x, y: 0.5 * ((y - x) ** 2).sum(),
+    )
+    result = bilevel.solve(
+        problem,
+        torch.zeros(3),
+        torch.zeros(3),
+        "aid",
+        maxiter=200,
+        tol=1e-4,
+        inner_steps=5,
+        inner_step_size=1.0,
+        outer_step_size=0.5,
+    )
+    assert result.converged
+    torch.testing.assert_close(result.x, torch.full((3,), target), rtol=1e-12, atol=1e-4)

@@ -239,6 +239,78 @@ def _attach_streams(extra: Any, problem: BilevelProblem) -> None:
             _attach_streams(value, problem)
 
 
+#: Geometric-growth divergence rule of :func:`run_method` (see :class:`_GrowthMonitor`).
+GROWTH_FACTOR = 1.2
+GROWTH_WINDOW = 30
+GROWTH_SCALE = 1e6
+
+
+def _overflow_scale(dtype: torch.dtype) -> float:
+    """``sqrt(finfo(dtype).max)``: beyond it, squares (norms, quadratic objectives) of the
+    value are not representable in ``dtype`` (1.3e154 in float64, 1.8e19 in float32)."""
+    return math.sqrt(torch.finfo(dtype).max)
+
+
+def _max_abs(tree: PyTree) -> tuple[float, float]:
+    """``(max |entry|, the smallest overflow scale of the dtypes present)`` over the
+    floating-point leaves of ``tree``."""
+    largest, scale = 0.0, math.inf
+    for leaf in torch.utils._pytree.tree_leaves(tree):
+        if not (isinstance(leaf, torch.Tensor) and leaf.numel()):
+            continue
+        if leaf.is_floating_point() or leaf.is_complex():
+            largest = max(largest, float(leaf.detach().abs().max()))
+            scale = min(scale, _overflow_scale(leaf.dtype))
+    return largest, scale
+
+
+@dataclass
+class _GrowthMonitor:
+    """Divergence of finite iterates: ``a_k = max |entry of (x_k, y_k)|`` is reported as
+    diverged at iteration ``k`` when
+
+    * ``a_k > sqrt(finfo(dtype).max)`` (the overflow scale: squared norms and quadratic
+      objectives of the iterate are no longer finite), or
+    * it grew geometrically: ``a_j > GROWTH_FACTOR * a_(j-1)`` (1.2) at each of the last
+      ``GROWTH_WINDOW`` (30) iterations and ``a_k > GROWTH_SCALE * (1 + a_0)`` (1e6 times
+      the initial scale).
+
+    A run converging to a limit, however far from the start, cannot grow by a fixed factor
+    at every one of 30 consecutive iterations (polynomial growth ``k^d`` has ratios
+    ``((k+1)/k)^d`` below 1.2 after ``k ~ 5 d``); an unstable iteration (step size too
+    large) grows like ``rho^k`` and is caught as soon as it leaves the initial scale.
+    """
+
+    initial: float
+    previous: float = field(init=False)
+    streak: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.previous = self.initial
+
+    def check(self, iteration: int, x: PyTree, y: PyTree) -> str | None:
+        """The divergence message for the new iterate, or ``None``."""
+        current, overflow = _max_abs((x, y))
+        grew = current > GROWTH_FACTOR * self.previous
+        self.streak = self.streak + 1 if grew else 0
+        self.previous = current
+        if current > overflow:
+            return (
+                f"the iterates grew to |(x, y)|_inf = {current:.3e} at iteration {iteration}, "
+                f"beyond the overflow scale {overflow:.3e} of their dtype (their squares are "
+                "non-finite); step sizes too large?"
+            )
+        if self.streak >= GROWTH_WINDOW and current > GROWTH_SCALE * (1.0 + self.initial):
+            return (
+                f"the iterates grew geometrically (by at least {GROWTH_FACTOR:g}x at each of "
+                f"the last {self.streak} iterations) to |(x, y)|_inf = {current:.3e} at "
+                f"iteration {iteration}, over {GROWTH_SCALE:.0e} times the initial scale "
+                f"1 + {self.initial:.3e}: diverging to non-finite values (step sizes too "
+                "large?)"
+            )
+        return None
+
+
 def _detach(tree: PyTree) -> PyTree:
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
 
@@ -258,7 +330,17 @@ def run_method(
     checkpoint_every: int,
     resume: bool,
 ) -> BilevelResult:
-    """Drive ``method`` for at most ``maxiter`` outer iterations (see :func:`bilevel.solve`)."""
+    """Drive ``method`` for at most ``maxiter`` outer iterations (see :func:`bilevel.solve`).
+
+    Status ``"diverged"`` (with a :class:`~bilevel.errors.ConvergenceWarning` for
+    deterministic methods) is reported when the method raises
+    :class:`~bilevel.errors.DivergenceError` or :class:`~bilevel.errors.NonFiniteError`,
+    when an iterate or the hypergradient estimate is NaN or infinite, and when finite
+    iterates blow up: past the overflow scale ``sqrt(finfo(dtype).max)`` of their dtype, or
+    growing geometrically (by ``1.2x`` at each of 30 consecutive iterations to more than
+    ``1e6 (1 + |(x0, y0)|_inf)``), see :class:`_GrowthMonitor`. After a resume the growth
+    streak restarts from zero.
+    """
     if problem.is_constrained and not method.handles_constraints:
         raise ValueError(
             f"method {method.name!r} solves unconstrained bilevel problems, but this problem "
@@ -321,6 +403,7 @@ def run_method(
         history["hvp_calls"].append(state.hvp_calls)
         history["time"].append(elapsed_before + time.perf_counter() - t0)
 
+    monitor = _GrowthMonitor(initial=_max_abs((x0, y0))[0])
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -341,12 +424,18 @@ def run_method(
         state.x, state.y = _detach(state.x), _detach(state.y)
         norm = float(tree_norm(state.hypergrad)) if state.hypergrad is not None else math.inf
         if not math.isfinite(norm) or not all(
-            bool(torch.isfinite(leaf).all()) for leaf in torch.utils._pytree.tree_leaves(state.x)
+            bool(torch.isfinite(leaf).all())
+            for leaf in torch.utils._pytree.tree_leaves((state.x, state.y))
         ):
             status, message = (
                 "diverged",
                 f"non-finite iterate or hypergradient at iteration {iteration}",
             )
+            record(iteration)
+            break
+        blown_up = monitor.check(iteration, state.x, state.y)
+        if blown_up is not None:
+            status, message = "diverged", blown_up
             record(iteration)
             break
         if iteration % record_every == 0 or norm <= tol:

@@ -247,7 +247,12 @@ class BilevelResult:
     x, y:
         Final outer and inner variables.
     status:
-        ``"converged"``, ``"max_iterations"`` or ``"diverged"``.
+        ``"converged"``, ``"max_iterations"``, ``"stopped"`` (by the callback) or
+        ``"diverged"``: NaN or infinite iterates or hypergradient, finite iterates past the
+        overflow scale ``sqrt(finfo(dtype).max)`` or growing geometrically (``1.2x`` at each
+        of 30 consecutive iterations, beyond ``1e6`` times the initial scale), or a
+        :class:`~bilevel.errors.DivergenceError` raised by the method (see
+        :func:`bilevel.methods.run_method`).
     message:
         Human-readable explanation.
     n_iter:
