@@ -297,8 +297,7 @@ def _check_result(problem, result, optimum):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_neur2ro_within_five_percent_of_exact(seed, optima):
-    """Paper's loop plus up to 3 exact refinements (the paper's loop alone, with this
-    tiny training budget, misses 5% on some seeds: see the final report / benchmark)."""
+    """Tiny training budget (30 x 8 samples, 60 epochs) plus up to 3 exact refinements."""
     problem = knapsack_instance(6, seed=100 + seed)
     result = solve_neur2ro(
         problem,
@@ -311,6 +310,33 @@ def test_neur2ro_within_five_percent_of_exact(seed, optima):
     _check_result(problem, result, optima[seed])
     assert (optima[seed] - result.objective) / abs(optima[seed]) <= 0.05
     assert result.info["n_samples"] == 30 * 8
+
+
+def test_paper_loop_with_default_options_is_within_five_percent_on_most_instances():
+    """The paper's loop alone (no exact refinement), default options (50 x 10 samples per
+    instance, joint encoder), on ten random n=6 knapsacks against brute force: measured
+    9/10 within 5% (one instance at 14.5%), mean gap 1.4%; the separate (paper) encoder
+    gives 8/10 and 2.8%. The test asks for at least 8/10 and a mean below 5%."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the measured runs used one thread (same float reductions)
+    try:
+        gaps = _paper_loop_gaps()
+    finally:
+        torch.set_num_threads(threads)
+    assert sum(g <= 0.05 for g in gaps) >= 8, gaps
+    assert np.mean(gaps) <= 0.05, gaps
+
+
+def _paper_loop_gaps() -> list[float]:
+    gaps = []
+    for s in range(10):
+        problem = knapsack_instance(6, seed=100 + s)
+        optimum = brute_force_optimum(problem)
+        result = solve_neur2ro(problem, seed=s)
+        _check_result(problem, result, optimum)
+        assert result.info["n_refinements"] == 0
+        gaps.append((optimum - result.objective) / abs(optimum))
+    return gaps
 
 
 def test_paper_loop_returns_exactly_evaluated_last_decision(optima):
