@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from bilevel.robust.ccg import solve_ccg, worst_case
+from bilevel.robust.datasets import (
+    PublishedResult,
+    load_published_knapsack,
+    published_knapsack_names,
+    published_knapsack_result,
+)
 from bilevel.robust.enumeration import brute_force
 from bilevel.robust.generators import (
     KNAPSACK_TYPES,
@@ -37,6 +43,7 @@ __all__ = [
     "KNAPSACK_TYPES",
     "METHODS",
     "InstanceFormatError",
+    "PublishedResult",
     "RobustResult",
     "SecondStageSolution",
     "TwoStageRobustProblem",
@@ -49,6 +56,9 @@ __all__ = [
     "generate_knapsack",
     "knapsack_problem",
     "load_instance",
+    "load_published_knapsack",
+    "published_knapsack_names",
+    "published_knapsack_result",
     "read_instance",
     "read_knapsack_instance",
     "solve",
