@@ -5,9 +5,11 @@ Classes (problem, n, type):
 * ``knapsack``: Arslan and Detienne's generator (:func:`bilevel.robust.generate_knapsack`),
   correlation types UN, WC, ASC, SC, ``dev`` (Gamma = n dev), ``delta = 0.5``, ``h = 40``;
 * ``cb``: capital budgeting (:func:`bilevel.robust.generate_capital_budgeting`);
-* ``published`` (with ``--ad-dir``): Arslan and Detienne's published knapsack files read by
-  :func:`bilevel.robust.read_knapsack_instance`, compared with their branch-and-price values
-  (``ResultsForBranchAndPrice.csv`` in the same folder or ``--ad-results``).
+* ``published``: Arslan and Detienne's published n = 20 knapsack instances bundled with
+  bilevel (``--published NAME ...``, :func:`bilevel.robust.load_published_knapsack`), or
+  other files of their set read from ``--ad-dir`` (``--ad-instances``); compared with their
+  branch-and-price values (bundled, or ``ResultsForBranchAndPrice.csv`` in ``--ad-dir`` /
+  ``--ad-results``).
 
 Per run: ``objective`` is the exact worst-case value of the returned first stage (instance's
 own sense: profit for both classes), ``ref`` the published branch-and-price value for
@@ -94,7 +96,13 @@ def _published_values(path: Path) -> dict[str, float]:
 
 
 def _instances(args) -> list[tuple[str, int, str, str, Any, float | None]]:
-    from bilevel.robust import generate_capital_budgeting, generate_knapsack, read_knapsack_instance
+    from bilevel.robust import (
+        generate_capital_budgeting,
+        generate_knapsack,
+        load_published_knapsack,
+        published_knapsack_result,
+        read_knapsack_instance,
+    )
 
     items = []
     for n in args.knapsack_sizes:
@@ -106,6 +114,10 @@ def _instances(args) -> list[tuple[str, int, str, str, Any, float | None]]:
         for seed in range(args.seeds):
             p = generate_capital_budgeting(n, seed=seed)
             items.append(("cb", n, "-", f"seed{seed}", p, None))
+    for name in args.published:
+        p = load_published_knapsack(name)
+        typ = name.split("_")[1]
+        items.append(("published", p.n_x, typ, name, p, published_knapsack_result(name).objective))
     if args.ad_dir:
         ad = Path(args.ad_dir)
         results = Path(args.ad_results) if args.ad_results else ad / "ResultsForBranchAndPrice.csv"
@@ -140,7 +152,13 @@ def main() -> None:
     parser.add_argument("--cb-sizes", nargs="*", type=int, default=[5, 8])
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--time-limit", type=float, default=120.0)
-    parser.add_argument("--ad-dir", default=None, help="folder of Arslan-Detienne files")
+    parser.add_argument(
+        "--published",
+        nargs="*",
+        default=[f"RKP_{t}_n20_R1000_H100_h80_dev0.15_d0.5" for t in ("UN", "WC", "ASC", "SC")],
+        help="bundled Arslan-Detienne instances (bilevel.robust.published_knapsack_names())",
+    )
+    parser.add_argument("--ad-dir", default=None, help="folder of other Arslan-Detienne files")
     parser.add_argument("--ad-results", default=None, help="their ResultsForBranchAndPrice.csv")
     parser.add_argument("--ad-instances", nargs="*", default=[])
     parser.add_argument("--neur2ro-options", default="{}", help="JSON dict of solve options")
@@ -151,6 +169,7 @@ def main() -> None:
         args.knapsack_sizes, args.types, args.cb_sizes = [6], ["UN", "ASC"], [4]
         args.time_limit = min(args.time_limit, 20.0)
         args.ad_instances = args.ad_instances[:1]
+        args.published = args.published[:1]
     _limit_threads()
     neur2ro_options = json.loads(args.neur2ro_options)
 
