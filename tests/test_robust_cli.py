@@ -209,3 +209,24 @@ def test_generate_knapsack_h_validation_in_the_generator(h, H):
 
     with pytest.raises(ValueError, match=r"\bh must be an integer|H must be a positive"):
         generate_knapsack(4, h=h, H=H, seed=0)
+
+
+def test_instances_lists_bundled_set_and_solve_accepts_a_name(runner, tmp_path):
+    from bilevel.robust import published_knapsack_result
+
+    res = _invoke(runner, "instances", "--type", "UN", "--h", "80")
+    assert res.exit_code == 0, res.output
+    listed = [line.split()[0] for line in res.output.splitlines() if line.startswith("RKP_")]
+    assert len(listed) == 9 and all("_UN_" in n and "_h80_" in n for n in listed)
+    name = "RKP_UN_n20_R1000_H100_h80_dev0.1_d0.5"
+    out = tmp_path / "r.json"
+    res = _invoke(runner, "solve", name, "--quiet", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    published = published_knapsack_result(name).objective
+    assert f"published  {published:.6g}" in res.output
+    # the solved value (exact CCG) equals the published branch-and-price optimum
+    assert float(f"{json.loads(out.read_text())['objective']:.6g}") == published
+    res = runner.invoke(app, ["robust", "instances", "--type", "XX"])
+    assert res.exit_code == 2 and "--type must be one of" in res.output
+    res = runner.invoke(app, ["robust", "solve", "RKP_nothing"])
+    assert res.exit_code == 2 and "bundled instance" in res.output

@@ -1,10 +1,15 @@
-"""``bilevel robust ...`` commands: ``solve`` and ``generate``.
+"""``bilevel robust ...`` commands: ``solve``, ``instances`` and ``generate``.
 
 ``bilevel robust solve INSTANCE [--method exact|neur2ro] [--time-limit S] [--out FILE]
 [--solver highs|scip]``
-reads a JSON instance (``.json``) or an Arslan-Detienne knapsack file (anything else),
-prints one line per iteration (lower/upper bound and gap) and the result; ``--out`` writes
-the result as JSON and never overwrites an existing file.
+reads a JSON instance (``.json``), an Arslan-Detienne knapsack file (anything else) or,
+when no such file exists, the bundled published instance of that name (``bilevel robust
+instances``), prints one line per iteration (lower/upper bound and gap) and the result
+(with the published optimum for a bundled instance); ``--out`` writes the result as JSON
+and never overwrites an existing file.
+
+``bilevel robust instances [--type T] [--h H]`` lists the bundled published instances
+with their branch-and-price optima.
 
 ``bilevel robust generate knapsack|capital-budgeting ... --out FILE`` writes a random
 instance (JSON), never overwriting.
@@ -53,7 +58,13 @@ def _fmt(value: float) -> str:
 
 @app.command("solve")
 def solve_command(
-    instance: Annotated[Path, typer.Argument(help="Instance file: .json or a knapsack file.")],
+    instance: Annotated[
+        Path,
+        typer.Argument(
+            help="Instance file (.json or a knapsack file) or a bundled instance name "
+            "(see 'bilevel robust instances')."
+        ),
+    ],
     method: Annotated[str, typer.Option(help="exact (CCG) or neur2ro.")] = "exact",
     time_limit: Annotated[
         float | None, typer.Option("--time-limit", help="Seconds for the whole solve.")
@@ -70,19 +81,32 @@ def solve_command(
     import warnings
 
     from bilevel.errors import ConvergenceWarning
-    from bilevel.robust import METHODS, InstanceFormatError, load_instance, solve
+    from bilevel.robust import (
+        METHODS,
+        InstanceFormatError,
+        load_instance,
+        load_published_knapsack,
+        published_knapsack_names,
+        published_knapsack_result,
+        solve,
+    )
 
     if method not in METHODS:
         _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if time_limit is not None and not (time_limit > 0):
         _fail("--time-limit must be positive")
     _check_out(out)
-    try:
-        problem = load_instance(instance)
-    except FileNotFoundError as err:
-        _fail(str(err))
-    except InstanceFormatError as err:
-        _fail(f"malformed instance: {err}")
+    published = None
+    if not instance.exists() and str(instance) in published_knapsack_names():
+        problem = load_published_knapsack(str(instance))
+        published = published_knapsack_result(str(instance))
+    else:
+        try:
+            problem = load_instance(instance)
+        except FileNotFoundError as err:
+            _fail(f"{err} (nor is it a bundled instance name: see 'bilevel robust instances')")
+        except InstanceFormatError as err:
+            _fail(f"malformed instance: {err}")
     typer.echo(
         f"{problem.name or instance.name}: n_x={problem.n_x} n_y={problem.n_y} "
         f"n_xi={problem.n_xi} sense={problem.sense} method={method}"
@@ -125,6 +149,11 @@ def solve_command(
         f"bounds     [{_fmt(result.lower_bound)}, {_fmt(result.upper_bound)}]  "
         f"gap {_fmt(result.gap)}"
     )
+    if published is not None:
+        typer.echo(
+            f"published  {_fmt(published.objective)} (Arslan-Detienne branch-and-price, "
+            f"{'optimal' if published.optimal else 'best known'})"
+        )
     typer.echo(f"iterations {result.n_iter}  time {result.time:.2f}s")
     for key in ("data_generation_time", "training_time"):
         if isinstance(result.info.get(key), int | float):
@@ -143,6 +172,27 @@ def solve_command(
         typer.echo(f"wrote {out}")
     if result.status in ("infeasible", "unbounded"):
         raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command("instances")
+def instances_command(
+    correlation: Annotated[
+        str | None, typer.Option("--type", help="Only this correlation type: UN, WC, ASC, SC.")
+    ] = None,
+    h: Annotated[int | None, typer.Option("--h", help="Only this capacity ratio (40, 80).")] = None,
+) -> None:
+    """List the bundled Arslan-Detienne instances (n = 20) with their published optima."""
+    from bilevel.robust import KNAPSACK_TYPES, published_knapsack_names, published_knapsack_result
+
+    if correlation is not None and correlation not in KNAPSACK_TYPES:
+        _fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
+    names = published_knapsack_names(correlation, h=h)
+    if not names:
+        _fail("no bundled instance matches these filters")
+    typer.echo(f"{'instance':<42} {'published optimum':>17}")
+    for name in names:
+        typer.echo(f"{name:<42} {_fmt(published_knapsack_result(name).objective):>17}")
+    typer.echo(f"{len(names)} instances; solve one with 'bilevel robust solve NAME'")
 
 
 def _generate_and_write(out: Path, build: Callable[[], Any]) -> Any:
