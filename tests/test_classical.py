@@ -54,6 +54,10 @@ def test_closed_form_active_bound():
     assert res.converged
     assert abs(float(res.x[0]) - 2.0) <= 1e-8 and abs(float(res.y[0]) - 1.0) <= 1e-12
     assert abs(res.info["upper_value"] - 0.25) <= 1e-12
+    # the history's lower-level optimality column is the KKT residual: 0 here (the bound
+    # y <= 1 takes multiplier x - y = 1), while |grad_y f| = |y - x| = 1
+    assert "lower_grad_norm" not in res.history
+    assert res.history["lower_kkt_residual"][-1] <= 1e-8
 
 
 def _double_well(x):

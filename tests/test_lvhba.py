@@ -58,6 +58,10 @@ def test_toy_problem_reaches_relative_error_1e_3_on_x():
     assert result.info["projection"] == "affine"
     assert result.info["constraint_violation"] < 1e-10
     assert result.info["lower_level_solved"]
+    # the recorded lower-level KKT residual (closed form below) falls from 7 to < 1e-2
+    residuals = result.history["lower_kkt_residual"]
+    assert residuals[0] > 5 and residuals[-1] < 1e-2
+    assert residuals[-1] == pytest.approx(_toy_lower_kkt_residual(result.x, result.y), rel=1e-10)
 
 
 def coupled_inequality_problem(**kwargs) -> bilevel.BilevelProblem:
@@ -332,7 +336,7 @@ def test_converged_status_means_close_to_the_solution():
         y_bounds=(0.0, 1.0),
     )
     zero = torch.zeros(1, dtype=D)
-    result = bilevel.solve(problem, zero, zero, "lv-hba", tol=1e-2, maxiter=8000)
+    result = bilevel.solve(problem, zero, zero, "lv-hba", tol=1e-2, maxiter=8000, record_every=100)
     assert result.converged
     assert abs(float(result.x) - 3.0) <= 1e-2
     assert abs(float(result.y) - 1.0) <= 1e-6
@@ -359,3 +363,33 @@ def test_bounds_broadcast_or_flat_on_a_matrix_y_give_the_same_run():
         assert torch.equal(run.x, runs[0].x) and torch.equal(run.y, runs[0].y)
     y = runs[0].y
     assert bool((y >= lo).all() and (y <= hi).all()) and float(y[:, 0].max()) == 1.0
+
+
+def _toy_lower_kkt_residual(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Closed form for the toy problem: grad_y f = (y1 - x, e), J_h = e^T (h = e^T x +
+    e^T y), so r^2 = min_nu sum (y1 - x + nu)^2 + N (1 + nu)^2 + h^2 with
+    nu* = -(sum(y1 - x) + N) / (2 N)."""
+    a = y[:N] - x
+    nu = -(float(a.sum()) + N) / (2 * N)
+    h = float(x.sum() + y.sum())
+    return math.sqrt(float(((a + nu) ** 2).sum()) + N * (1 + nu) ** 2 + h**2)
+
+
+@pytest.mark.filterwarnings("ignore::bilevel.errors.ConvergenceWarning")  # maxiter=0
+def test_lower_kkt_residual_is_recorded_and_vanishes_at_the_solution():
+    """Constrained lower levels record ``lower_kkt_residual`` (stationarity with the best
+    multipliers, complementarity, feasibility) instead of the meaningless
+    ``lower_grad_norm``: 0 at the toy problem's solution (where |grad_y f| >= sqrt(N) = 10),
+    the closed form elsewhere."""
+    x_star = torch.full((N,), -0.3, dtype=D)
+    y_star = torch.cat([torch.full((N,), 0.7, dtype=D), torch.full((N,), -0.4, dtype=D)])
+    at_solution = bilevel.solve(toy_problem(), x_star, y_star, "lv-hba", maxiter=0)
+    assert "lower_grad_norm" not in at_solution.history
+    assert at_solution.history["lower_kkt_residual"] == [pytest.approx(0.0, abs=1e-12)]
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(N, generator=gen, dtype=D)
+    y0 = torch.randn(2 * N, generator=gen, dtype=D)
+    run = bilevel.solve(toy_problem(), x0, y0, "lv-hba", maxiter=0)  # records the projected start
+    expected = _toy_lower_kkt_residual(run.x, run.y)
+    assert expected > 1.0
+    assert run.history["lower_kkt_residual"][0] == pytest.approx(expected, rel=1e-12)

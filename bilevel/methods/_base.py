@@ -311,6 +311,109 @@ class _GrowthMonitor:
         return None
 
 
+def _has_lower_constraints(problem: BilevelProblem) -> bool:
+    """Whether the lower level is constrained (``g``, ``h`` or ``y_bounds``)."""
+    return (
+        problem.lower_ineq is not None
+        or problem.lower_eq is not None
+        or problem.y_bounds is not None
+    )
+
+
+_DENSE_KKT_ENTRIES = 4_000_000  # larger least-squares matrices are solved sparse
+
+
+def _lower_kkt_residual(problem: BilevelProblem, x: PyTree, y: PyTree) -> float:
+    """Lower-level KKT residual at ``(x, y)`` (the ``lower_kkt_residual`` history column).
+
+    With ``c(y) = (g(x, y), y_i - u_i, l_i - y_i)`` (the finite bounds of ``y_bounds``
+    written as inequalities ``c <= 0``) and ``h(x, y) = 0``::
+
+        r(x, y)^2 = min_{mu >= 0, nu} ||grad_y f + J_c^T mu + J_h^T nu||^2 + ||mu * c||^2
+                    + ||max(c, 0)||^2 + ||h||^2,
+
+    stationarity, complementarity and feasibility, minimised over the multipliers (a
+    bounded linear least-squares problem, SciPy's ``lsq_linear``: exact BVLS for small
+    problems, TRF on a sparse matrix for large ones). ``r = 0`` exactly at a KKT point,
+    ``r`` is continuous in ``y`` (no active-set threshold), and without constraints it is
+    ``||grad_y f||``. NaN for pytree (non-tensor) variables.
+    """
+    import numpy as np
+    import scipy.sparse
+    from scipy.optimize import lsq_linear
+
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        return math.nan
+    x, y = x.detach(), y.detach()
+    shape, m = y.shape, y.numel()
+    with torch.enable_grad():
+        t = y.flatten().requires_grad_(True)
+        value = problem.lower_value(x, t.reshape(shape))
+        (grad,) = (
+            torch.autograd.grad(value, t, allow_unused=True) if value.requires_grad else (None,)
+        )
+        grad = torch.zeros_like(t) if grad is None else grad
+
+        def jac(name: str, value: torch.Tensor) -> torch.Tensor:
+            fn = getattr(problem, name)
+            return torch.autograd.functional.jacobian(
+                lambda t: fn(x, t.reshape(shape)), y.flatten()
+            ).reshape(value.numel(), m)
+
+        try:
+            g = problem.constraint_value("lower_ineq", x, y)
+            h = problem.constraint_value("lower_eq", x, y)
+        except NonFiniteError:  # e.g. the recorded iterate of a diverged run
+            return math.nan
+        J_g = None if g is None else jac("lower_ineq", g)
+        J_h = None if h is None else jac("lower_eq", h)
+    parts = [grad] + [t for t in (J_g, J_h) if t is not None]
+    if not all(bool(torch.isfinite(t).all()) for t in parts):
+        return math.nan
+
+    def arr(t: torch.Tensor | None, *size: int) -> np.ndarray:
+        if t is None:
+            return np.zeros(size)
+        return t.detach().to(torch.float64).cpu().numpy().reshape(size)
+
+    lo, hi = (b.flatten() for b in problem.bounds_like("y_bounds", y))
+    yf = y.flatten()
+    up, down = torch.isfinite(hi), torch.isfinite(lo)
+    n_g, n_h = (0 if g is None else g.numel()), (0 if h is None else h.numel())
+    c = np.concatenate(
+        [arr(g, n_g), arr(yf[up] - hi[up], int(up.sum())), arr(lo[down] - yf[down], -1)]
+    )
+    # A = [[J_g^T, +e_i (upper bounds), -e_i (lower bounds), J_h^T], [diag(c), 0]] from
+    # (row, column, value) triplets; dense for small problems, sparse for large ones
+    p, q = c.size, n_h
+    J_cols = np.concatenate([arr(J_g, n_g, m).T, arr(J_h, n_h, m).T], axis=1)  # m x (n_g+q)
+    j_rows, j_cols = np.nonzero(J_cols)
+    idx_up, idx_down = np.flatnonzero(up.cpu().numpy()), np.flatnonzero(down.cpu().numpy())
+    rows = np.concatenate([j_rows, idx_up, idx_down, m + np.arange(p)])
+    cols = np.concatenate(
+        [np.where(j_cols < n_g, j_cols, j_cols - n_g + p), n_g + np.arange(p - n_g), np.arange(p)]
+    )
+    vals = np.concatenate(
+        [J_cols[j_rows, j_cols], np.ones(idx_up.size), -np.ones(idx_down.size), c]
+    )
+    if (m + p) * (p + q) <= _DENSE_KKT_ENTRIES:
+        A = np.zeros((m + p, p + q))
+        A[rows, cols] = vals
+    else:
+        A = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(m + p, p + q)).tocsr()
+    b = np.concatenate([-arr(grad, m), np.zeros(p)])
+    feasibility = float(np.sum(np.maximum(c, 0.0) ** 2) + np.sum(arr(h, n_h) ** 2))
+    if p + q == 0:
+        return math.sqrt(float(b @ b) + feasibility)
+    lower_bounds = np.concatenate([np.zeros(p), np.full(q, -np.inf)])
+    if isinstance(A, np.ndarray):
+        sol = lsq_linear(A, b, bounds=(lower_bounds, np.inf), method="bvls", tol=1e-14)
+    else:
+        sol = lsq_linear(A, b, bounds=(lower_bounds, np.inf), method="trf", tol=1e-12)
+    fit = A @ sol.x - b
+    return math.sqrt(float(fit @ fit) + feasibility)
+
+
 def _detach(tree: PyTree) -> PyTree:
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
 
@@ -340,6 +443,11 @@ def run_method(
     growing geometrically (by ``1.2x`` at each of 30 consecutive iterations to more than
     ``1e6 (1 + |(x0, y0)|_inf)``), see :class:`_GrowthMonitor`. After a resume the growth
     streak restarts from zero.
+
+    The history's lower-level column is ``lower_grad_norm`` for an unconstrained lower
+    level and ``lower_kkt_residual`` (see :class:`~bilevel.BilevelResult`) for a constrained
+    one; the latter costs a bounded least-squares solve per recorded iteration (about 0.6 ms
+    for 200 variables and one constraint), so long runs may prefer ``record_every > 1``.
     """
     if problem.is_constrained and not method.handles_constraints:
         raise ValueError(
@@ -362,13 +470,17 @@ def run_method(
         raise ValueError(
             f"maxiter must be >= 0 and record_every >= 1, got {maxiter}, {record_every}"
         )
+    # lower-level optimality: ||grad_y f|| for an unconstrained lower level, the KKT
+    # residual (which reduces to it without constraints) for a constrained one
+    lower_constrained = _has_lower_constraints(problem)
+    lower_key = "lower_kkt_residual" if lower_constrained else "lower_grad_norm"
     history: dict[str, list[float]] = {
         key: []
         for key in (
             "iteration",
             "upper_value",
             "hypergrad_norm",
-            "lower_grad_norm",
+            lower_key,
             "grad_calls",
             "hvp_calls",
             "time",
@@ -396,9 +508,12 @@ def run_method(
         history["hypergrad_norm"].append(
             float(tree_norm(state.hypergrad)) if state.hypergrad is not None else math.nan
         )
-        history["lower_grad_norm"].append(
-            float(tree_norm(lower_grad(state.x, state.y))) if deterministic else math.nan
-        )
+        if not deterministic:
+            history[lower_key].append(math.nan)
+        elif lower_constrained:
+            history[lower_key].append(_lower_kkt_residual(problem, state.x, state.y))
+        else:
+            history[lower_key].append(float(tree_norm(lower_grad(state.x, state.y))))
         history["grad_calls"].append(state.grad_calls)
         history["hvp_calls"].append(state.hvp_calls)
         history["time"].append(elapsed_before + time.perf_counter() - t0)
