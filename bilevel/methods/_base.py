@@ -347,18 +347,16 @@ def _lower_kkt_residual(problem: BilevelProblem, x: PyTree, y: PyTree) -> float:
     x, y = x.detach(), y.detach()
     shape, m = y.shape, y.numel()
     with torch.enable_grad():
-        t = y.flatten().requires_grad_(True)
-        value = problem.lower_value(x, t.reshape(shape))
-        (grad,) = (
-            torch.autograd.grad(value, t, allow_unused=True) if value.requires_grad else (None,)
-        )
-        grad = torch.zeros_like(t) if grad is None else grad
+        yf = y.flatten().requires_grad_(True)
+        f = problem.lower_value(x, yf.reshape(shape))
+        grad = torch.autograd.grad(f, yf)[0] if f.requires_grad else torch.zeros_like(yf)
+        yf = yf.detach()
 
-        def jac(name: str, value: torch.Tensor) -> torch.Tensor:
+        def jac(name: str, rows: torch.Tensor) -> torch.Tensor:
             fn = getattr(problem, name)
             return torch.autograd.functional.jacobian(
-                lambda t: fn(x, t.reshape(shape)), y.flatten()
-            ).reshape(value.numel(), m)
+                lambda t: fn(x, t.reshape(shape)), yf
+            ).reshape(rows.numel(), m)
 
         try:
             g = problem.constraint_value("lower_ineq", x, y)
@@ -377,11 +375,14 @@ def _lower_kkt_residual(problem: BilevelProblem, x: PyTree, y: PyTree) -> float:
         return t.detach().to(torch.float64).cpu().numpy().reshape(size)
 
     lo, hi = (b.flatten() for b in problem.bounds_like("y_bounds", y))
-    yf = y.flatten()
     up, down = torch.isfinite(hi), torch.isfinite(lo)
     n_g, n_h = (0 if g is None else g.numel()), (0 if h is None else h.numel())
     c = np.concatenate(
-        [arr(g, n_g), arr(yf[up] - hi[up], int(up.sum())), arr(lo[down] - yf[down], -1)]
+        [
+            arr(g, n_g),
+            arr(yf[up] - hi[up], int(up.sum())),
+            arr(lo[down] - yf[down], int(down.sum())),
+        ]
     )
     # A = [[J_g^T, +e_i (upper bounds), -e_i (lower bounds), J_h^T], [diag(c), 0]] from
     # (row, column, value) triplets; dense for small problems, sparse for large ones
