@@ -67,6 +67,11 @@ def solve(
         Deterministic methods stop when the norm of the hypergradient estimate is at most
         ``tol`` (status ``"converged"``); otherwise the result has status
         ``"max_iterations"`` and a :class:`~bilevel.errors.ConvergenceWarning` is raised.
+        A run whose iterates become NaN/inf, pass the overflow scale ``sqrt(finfo.max)``
+        of their dtype or grow geometrically (more than 1.2x at each of 30 consecutive
+        iterations beyond ``1e6`` times their initial scale) ends with status
+        ``"diverged"`` and the same warning. The history records ``lower_grad_norm`` or,
+        when the lower level is constrained, ``lower_kkt_residual``.
     callback:
         ``callback(iteration, state)``, called after every outer iteration; returning
         ``True`` stops the run (status ``"stopped"``).
