@@ -33,14 +33,16 @@ from bilevel.robust.lp_adversary import default_dual_bound, lp_worst_case
 
 
 def _vertices(U: UncertaintySet) -> list[np.ndarray]:
-    if U.kind == "box":
+    """Vertices of a box, or of ``{xi in [0, 1]^n : sum xi <= Gamma}`` with integer Gamma
+    (also when built as a general polytope, which sends the adversary to its KKT path)."""
+    if U.P.shape[0] == 0:
         return [np.array(v, dtype=float) for v in itertools.product(*zip(U.lb, U.ub))]
-    assert U.kind == "budget" and U.gamma == int(U.gamma)
+    assert U.P.shape[0] == 1 and np.all(U.P == 1) and U.q[0] == int(U.q[0])
     assert np.all(U.lb == 0) and np.all(U.ub == 1)
     return [
         np.array(v, dtype=float)
         for v in itertools.product([0, 1], repeat=U.dim)
-        if sum(v) <= U.gamma
+        if sum(v) <= U.q[0]
     ]
 
 
@@ -59,10 +61,17 @@ def _oracle_worst_case(problem, x):
     )
 
 
-def _random_problem(seed, *, n_x=3, n_y=4, m=5, n_xi=4, t_xi=False, box=False, gamma=2):
+def _random_problem(
+    seed, *, n_x=3, n_y=4, m=5, n_xi=4, t_xi=False, box=False, gamma=2, polytope=False
+):
+    """Random instance; ``polytope=True`` builds the same set as a general polytope."""
     rng = np.random.default_rng(seed)
-    if box:
+    if box and polytope:
+        U = UncertaintySet.polytope(np.zeros((0, n_xi)), [], -np.ones(n_xi), np.ones(n_xi))
+    elif box:
         U = UncertaintySet.box(-np.ones(n_xi), np.ones(n_xi))
+    elif polytope:
+        U = UncertaintySet.polytope(np.ones((1, n_xi)), [gamma], np.zeros(n_xi), np.ones(n_xi))
     else:
         U = UncertaintySet.budget(n_xi, gamma)
     W = rng.normal(size=(m, n_y))
@@ -93,11 +102,15 @@ def _close(a, b, rel=1e-7):
 CASES = [(s, s % 2 == 1, s % 3 == 0) for s in [*range(16), 24, 29, 33, 38]]
 
 
-def test_worst_case_equals_vertex_enumeration():
-    """Random budget/box instances, with and without T_xi, several infeasible for some xi."""
+@pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
+def test_worst_case_equals_vertex_enumeration(polytope):
+    """Random budget/box instances, with and without T_xi, several infeasible for some xi;
+    box and budget sets use the 0/1-vertex formulations, the same sets given as general
+    polytopes the KKT formulations."""
     n_inf = n_finite = 0
     for seed, t_xi, box in CASES:
-        problem = _random_problem(seed, t_xi=t_xi, box=box)
+        problem = _random_problem(seed, t_xi=t_xi, box=box, polytope=polytope)
+        assert (problem.uncertainty.kind == "polytope") == polytope
         x = np.random.default_rng(seed + 100).integers(0, 2, size=problem.n_x).astype(float)
         wc = worst_case(problem, x)
         oracle = _oracle_worst_case(problem, x)
@@ -120,15 +133,18 @@ def test_worst_case_equals_vertex_enumeration():
     assert n_inf >= 4 and n_finite >= 10  # both regimes are exercised
 
 
-def test_larger_instance_with_t_xi():
-    problem = _random_problem(1007, n_x=4, n_y=6, m=8, n_xi=6, gamma=3, t_xi=True)
+@pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
+def test_larger_instance_with_t_xi(polytope):
+    problem = _random_problem(
+        1007, n_x=4, n_y=6, m=8, n_xi=6, gamma=3, t_xi=True, polytope=polytope
+    )
     for x in ([1, 0, 1, 1], [0, 1, 0, 0]):
         x = np.array(x, dtype=float)
         assert _close(worst_case(problem, x).cost, _oracle_worst_case(problem, x))
 
 
 def test_time_limit_keeps_valid_bounds():
-    problem = _random_problem(1007, n_x=4, n_y=6, m=8, n_xi=6, gamma=3, t_xi=True)
+    problem = _random_problem(1007, n_x=4, n_y=6, m=8, n_xi=6, gamma=3, t_xi=True, polytope=True)
     x = np.array([1.0, 0.0, 1.0, 1.0])
     oracle = _oracle_worst_case(problem, x)
     wc = worst_case(problem, x, time_limit=1e-4)
@@ -137,12 +153,17 @@ def test_time_limit_keeps_valid_bounds():
     assert wc.upper_bound >= oracle - 1e-7 * max(1.0, abs(oracle))
 
 
-def test_infeasible_vertex_is_reported_with_its_scenario():
+@pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
+def test_infeasible_vertex_is_reported_with_its_scenario(polytope):
     # y in [0, 1], y >= 0.2 + xi_0 + 0.3 xi_1: infeasible exactly when xi_0 + 0.3 xi_1 > 0.8.
+    if polytope:
+        U = UncertaintySet.polytope(np.ones((1, 2)), [1.0], np.zeros(2), np.ones(2))
+    else:
+        U = UncertaintySet.budget(2, 1)
     problem = TwoStageRobustProblem(
         c=np.zeros(1),
         x_types="B",
-        uncertainty=UncertaintySet.budget(2, 1),
+        uncertainty=U,
         d=np.array([1.0]),
         y_types="C",
         W=np.array([[-1.0]]),
@@ -211,13 +232,17 @@ def test_ccg_reports_no_robustly_feasible_first_stage():
     assert result.n_iter == 2 and result.info["n_scenarios"] == 2
 
 
-def _duplicated_row_problem():
+def _duplicated_row_problem(polytope=False):
     # min -y s.t. y <= 1 + xi and 2 y <= 2 + 2 xi, y in [0, 10], xi in [0, 1]:
     # Q = -(1 + xi), worst case xi = 0 with duals lambda_1 + 2 lambda_2 = 1.
+    if polytope:
+        U = UncertaintySet.polytope(np.zeros((0, 1)), [], [0.0], [1.0])
+    else:
+        U = UncertaintySet.box([0.0], [1.0])
     return TwoStageRobustProblem(
         c=np.zeros(1),
         x_types="B",
-        uncertainty=UncertaintySet.box([0.0], [1.0]),
+        uncertainty=U,
         d=np.array([-1.0]),
         y_types="C",
         W=np.array([[1.0], [2.0]]),
@@ -229,21 +254,32 @@ def _duplicated_row_problem():
     )
 
 
-def test_dual_bound_at_bound_warns():
-    problem = _duplicated_row_problem()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ConvergenceWarning)
-        wc = worst_case(problem, np.zeros(1))  # default bound: far from the duals
-    assert wc.cost == pytest.approx(-1.0, abs=1e-9)
-    with pytest.warns(ConvergenceWarning, match="dual_bound=0.4.*larger dual_bound"):
-        wc = worst_case(problem, np.zeros(1), dual_bound=0.4)
+@pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
+def test_dual_bound_at_bound_warns(polytope):
+    problem = _duplicated_row_problem(polytope)
+    # The optimal duals at xi = 0 are lambda_1 + 2 lambda_2 = 1: the smallest max-norm one
+    # is (1/3, 1/3). A bound above 1/3 (the default, or 0.4) leaves one inside: no warning,
+    # even if the solver picks a dual at the bound. A bound of exactly 1/3 binds: warning.
+    for bound in (None, 0.4):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ConvergenceWarning)
+            wc = worst_case(problem, np.zeros(1), dual_bound=bound)
+        assert wc.cost == pytest.approx(-1.0, abs=1e-9)
+    with pytest.warns(ConvergenceWarning, match="dual_bound=0.3333.*larger dual_bound"):
+        wc = worst_case(problem, np.zeros(1), dual_bound=1 / 3)
     assert wc.cost == pytest.approx(-1.0, abs=1e-9)  # still exact for its scenario
 
 
-def test_dual_bound_too_small_for_every_scenario_raises():
-    problem = _duplicated_row_problem()
+def test_dual_bound_too_small_for_every_scenario():
+    # KKT form: no KKT point within the bound at all -> a clear error.
     with pytest.raises(BilevelError, match="raise dual_bound"):
-        worst_case(problem, np.zeros(1), dual_bound=0.2)
+        worst_case(_duplicated_row_problem(polytope=True), np.zeros(1), dual_bound=0.2)
+    # Vertex-dual form: the restricted dual under-estimates Q; the multiplier sits at the
+    # bound, so the warning fires, and the value is still exact for the scenario returned.
+    problem = _duplicated_row_problem()
+    with pytest.warns(ConvergenceWarning, match="dual_bound=0.2"):
+        wc = worst_case(problem, np.zeros(1), dual_bound=0.2)
+    assert wc.cost == pytest.approx(-1.0 - wc.xi[0], abs=1e-9)
     with pytest.raises(ValueError, match="dual_bound"):
         worst_case(problem, np.zeros(1), dual_bound=-1.0)
 
@@ -251,7 +287,7 @@ def test_dual_bound_too_small_for_every_scenario_raises():
 def test_dual_bound_warning_passes_through_solve_ccg():
     problem = _duplicated_row_problem()
     with pytest.warns(ConvergenceWarning, match="dual_bound"):
-        result = solve(problem, dual_bound=0.4)
+        result = solve(problem, dual_bound=1 / 3)
     assert result.objective == pytest.approx(-1.0, abs=1e-9)
 
 

@@ -42,7 +42,9 @@ Adversarial problems (:func:`worst_case`)
     the KKT reformulation of Zeng and Zhao (2013), two MILPs (a feasibility phase, exact,
     then an optimality phase with the big-M ``dual_bound`` on the duals; each MILP point is
     re-solved as an LP with its complementarity pattern fixed, so the solver's integrality
-    tolerance cannot inflate the value), in :mod:`bilevel.robust.lp_adversary`. An uncertain recourse matrix or cost, and a mixed
+    tolerance cannot inflate the value; for boxes and integral budget sets the dual LP over
+    the 0/1 vertices with exact McCormick products, ``n_xi`` binaries), in
+    :mod:`bilevel.robust.lp_adversary`. An uncertain recourse matrix or cost, and a mixed
     integer/continuous recourse, under constraint uncertainty are not supported
     (``NotImplementedError`` saying which part).
 """
