@@ -195,9 +195,11 @@ def _brute_force_binary(problem):
     return best, values
 
 
-@pytest.mark.parametrize("seed, t_xi", [(10, False), (0, True)])
-def test_ccg_equals_brute_force(seed, t_xi):
-    problem = _random_problem(seed, n_x=5, t_xi=t_xi)
+@pytest.mark.parametrize(
+    "seed, t_xi, polytope", [(10, False, False), (0, True, False), (0, True, True)]
+)
+def test_ccg_equals_brute_force(seed, t_xi, polytope):
+    problem = _random_problem(seed, n_x=5, t_xi=t_xi, polytope=polytope)
     best, values = _brute_force_binary(problem)
     assert math.isfinite(best) and any(math.isinf(v) for v in values.values())
     result = solve(problem)
