@@ -13,6 +13,7 @@ vertices solved by :func:`scipy.optimize.milp`.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import warnings
 
@@ -463,3 +464,22 @@ def test_location_transportation_of_zeng_and_zhao():
         problem.first_stage_cost(result.x, v) + _recourse_lp(problem, result.x, v) for v in vertices
     )
     assert worst == pytest.approx(result.objective, rel=1e-8)
+
+
+def test_cli_solves_a_location_transportation_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from bilevel.cli._app import app
+
+    problem = _location_transportation()
+    path = write_instance(problem, tmp_path / "lt.json")
+    out = tmp_path / "result.json"
+    res = CliRunner().invoke(
+        app, ["robust", "solve", str(path), "--quiet", "--out", str(out)], catch_exceptions=False
+    )
+    assert res.exit_code == 0, res.output
+    payload = json.loads(out.read_text())
+    assert payload["status"] == "optimal"
+    U = problem.uncertainty
+    expected = _extensive_form_optimum(_polytope_vertices(U.P, U.q, U.lb, U.ub))
+    assert float(payload["objective"]) == pytest.approx(expected, rel=1e-8)
