@@ -185,6 +185,49 @@ def test_infeasible_vertex_is_reported_with_its_scenario(polytope):
     np.testing.assert_allclose(wc.xi, [1.0, 0.0], atol=1e-9)
 
 
+def _least_violation(problem, x, xi):
+    """``phi(xi) = min {1^T s : W y - s <= r(xi), y in [l, u], s >= 0}`` by scipy."""
+    _, W, r = problem.recourse_data(x, xi)
+    n, m = problem.n_y, problem.m_y
+    res = linprog(
+        np.concatenate([np.zeros(n), np.ones(m)]),
+        A_ub=np.hstack([W, -np.eye(m)]),
+        b_ub=r,
+        bounds=list(zip(problem.y_lb, problem.y_ub)) + [(0, None)] * m,
+        method="highs",
+    )
+    assert res.status == 0
+    return float(res.fun)
+
+
+@pytest.mark.parametrize("seed", [1, 24, 29, 33, 38, 2, 5])
+def test_feasibility_phase_values_equal_vertex_enumeration(seed):
+    """phi* = max_xi phi(xi) from the vertex-dual MILP and from the KKT pattern search."""
+    from bilevel.robust import lp_adversary as la
+
+    problem = _random_problem(seed, t_xi=seed % 2 == 1, box=seed % 3 == 0)
+    x = np.random.default_rng(seed + 100).integers(0, 2, size=problem.n_x).astype(float)
+    phis = [_least_violation(problem, x, v) for v in _vertices(problem.uncertainty)]
+    oracle = max(phis)
+    r0, R = la._rhs_affine(problem, x)
+    static = la._static_violation_bound(problem, r0, R, "highs")
+    assert static >= oracle - 1e-9  # a valid upper bound
+    vertex = la._feasibility_vertex_milp(
+        problem, r0, R, *la._binary_vertices(problem.uncertainty), None, "highs"
+    )
+    assert vertex.value == pytest.approx(oracle, abs=1e-7)
+    assert _least_violation(problem, x, vertex.x) == pytest.approx(oracle, abs=1e-7)
+    kkt = la._pattern_search(
+        la._feasibility_milp(problem, r0, R, static),
+        lambda best, bound: bound - best <= 1e-9 * max(1.0, abs(bound)),
+        None,
+        "highs",
+        50,
+    )
+    assert kkt.value == pytest.approx(oracle, abs=1e-7)
+    assert kkt.bound >= oracle - 1e-7
+
+
 def _brute_force_binary(problem):
     values = {}
     for bits in itertools.product([0.0, 1.0], repeat=problem.n_x):
