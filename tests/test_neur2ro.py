@@ -460,3 +460,30 @@ def _saved(model, tmp_path):
     path = tmp_path / "m.pt"
     model.save(path)
     return path
+
+
+def test_main_problem_cut_by_time_limit_returns_last_completed_decision(
+    small_knapsack_model, monkeypatch
+):
+    """A time-limited main problem's incumbent is not returned (it may be arbitrarily poor):
+    the decision of the last main problem solved to optimality is."""
+    from bilevel.robust.neur2ro import algorithm
+
+    problem, model = small_knapsack_model
+    calls = []
+    real = algorithm.solve_main
+
+    def flaky_main(*args, **kwargs):
+        x, info = real(*args, **kwargs)
+        calls.append(x)
+        if len(calls) == 2:  # the second main problem "times out" with a poor incumbent
+            return 1.0 - x, {**info, "status": "Time limit reached"}
+        return x, info
+
+    monkeypatch.setattr(algorithm, "solve_main", flaky_main)
+    result = solve_neur2ro(problem, model=model)
+    assert len(calls) == 2
+    assert result.info["termination"] == "main_problem_Time_limit_reached"
+    np.testing.assert_array_equal(result.x, calls[0])
+    assert result.n_iter == 1
+    assert result.objective == pytest.approx(problem.worst_case(calls[0]).objective, rel=1e-9)

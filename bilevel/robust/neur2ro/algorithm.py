@@ -26,7 +26,9 @@ infeasibility effective.
 ``|NN(x, xi*) - max_k NN(x, xi^k)| <= tol |NN(x, xi*)|`` (the adversary finds nothing
 predicted to be worse), when ``xi*`` is already in ``Xi'`` (L1 distance below
 ``duplicate_tol``), after ``max_iterations`` main problems, or at the time limit. The last
-main problem's ``x`` is returned (the loop starts with ``Xi'`` empty: ``min c^T x``).
+main problem's ``x`` is returned (the loop starts with ``Xi'`` empty: ``min c^T x``); a
+main problem cut short by a time limit does not count: the decision of the last main
+problem solved to optimality is returned instead of its possibly poor incumbent.
 
 **Exact evaluation.** The returned ``x`` is evaluated by the model's exact worst case
 (:meth:`~bilevel.robust.model.TwoStageRobustProblem.worst_case`), never by sampling. Two
@@ -607,6 +609,18 @@ def _neur2ro_loop(
             time_limit=_remaining(deadline, mip_time_limit),
         )
         timers["main_time"] += time.perf_counter() - t0
+        if x is not None and x_new is not None and not status_ok(main_info):
+            # a main problem cut short by a time limit: its incumbent may be arbitrarily
+            # poor, so the decision of the last completed iteration is returned
+            timed_out = deadline is not None and time.perf_counter() >= deadline
+            return (
+                x,
+                predicted,
+                "time_limit"
+                if timed_out
+                else "main_problem_" + main_info["status"].replace(" ", "_"),
+                it - 1,
+            )
         if x_new is None:
             status = main_info["status"]
             stop = "infeasible" if status == "Infeasible" else "main_problem_" + status
