@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--n-epochs", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=120.0, help="per Neur2RO solve")
     parser.add_argument("--max-instances", type=int, default=None, help="per type")
+    parser.add_argument("--every", type=int, default=1, help="every k-th published instance")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write rows to this (new) file")
     parser.add_argument("--quick", action="store_true", help="short smoke run")
@@ -100,7 +101,7 @@ def main() -> None:
             flush=True,
         )
         print(header)
-        names = published_knapsack_names(typ)[: args.max_instances]
+        names = published_knapsack_names(typ)[:: args.every][: args.max_instances]
         gaps, times = [], []
         for name in names:
             problem = load_published_knapsack(name)
