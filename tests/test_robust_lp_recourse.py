@@ -30,21 +30,16 @@ from bilevel.robust import (
     worst_case,
     write_instance,
 )
+from bilevel.robust import lp_adversary as la
 from bilevel.robust.lp_adversary import default_dual_bound, lp_worst_case
 
 
 def _vertices(U: UncertaintySet) -> list[np.ndarray]:
-    """Vertices of a box, or of ``{xi in [0, 1]^n : sum xi <= Gamma}`` with integer Gamma
-    (also when built as a general polytope, which sends the adversary to its KKT path)."""
-    if U.P.shape[0] == 0:
-        return [np.array(v, dtype=float) for v in itertools.product(*zip(U.lb, U.ub))]
-    assert U.P.shape[0] == 1 and np.all(U.P == 1) and U.q[0] == int(U.q[0])
-    assert np.all(U.lb == 0) and np.all(U.ub == 1)
-    return [
-        np.array(v, dtype=float)
-        for v in itertools.product([0, 1], repeat=U.dim)
-        if sum(v) <= U.q[0]
-    ]
+    """Vertices of the sets used here: boxes and ``{xi in [0, 1]^n : sum xi <= Gamma}`` with
+    integer Gamma, possibly with redundant extra rows (which send the adversary to its KKT
+    path): every vertex is a corner of the box, so the corners inside the set."""
+    corners = (np.array(v, dtype=float) for v in itertools.product(*zip(U.lb, U.ub)))
+    return [v for v in corners if np.all(U.P @ v <= U.q + 1e-12)]
 
 
 def _recourse_lp(problem, x, xi):
@@ -65,14 +60,16 @@ def _oracle_worst_case(problem, x):
 def _random_problem(
     seed, *, n_x=3, n_y=4, m=5, n_xi=4, t_xi=False, box=False, gamma=2, polytope=False
 ):
-    """Random instance; ``polytope=True`` builds the same set as a general polytope."""
+    """Random instance; ``polytope=True`` adds a redundant row to the box or budget set,
+    which the adversary does not recognise: it then uses its KKT forms."""
     rng = np.random.default_rng(seed)
-    if box and polytope:
-        U = UncertaintySet.polytope(np.zeros((0, n_xi)), [], -np.ones(n_xi), np.ones(n_xi))
+    if box and polytope:  # sum xi <= n is redundant on [-1, 1]^n
+        U = UncertaintySet.polytope(np.ones((1, n_xi)), [n_xi], -np.ones(n_xi), np.ones(n_xi))
     elif box:
         U = UncertaintySet.box(-np.ones(n_xi), np.ones(n_xi))
-    elif polytope:
-        U = UncertaintySet.polytope(np.ones((1, n_xi)), [gamma], np.zeros(n_xi), np.ones(n_xi))
+    elif polytope:  # xi_0 + xi_1 <= 2 is redundant on [0, 1]^n
+        P = np.vstack([np.ones(n_xi), np.eye(n_xi)[0] + np.eye(n_xi)[1]])
+        U = UncertaintySet.polytope(P, [gamma, 2.0], np.zeros(n_xi), np.ones(n_xi))
     else:
         U = UncertaintySet.budget(n_xi, gamma)
     W = rng.normal(size=(m, n_y))
@@ -111,7 +108,7 @@ def test_worst_case_equals_vertex_enumeration(polytope):
     n_inf = n_finite = 0
     for seed, t_xi, box in CASES:
         problem = _random_problem(seed, t_xi=t_xi, box=box, polytope=polytope)
-        assert (problem.uncertainty.kind == "polytope") == polytope
+        assert (la._binary_vertices(problem.uncertainty) is None) == polytope
         x = np.random.default_rng(seed + 100).integers(0, 2, size=problem.n_x).astype(float)
         wc = worst_case(problem, x)
         oracle = _oracle_worst_case(problem, x)
@@ -157,8 +154,8 @@ def test_time_limit_keeps_valid_bounds():
 @pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
 def test_infeasible_vertex_is_reported_with_its_scenario(polytope):
     # y in [0, 1], y >= 0.2 + xi_0 + 0.3 xi_1: infeasible exactly when xi_0 + 0.3 xi_1 > 0.8.
-    if polytope:
-        U = UncertaintySet.polytope(np.ones((1, 2)), [1.0], np.zeros(2), np.ones(2))
+    if polytope:  # the budget set with a redundant row xi_0 <= 1
+        U = UncertaintySet.polytope([[1.0, 1.0], [1.0, 0.0]], [1.0, 1.0], np.zeros(2), np.ones(2))
     else:
         U = UncertaintySet.budget(2, 1)
     problem = TwoStageRobustProblem(
@@ -203,8 +200,6 @@ def _least_violation(problem, x, xi):
 @pytest.mark.parametrize("seed", [1, 24, 29, 33, 38, 2, 5])
 def test_feasibility_phase_values_equal_vertex_enumeration(seed):
     """phi* = max_xi phi(xi) from the vertex-dual MILP and from the KKT pattern search."""
-    from bilevel.robust import lp_adversary as la
-
     problem = _random_problem(seed, t_xi=seed % 2 == 1, box=seed % 3 == 0)
     x = np.random.default_rng(seed + 100).integers(0, 2, size=problem.n_x).astype(float)
     phis = [_least_violation(problem, x, v) for v in _vertices(problem.uncertainty)]
@@ -281,8 +276,8 @@ def test_ccg_reports_no_robustly_feasible_first_stage():
 def _duplicated_row_problem(polytope=False):
     # min -y s.t. y <= 1 + xi and 2 y <= 2 + 2 xi, y in [0, 10], xi in [0, 1]:
     # Q = -(1 + xi), worst case xi = 0 with duals lambda_1 + 2 lambda_2 = 1.
-    if polytope:
-        U = UncertaintySet.polytope(np.zeros((0, 1)), [], [0.0], [1.0])
+    if polytope:  # [0, 1] with a redundant row 2 xi <= 3: not recognised as a box/budget
+        U = UncertaintySet.polytope([[2.0]], [3.0], [0.0], [1.0])
     else:
         U = UncertaintySet.box([0.0], [1.0])
     return TwoStageRobustProblem(
@@ -526,3 +521,17 @@ def test_cli_solves_a_location_transportation_file(tmp_path):
     U = problem.uncertainty
     expected = _extensive_form_optimum(_polytope_vertices(U.P, U.q, U.lb, U.ub))
     assert float(payload["objective"]) == pytest.approx(expected, rel=1e-8)
+
+
+def test_box_and_budget_are_recognised_from_the_data():
+    n = 4
+    assert la._binary_vertices(UncertaintySet.budget(n, 2)) is not None
+    assert la._binary_vertices(UncertaintySet.box(-np.ones(n), np.ones(n))) is not None
+    # The same budget set written as a polytope (scaled row) is recognised too ...
+    U = UncertaintySet.polytope(3 * np.ones((1, n)), [6.0], np.zeros(n), np.ones(n))
+    base, delta = la._binary_vertices(U)
+    np.testing.assert_array_equal(base, 0.0)
+    np.testing.assert_array_equal(delta, 1.0)
+    # ... but not a fractional budget (vertices are not 0/1) nor other polytopes.
+    assert la._binary_vertices(UncertaintySet.budget(n, 1.5)) is None
+    assert la._binary_vertices(UncertaintySet.polytope([[1.0, 2.0]], [2.0], [0, 0], [1, 1])) is None

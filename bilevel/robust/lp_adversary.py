@@ -456,19 +456,20 @@ def _feasibility_milp(problem, r0, R, phi_bound: float = INF) -> _KktMilp:
 
 
 def _binary_vertices(U) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(base, delta)`` with ``vert(Xi) = {base + delta * b : b in {0,1}^n, b in Xi}`` for a
-    box and for a budget set ``[0, 1]^n`` with an integer budget (a totally unimodular
-    system, so its vertices are 0/1); ``None`` for other sets."""
-    if U.kind == "box":
+    """``(base, delta)`` with ``vert(Xi) = {base + delta * b : b in {0,1}^n, b in Xi}``, or
+    ``None``.
+
+    Recognised from the data, whatever ``kind`` says: a box (no rows ``P``), and a budget
+    set ``{xi in [0, 1]^n : a 1^T xi <= q}`` with ``a > 0`` and ``q / a`` an integer (a
+    totally unimodular system, so its vertices are 0/1).
+    """
+    if U.P.shape[0] == 0:
         return U.lb.copy(), U.ub - U.lb
-    if (
-        U.kind == "budget"
-        and U.gamma is not None
-        and float(U.gamma) == round(U.gamma)
-        and np.all(U.lb == 0.0)
-        and np.all(U.ub == 1.0)
-    ):
-        return np.zeros(U.dim), np.ones(U.dim)
+    if U.P.shape[0] == 1 and np.all(U.lb == 0.0) and np.all(U.ub == 1.0):
+        a = float(U.P[0, 0])
+        budget = float(U.q[0]) / a if a > 0 else math.nan
+        if a > 0 and np.all(U.P[0] == a) and abs(budget - round(budget)) <= 1e-12:
+            return np.zeros(U.dim), np.ones(U.dim)
     return None
 
 
