@@ -88,8 +88,9 @@ Boxes and integral budget sets: LP duality over the 0/1 vertices
 -----------------------------------------------------------------
 ``phi`` and ``Q(x, .)`` are convex in ``xi`` (LP values are convex in the right-hand side,
 which is affine in ``xi``), so both maxima are attained at vertices of ``Xi``. For a box and
-for ``{xi in [0, 1]^n : sum xi <= Gamma}`` with integer ``Gamma`` (totally unimodular) the
-vertices are ``xi = base + delta * b`` with ``b`` binary, and both phases are solved as
+for ``{xi in [0, 1]^n : sum xi <= Gamma}`` with integer ``Gamma`` (totally unimodular;
+both recognised from ``P, q, lb, ub``, whatever the set's ``kind``) the vertices are
+``xi = base + delta * b`` with ``b`` binary, and both phases are solved as
 ``max`` over ``(b, dual)`` of the dual LP objective, whose products ``mu_i b_k`` /
 ``lambda_i b_k`` are linearised exactly (McCormick with a binary factor): phase 1 with
 ``mu in [0, 1]`` (still no user constant), phase 2 with ``lambda <= Lambda`` (a restricted
@@ -97,7 +98,11 @@ dual can only under-estimate ``Q``, so the exactness condition and the warning a
 as for the KKT form). These MILPs have ``n_xi`` binaries instead of ``2 m_y + 2 n_y``
 (KKT): on location-transportation instances the KKT feasibility MILP did not close its
 bound in 60 s at 8 facilities x 8 customers, the vertex form takes 0.01 s. The pattern
-search above applies to ``b``. General polytopes use the KKT forms.
+search above applies to ``b`` in phase 2. General polytopes use the KKT forms.
+
+Before phase 1, the LP :func:`_static_violation_bound` (one recourse ``y0`` for the whole
+box of ``xi``) bounds ``phi*`` from above: ``0`` skips phase 1, otherwise it caps the
+slacks of the KKT feasibility MILP.
 """
 
 from __future__ import annotations
