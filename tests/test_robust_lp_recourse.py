@@ -535,3 +535,22 @@ def test_box_and_budget_are_recognised_from_the_data():
     # ... but not a fractional budget (vertices are not 0/1) nor other polytopes.
     assert la._binary_vertices(UncertaintySet.budget(n, 1.5)) is None
     assert la._binary_vertices(UncertaintySet.polytope([[1.0, 2.0]], [2.0], [0, 0], [1, 1])) is None
+
+
+def test_cli_dual_bound_option_and_warning(tmp_path):
+    from typer.testing import CliRunner
+
+    from bilevel.cli._app import app
+
+    path = write_instance(_duplicated_row_problem(), tmp_path / "dup.json")
+    runner = CliRunner()
+    res = runner.invoke(app, ["robust", "solve", str(path), "--quiet", "--dual-bound", "0.3334"])
+    assert res.exit_code == 0 and "warning" not in res.output
+    res = runner.invoke(app, ["robust", "solve", str(path), "--quiet", "--dual-bound", "0.2"])
+    assert res.exit_code == 0 and "warning    " in res.output and "dual_bound=0.2" in res.output
+    res = runner.invoke(app, ["robust", "solve", str(path), "--dual-bound", "-1"])
+    assert res.exit_code == 2 and "--dual-bound must be positive" in res.output
+    res = runner.invoke(
+        app, ["robust", "solve", str(path), "--method", "neur2ro", "--dual-bound", "1"]
+    )
+    assert res.exit_code == 2 and "--method exact only" in res.output

@@ -76,6 +76,14 @@ def solve_command(
     solver: Annotated[
         str, typer.Option(help="MILP solver of the exact method: highs or scip (optional).")
     ] = "highs",
+    dual_bound: Annotated[
+        float | None,
+        typer.Option(
+            "--dual-bound",
+            help="Exact method, continuous recourse under constraint uncertainty: bound on "
+            "the recourse duals of the KKT adversary (default: scaled from the data).",
+        ),
+    ] = None,
 ) -> None:
     """Solve a two-stage robust instance and print its progress and result."""
     import warnings
@@ -131,16 +139,26 @@ def solve_command(
     options: dict[str, Any] = {"callback": progress}
     if method == "exact":
         options["solver"] = solver
+        if dual_bound is not None:
+            if not dual_bound > 0:
+                _fail("--dual-bound must be positive")
+            options["dual_bound"] = dual_bound
+    elif dual_bound is not None:
+        _fail("--dual-bound applies to --method exact only")
     if time_limit is not None:
         options["time_limit"] = time_limit
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # the status says it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
         try:
             result = solve(problem, method=method, **options)
         except NotImplementedError as err:
             _fail(str(err), EXIT_FAILURE)
         except ImportError as err:
             _fail(f"method {method!r} is unavailable: {err}", EXIT_FAILURE)
+    for message in dict.fromkeys(  # each distinct convergence warning once
+        str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)
+    ):
+        typer.echo(f"warning    {message}", err=True)
     typer.echo(f"status     {result.status}")
     if result.info.get("message"):
         typer.echo(f"message    {result.info['message']}")

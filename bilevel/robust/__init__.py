@@ -79,7 +79,10 @@ def solve(problem: TwoStageRobustProblem, method: str = "exact", **options: Any)
         The problem (:class:`TwoStageRobustProblem`).
     method:
         ``"exact"``: column-and-constraint generation (:func:`bilevel.robust.ccg.solve_ccg`;
-        options ``time_limit``, ``gap_tol``, ``max_iter``, ``epsilon``, ``callback``).
+        options ``time_limit``, ``gap_tol``, ``max_iter``, ``epsilon``, ``callback``,
+        ``solver`` (``"highs"`` or ``"scip"``), ``warm_start``, and ``dual_bound`` for a
+        continuous recourse under constraint uncertainty, see
+        :mod:`bilevel.robust.lp_adversary`).
         ``"neur2ro"``: the learned method of :mod:`bilevel.robust.neur2ro` (options: see
         ``solve_neur2ro``).
 
