@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--train-instances", type=int, default=60)
     parser.add_argument("--n-first-stage", type=int, default=10, help="decisions per instance")
     parser.add_argument("--n-scenarios", type=int, default=10, help="scenarios per decision")
-    parser.add_argument("--encoder", default="auto", choices=["auto", "separate", "joint"])
+    parser.add_argument("--encoder", default="separate", choices=["auto", "separate", "joint"])
     parser.add_argument("--n-epochs", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=120.0, help="per Neur2RO solve")
     parser.add_argument("--max-instances", type=int, default=None, help="per type")
