@@ -159,18 +159,6 @@ def worst_case(
     return _worst_case_constraint(problem, x, deadline, epsilon, tol, max_iter, solver)
 
 
-def _result(problem, cost, xi, y, status, ub, n_iter) -> WorstCase:
-    return WorstCase(
-        cost=float(cost),
-        objective=float(problem.to_objective(cost)),
-        xi=np.asarray(xi, dtype=float),
-        y=y,
-        status=status,
-        upper_bound=float(ub),
-        n_iter=n_iter,
-    )
-
-
 def _worst_case_lp_dual(problem, x, deadline, solver) -> WorstCase:
     """(a) with LP recourse: one LP over ``(xi, lam)`` by LP duality."""
     U = problem.uncertainty
@@ -192,7 +180,7 @@ def _worst_case_lp_dual(problem, x, deadline, solver) -> WorstCase:
     )
     if feas.status == "infeasible":
         xi0 = U.interior_point()
-        return _result(problem, INF, xi0, None, "optimal", INF, 1)
+        return WorstCase.from_cost(problem, INF, xi0, None, "optimal", INF, 1)
     m = G.shape[0]
     D = problem.D if problem.D is not None else np.zeros((n_xi, n_y))
     Cx = problem.C @ x if problem.C is not None else np.zeros(n_xi)
@@ -216,12 +204,12 @@ def _worst_case_lp_dual(problem, x, deadline, solver) -> WorstCase:
         raise BilevelError("the dualised adversarial LP is unbounded")
     if sol.status != "optimal":
         xi0 = U.interior_point()
-        return _result(problem, -INF, xi0, None, "time_limit", INF, 1)
+        return WorstCase.from_cost(problem, -INF, xi0, None, "time_limit", INF, 1)
     xi = np.clip(sol.x[:n_xi], U.lb, U.ub)
     value, y = _evaluate(problem, x, xi, None, solver)
     # Strong duality: the primal value at xi equals the dual LP's optimum (up to tolerances).
     ub_cost = float(problem.c @ x + sol.objective)
-    return _result(problem, value, xi, y, "optimal", max(ub_cost, value), 1)
+    return WorstCase.from_cost(problem, value, xi, y, "optimal", max(ub_cost, value), 1)
 
 
 def _worst_case_objective(problem, x, deadline, tol, max_iter, solver="highs") -> WorstCase:
@@ -231,9 +219,9 @@ def _worst_case_objective(problem, x, deadline, tol, max_iter, solver="highs") -
     xi = U.interior_point()
     value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
     if value is None:
-        return _result(problem, -INF, xi, None, "time_limit", INF, 0)
+        return WorstCase.from_cost(problem, -INF, xi, None, "time_limit", INF, 0)
     if value == INF:  # Y(x) does not depend on xi: empty for all scenarios
-        return _result(problem, INF, xi, None, "optimal", INF, 1)
+        return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, 1)
     best_value, best_xi, best_y = value, xi, y
     cols_g, cols_g0 = [], []
     seen: set[bytes] = set()
@@ -272,19 +260,25 @@ def _worst_case_objective(problem, x, deadline, tol, max_iter, solver="highs") -
             solver=solver,
         )
         if sol.status != "optimal":
-            return _result(problem, best_value, best_xi, best_y, "time_limit", ub, n_iter)
+            return WorstCase.from_cost(
+                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
+            )
         theta = sol.objective
         ub = min(ub, theta)
         xi = np.clip(sol.x[:n_xi], U.lb, U.ub)
         if _timed_out(deadline):
-            return _result(problem, best_value, best_xi, best_y, "time_limit", ub, n_iter)
+            return WorstCase.from_cost(
+                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
+            )
         value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
         if value is None:
-            return _result(problem, best_value, best_xi, best_y, "time_limit", ub, n_iter)
+            return WorstCase.from_cost(
+                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
+            )
         if value > best_value:
             best_value, best_xi, best_y = value, xi, y
         if ub - best_value <= tol * max(1.0, abs(ub)):
-            return _result(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
+            return WorstCase.from_cost(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
         if np.round(y, 9).tobytes() in seen:
             warnings.warn(
                 f"objective-uncertainty adversary stalled with gap {ub - best_value:.3g} "
@@ -292,7 +286,7 @@ def _worst_case_objective(problem, x, deadline, tol, max_iter, solver="highs") -
                 ConvergenceWarning,
                 stacklevel=3,
             )
-            return _result(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
+            return WorstCase.from_cost(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
     raise BilevelError(f"objective-uncertainty adversary did not converge in {max_iter} steps")
 
 
@@ -346,9 +340,9 @@ def _worst_case_constraint(problem, x, deadline, epsilon, tol, max_iter, solver)
     xi = U.interior_point()
     value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
     if value is None:
-        return _result(problem, -INF, xi, None, "time_limit", INF, 0)
+        return WorstCase.from_cost(problem, -INF, xi, None, "time_limit", INF, 0)
     if value == INF:
-        return _result(problem, INF, xi, None, "optimal", INF, 1)
+        return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, 1)
     best_value, best_xi, best_y = value, xi, y
     columns: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []
     seen: set[bytes] = set()
@@ -364,20 +358,26 @@ def _worst_case_constraint(problem, x, deadline, epsilon, tol, max_iter, solver)
             columns.append((g, g0, a, b))
         sol = _separation_milp(U, columns, theta_max, epsilon, lo, hi, _remaining(deadline), solver)
         if sol is None:
-            return _result(problem, best_value, best_xi, best_y, "time_limit", ub, n_iter)
+            return WorstCase.from_cost(
+                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
+            )
         theta, xi = sol
         ub = min(ub, theta) if theta < theta_max - 0.5 else ub
         if _timed_out(deadline):
-            return _result(problem, best_value, best_xi, best_y, "time_limit", ub, n_iter)
+            return WorstCase.from_cost(
+                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
+            )
         value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
         if value is None:
-            return _result(problem, best_value, best_xi, best_y, "time_limit", ub, n_iter)
+            return WorstCase.from_cost(
+                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
+            )
         if value == INF:
-            return _result(problem, INF, xi, None, "optimal", INF, n_iter)
+            return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, n_iter)
         if value > best_value:
             best_value, best_xi, best_y = value, xi, y
         if theta < theta_max - 0.5 and theta - best_value <= tol * max(1.0, abs(theta)):
-            return _result(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
+            return WorstCase.from_cost(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
         if np.round(y).tobytes() in seen:
             warnings.warn(
                 "constraint-uncertainty separation returned a scenario where a known column is "
@@ -385,7 +385,7 @@ def _worst_case_constraint(problem, x, deadline, epsilon, tol, max_iter, solver)
                 ConvergenceWarning,
                 stacklevel=3,
             )
-            return _result(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
+            return WorstCase.from_cost(problem, best_value, best_xi, best_y, "optimal", ub, n_iter)
     raise BilevelError(f"constraint-uncertainty adversary did not converge in {max_iter} steps")
 
 

@@ -736,18 +736,6 @@ def _smallest_optimal_dual(
     return float(lp.objective) if lp.status == "optimal" else None
 
 
-def _worst(problem, cost, xi, y, status, upper, n_iter) -> WorstCase:
-    return WorstCase(
-        cost=float(cost),
-        objective=float(problem.to_objective(cost)),
-        xi=np.asarray(xi, dtype=float),
-        y=y,
-        status=status,
-        upper_bound=float(upper),
-        n_iter=n_iter,
-    )
-
-
 def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - time.perf_counter(), 0.0)
 
@@ -867,9 +855,11 @@ def lp_worst_case(
         xi = np.clip(phase1.x[:p], U.lb, U.ub)
         sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
         if sol.status == "infeasible":
-            return _worst(problem, INF, xi, None, "optimal", INF, phase1.rounds)
+            return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, phase1.rounds)
     if phase1.status == "time_limit":
-        return _worst(problem, -INF, U.interior_point(), None, "time_limit", INF, phase1.rounds)
+        return WorstCase.from_cost(
+            problem, -INF, U.interior_point(), None, "time_limit", INF, phase1.rounds
+        )
     if phase1.status == "max_rounds":
         warnings.warn(
             f"the feasibility phase of the KKT adversary stopped after {max_rounds} rounds "
@@ -897,7 +887,9 @@ def lp_worst_case(
                 "dual_bound"
             )
         upper = const + phase2.bound
-        return _worst(problem, -INF, U.interior_point(), None, "time_limit", upper, rounds)
+        return WorstCase.from_cost(
+            problem, -INF, U.interior_point(), None, "time_limit", upper, rounds
+        )
     upper = const + phase2.bound
     if vertices is not None:
         xi = base + delta * np.round(phase2.x[-p:])
@@ -914,9 +906,9 @@ def lp_worst_case(
         )
     sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
     if sol.status == "time_limit":
-        return _worst(problem, -INF, xi, None, "time_limit", upper, rounds)
+        return WorstCase.from_cost(problem, -INF, xi, None, "time_limit", upper, rounds)
     if sol.status == "infeasible":  # within the tolerance of phase 1: report it
-        return _worst(problem, INF, xi, None, "optimal", INF, rounds)
+        return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, rounds)
     at_bound = dual_bound * (1.0 - AT_BOUND_RTOL)
     if lam.size and float(np.max(lam)) >= at_bound:
         # Degenerate LPs (e.g. a capacity exactly equal to a demand) have optimal duals
@@ -934,4 +926,4 @@ def lp_worst_case(
             )
     cost = problem.first_stage_cost(x, xi) + sol.value
     status = "time_limit" if phase2.status == "time_limit" else "optimal"
-    return _worst(problem, cost, xi, sol.y, status, max(upper, cost), rounds)
+    return WorstCase.from_cost(problem, cost, xi, sol.y, status, max(upper, cost), rounds)

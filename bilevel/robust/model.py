@@ -333,6 +333,28 @@ class WorstCase:
     upper_bound: float
     n_iter: int
 
+    @classmethod
+    def from_cost(
+        cls,
+        problem: TwoStageRobustProblem,
+        cost: float,
+        xi: Any,
+        y: np.ndarray | None,
+        status: str,
+        upper_bound: float,
+        n_iter: int,
+    ) -> WorstCase:
+        """Build the record from a cost-form value (``objective`` follows the sense)."""
+        return cls(
+            cost=float(cost),
+            objective=float(problem.to_objective(cost)),
+            xi=np.asarray(xi, dtype=float),
+            y=y,
+            status=status,
+            upper_bound=float(upper_bound),
+            n_iter=n_iter,
+        )
+
 
 @dataclass
 class TwoStageRobustProblem:
