@@ -314,17 +314,18 @@ def test_neur2ro_within_five_percent_of_exact(seed, optima):
 
 def test_paper_loop_with_default_options_is_within_five_percent_on_most_instances():
     """The paper's loop alone (no exact refinement), default options (50 x 10 samples per
-    instance, joint encoder), on ten random n=6 knapsacks against brute force: measured
-    9/10 within 5% (one instance at 14.5%), mean gap 1.4%; the separate (paper) encoder
-    gives 8/10 and 2.8%. The test asks for at least 8/10 and a mean below 5%."""
+    instance, the paper's separate encoder), on ten random n=6 knapsacks against brute
+    force. Measured: 8/10 at the optimum, two at 13-14%, mean gap 2.8% (the joint encoder:
+    9/10, mean 1.4%). The gaps are bimodal (optimal, or a wrong decision ~14% off), so the
+    test asks for a mean gap below 5% and a median below 1%."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the measured runs used one thread (same float reductions)
     try:
         gaps = _paper_loop_gaps()
     finally:
         torch.set_num_threads(threads)
-    assert sum(g <= 0.05 for g in gaps) >= 8, gaps
     assert np.mean(gaps) <= 0.05, gaps
+    assert np.median(gaps) <= 0.01, gaps
 
 
 def _paper_loop_gaps() -> list[float]:

@@ -362,10 +362,9 @@ def solve_neur2ro(
         A fitted :class:`Neur2ROValueModel`, or a path to one saved with
         :meth:`Neur2ROValueModel.save`. ``None`` trains one on ``problem`` itself
         (``n_first_stage`` decisions x ``n_scenarios`` scenarios, ``model_params`` for the
-        network and the optimiser, ``seed``; the encoder defaults to ``"auto"``, i.e. the
-        joint encoder for aligned instances such as the knapsack, measured better with
-        this little data); data generation and training times are reported in ``info``,
-        separately from ``time``.
+        network and the optimiser, e.g. ``{"encoder": "joint"}``, and ``seed``); data
+        generation and training times are reported in ``info``, separately from
+        ``time``.
     main_form:
         ``"argmax"`` (paper) or ``"max"``; see the module docstring.
     tol, duplicate_tol, max_iterations:
@@ -417,7 +416,6 @@ def solve_neur2ro(
     info: dict[str, Any] = {}
     if model is None:
         params = dict(model_params or {})
-        params.setdefault("encoder", "auto")  # joint for aligned instances (small data)
         model, record = train_value_model(
             problem,
             n_first_stage=n_first_stage,

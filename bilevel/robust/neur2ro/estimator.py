@@ -64,12 +64,11 @@ class Neur2ROValueModel:
         :attr:`~bilevel.robust.neur2ro.data.InstanceFeatures.aligned`, such as the
         knapsack) or ``"auto"``: joint when the training instances are aligned, else
         separate. See :mod:`bilevel.robust.neur2ro.network`. The default is the paper's
-        separate encoder, which was better for class models (one model for many
-        instances: mean gap 0.5% against 1.1% on the published n = 20 UN knapsacks, and
-        faster main problems, ``benchmarks/robust.md``); with the small data of a model
-        trained on the instance itself the joint encoder was better (ten n = 6 knapsacks:
-        mean gap 1.4% against 2.8%), so :func:`~bilevel.robust.neur2ro.solve_neur2ro`
-        uses ``"auto"`` when it trains on the instance.
+        separate encoder. Measured (``benchmarks/robust.md``): the joint encoder was
+        better for models trained on one small knapsack (n = 6: mean gap 1.4% against
+        2.8% on ten instances; n = 10: better or equal on the benchmark's four), but worse
+        at n = 15 and n = 20 and for class models (published n = 20 UN: mean gap 1.1%
+        against 0.5%), whose main problems it also makes slower.
     n_epochs:
         Passes over the training split.
     learning_rate, weight_decay:
