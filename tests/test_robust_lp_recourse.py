@@ -554,3 +554,14 @@ def test_cli_dual_bound_option_and_warning(tmp_path):
         app, ["robust", "solve", str(path), "--method", "neur2ro", "--dual-bound", "1"]
     )
     assert res.exit_code == 2 and "--method exact only" in res.output
+
+
+@pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
+def test_scip_backend_equals_vertex_enumeration(polytope):
+    pytest.importorskip("pyscipopt")
+    for seed, t_xi, box in CASES[:6]:
+        problem = _random_problem(seed, t_xi=t_xi, box=box, polytope=polytope)
+        x = np.random.default_rng(seed + 100).integers(0, 2, size=problem.n_x).astype(float)
+        wc = worst_case(problem, x, solver="scip")
+        assert wc.status == "optimal"
+        assert _close(wc.cost, _oracle_worst_case(problem, x), rel=1e-6), seed
