@@ -61,29 +61,21 @@ def main() -> None:
 
     from bilevel.errors import ConvergenceWarning
     from bilevel.robust import (
-        generate_knapsack,
         load_published_knapsack,
         published_knapsack_names,
         published_knapsack_result,
         solve,
     )
+    from bilevel.robust.generators import sample_knapsack_class
     from bilevel.robust.neur2ro import Neur2ROValueModel, generate_dataset
 
-    rng = np.random.default_rng(args.seed)
     rows, summaries = [], []
     header = (
         f"{'instance':<42} {'status':<10} {'objective':>10} {'published':>10} {'gap':>8} "
         f"{'time':>7} {'iters':>5}"
     )
     for typ in args.types:
-        train = []
-        for k in range(args.train_instances):
-            h = int(rng.choice([40, 80]))
-            dev = float(rng.choice([0.1, 0.15, 0.2]))
-            delta = float(rng.choice([0.1, 0.5, 1.0]))
-            train.append(
-                generate_knapsack(20, typ, h=h, dev=dev, delta=delta, seed=10_000 * args.seed + k)
-            )
+        train = sample_knapsack_class(20, typ, args.train_instances, seed=args.seed)
         data = generate_dataset(
             train,
             n_first_stage=args.n_first_stage,

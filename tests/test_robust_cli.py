@@ -230,3 +230,83 @@ def test_instances_lists_bundled_set_and_solve_accepts_a_name(runner, tmp_path):
     assert res.exit_code == 2 and "--type must be one of" in res.output
     res = runner.invoke(app, ["robust", "solve", "RKP_nothing"])
     assert res.exit_code == 2 and "bundled instance" in res.output
+
+
+def test_train_then_solve_with_the_saved_model(runner, tmp_path):
+    model = tmp_path / "kp5.pt"
+    args = ["train", "--out", str(model), "--n", "5", "--type", "SC", "--instances", "3"]
+    res = _invoke(runner, *args, "--n-first-stage", "4", "--n-scenarios", "3", "--epochs", "5")
+    assert res.exit_code == 0, res.output
+    assert model.is_file() and "wrote" in res.output
+    res = runner.invoke(app, ["robust", *args])  # never overwrites
+    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    inst = tmp_path / "inst.json"
+    for n, path in ((5, inst), (6, tmp_path / "inst6.json")):
+        gen = ["generate", "knapsack", "--n", str(n), "--type", "SC", "--out", str(path)]
+        assert _invoke(runner, *gen).exit_code == 0
+    out = tmp_path / "r.json"
+    res = _invoke(
+        runner,
+        "solve",
+        str(inst),
+        "--method",
+        "neur2ro",
+        "--model",
+        str(model),
+        "--quiet",
+        "--out",
+        str(out),
+    )
+    assert res.exit_code == 0, res.output
+    payload = json.loads(out.read_text())
+    assert payload["info"]["model_path"] == str(model)
+    # the reported objective is the exact worst case of the returned decision
+    problem = load_instance(inst)
+    exact = problem.worst_case(payload["x"]).objective
+    assert payload["objective"] == pytest.approx(exact, rel=1e-9)
+    assert payload["objective"] <= brute_force(problem).objective + 1e-6
+    for extra, message in (
+        (["--method", "exact", "--model", str(model)], "--method neur2ro only"),
+        (["--method", "neur2ro", "--model", str(tmp_path / "none.pt")], "no model file"),
+    ):
+        res = runner.invoke(app, ["robust", "solve", str(inst), *extra])
+        assert res.exit_code == 2 and message in res.output
+    res = runner.invoke(
+        app,
+        [
+            "robust",
+            "solve",
+            str(tmp_path / "inst6.json"),
+            "--method",
+            "neur2ro",
+            "--model",
+            str(model),
+        ],
+    )
+    assert res.exit_code == 2 and "sizes" in res.output
+    res = runner.invoke(app, ["robust", "train", "--out", str(tmp_path / "x.pt"), "--type", "XX"])
+    assert res.exit_code == 2 and "--type must be one of" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "robust",
+            "train",
+            "--out",
+            str(tmp_path / "y.pt"),
+            "--problem",
+            "capital-budgeting",
+            "--encoder",
+            "joint",
+            "--n",
+            "4",
+            "--instances",
+            "1",
+            "--n-first-stage",
+            "2",
+            "--n-scenarios",
+            "2",
+            "--epochs",
+            "1",
+        ],
+    )
+    assert res.exit_code == 2 and "aligned" in res.output

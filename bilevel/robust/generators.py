@@ -43,9 +43,18 @@ import numpy as np
 from bilevel.robust.model import TwoStageRobustProblem
 from bilevel.robust.problems import capital_budgeting_problem, knapsack_problem
 
-__all__ = ["KNAPSACK_TYPES", "generate_capital_budgeting", "generate_knapsack"]
+__all__ = [
+    "KNAPSACK_TYPES",
+    "PUBLISHED_GRID",
+    "generate_capital_budgeting",
+    "generate_knapsack",
+    "sample_knapsack_class",
+]
 
 KNAPSACK_TYPES = ("UN", "WC", "ASC", "SC")
+
+#: The parameter grid of Arslan and Detienne's published set (``h``, ``dev``, ``delta``).
+PUBLISHED_GRID = {"h": (40, 80), "dev": (0.1, 0.15, 0.2), "delta": (0.1, 0.5, 1.0)}
 
 
 def generate_knapsack(
@@ -132,6 +141,26 @@ def generate_knapsack(
     return knapsack_problem(
         pbar, phat, t, c, f, capacity, gamma, name=name, metadata={"generator": params}
     )
+
+
+def sample_knapsack_class(
+    n: int, correlation: str, count: int, *, seed: int = 0
+) -> list[TwoStageRobustProblem]:
+    """``count`` knapsacks of one correlation type with ``(h, dev, delta)`` drawn uniformly
+    from :data:`PUBLISHED_GRID`: the training distribution of a Neur2RO class model meant
+    for instances like the published ones (instance ``k`` uses seed ``10_000 seed + k``)."""
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(count):
+        h = int(rng.choice(PUBLISHED_GRID["h"]))
+        dev = float(rng.choice(PUBLISHED_GRID["dev"]))
+        delta = float(rng.choice(PUBLISHED_GRID["delta"]))
+        out.append(
+            generate_knapsack(n, correlation, h=h, dev=dev, delta=delta, seed=10_000 * seed + k)
+        )
+    return out
 
 
 def generate_capital_budgeting(
