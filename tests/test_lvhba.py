@@ -308,6 +308,21 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path):
     )
     torch.testing.assert_close(resumed.x, full.x, rtol=0, atol=1e-10)
     torch.testing.assert_close(resumed.info["z"], full.info["z"], rtol=0, atol=1e-10)
+    # a checkpoint from before the lower_kkt_residual column (old key) still resumes
+    saved = torch.load(path, weights_only=False)
+    saved["history"]["lower_grad_norm"] = saved["history"].pop("lower_kkt_residual")
+    old = tmp_path / "old.pt"
+    torch.save(saved, old)
+    again = bilevel.solve(
+        problem, zero, zero, "lv-hba", maxiter=20, checkpoint=old, resume=True, **options
+    )
+    torch.testing.assert_close(again.x, full.x, rtol=0, atol=1e-10)
+    column = again.history["lower_kkt_residual"]
+    assert "lower_grad_norm" not in again.history
+    assert len(column) == len(full.history["lower_kkt_residual"])
+    n_old = len(saved["history"]["lower_grad_norm"])
+    assert all(np.isnan(v) for v in column[:n_old])
+    np.testing.assert_allclose(column[n_old:], full.history["lower_kkt_residual"][n_old:])
 
 
 @pytest.mark.parametrize(

@@ -269,6 +269,18 @@ def test_iterates_past_the_overflow_scale_are_diverged(dtype, factor, scale):
     assert float(result.x) == pytest.approx(factor**4, rel=1e-6)
 
 
+def test_half_precision_iterates_above_256_are_not_diverged():
+    """sqrt(finfo(float16).max) is 256: legitimate half-precision iterates exceed it, so the
+    overflow rule does not apply there (x = 2^k stays finite up to 2^10 = 1024)."""
+    problem = bilevel.BilevelProblem(
+        upper=lambda x, y: x.sum(), lower=lambda x, y: ((y - x) ** 2).sum()
+    )
+    one = torch.ones(1, dtype=torch.float16)
+    with pytest.warns(ConvergenceWarning, match="reached maxiter"):
+        result = bilevel.solve(problem, one, one, _Scaling(2.0), maxiter=10)
+    assert result.status == "max_iterations" and float(result.x) == 1024.0
+
+
 def test_far_away_solution_is_not_mistaken_for_divergence():
     """A convergent run to x* = 1e9 from 0 (a million-fold the initial scale at the first
     step) is not flagged: its growth ratios decay to 1 (2, 1.5, 1.17, ...)."""
@@ -354,3 +366,34 @@ def test_unconstrained_lower_level_keeps_lower_grad_norm(quadratic):
     assert "lower_kkt_residual" not in result.history
     expected = float((2 * (result.y - result.x)).norm())
     assert result.history["lower_grad_norm"][-1] == pytest.approx(expected, rel=1e-12)
+
+
+def test_lower_kkt_residual_closed_form_for_bounds_equals_least_squares():
+    """Bounds only: the separable closed form equals the general bounded least squares
+    (forced by adding a constant, inactive inequality, which changes nothing), for iterates
+    inside, on and outside a box with some infinite sides, and for a pytree x."""
+    from bilevel.methods._base import _lower_kkt_residual
+
+    inf = float("inf")
+    lo = torch.tensor([-0.5, -inf, 0.0, -1.0, 0.2])
+    hi = torch.tensor([0.5, 1.0, inf, 1.0, 0.2])
+
+    def lower(x, y):
+        return 0.5 * ((y - x["a"]) ** 2).sum() + 0.1 * (y**4).sum()
+
+    boxed = bilevel.BilevelProblem(upper=lambda x, y: (y**2).sum(), lower=lower, y_bounds=(lo, hi))
+    forced = bilevel.BilevelProblem(
+        upper=lambda x, y: (y**2).sum(),
+        lower=lower,
+        y_bounds=(lo, hi),
+        lower_ineq=lambda x, y: y.sum().reshape(1) * 0.0 - 1.0,
+    )
+    rng = np.random.default_rng(0)
+    x = {"a": torch.tensor(rng.normal(size=5) * 2)}
+    for _ in range(5):
+        y = torch.tensor(rng.normal(size=5))
+        y[0] = 0.5  # on a bound
+        closed = _lower_kkt_residual(boxed, x, y)
+        general = _lower_kkt_residual(forced, x, y)
+        assert np.isfinite(closed) and closed > 0
+        assert closed == pytest.approx(general, rel=1e-9, abs=1e-12)
