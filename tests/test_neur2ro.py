@@ -474,17 +474,21 @@ def test_main_problem_cut_by_time_limit_returns_last_completed_decision(
     calls = []
     real = algorithm.solve_main
 
-    def flaky_main(*args, **kwargs):
-        x, info = real(*args, **kwargs)
-        calls.append(x)
-        if len(calls) == 2:  # the second main problem "times out" with a poor incumbent
-            return 1.0 - x, {**info, "status": "Time limit reached"}
-        return x, info
+    for incumbent in (True, False):  # a poor incumbent, or none at all
+        calls.clear()
 
-    monkeypatch.setattr(algorithm, "solve_main", flaky_main)
-    result = solve_neur2ro(problem, model=model)
-    assert len(calls) == 2
-    assert result.info["termination"] == "main_problem_Time_limit_reached"
-    np.testing.assert_array_equal(result.x, calls[0])
-    assert result.n_iter == 1
-    assert result.objective == pytest.approx(problem.worst_case(calls[0]).objective, rel=1e-9)
+        def flaky_main(*args, incumbent=incumbent, **kwargs):
+            x, info = real(*args, **kwargs)
+            calls.append(x)
+            if len(calls) == 2:  # the second main problem "times out"
+                return (1.0 - x) if incumbent else None, {**info, "status": "Time limit reached"}
+            return x, info
+
+        monkeypatch.setattr(algorithm, "solve_main", flaky_main)
+        result = solve_neur2ro(problem, model=model)
+        assert len(calls) == 2
+        assert result.info["termination"] == "main_problem_Time_limit_reached"
+        np.testing.assert_array_equal(result.x, calls[0])
+        assert result.n_iter == 1 and result.status == "heuristic"
+        wc = problem.worst_case(calls[0])
+        assert result.objective == pytest.approx(wc.objective, rel=1e-9)

@@ -145,10 +145,19 @@ def test_time_limit_keeps_valid_bounds():
     problem = _random_problem(1007, n_x=4, n_y=6, m=8, n_xi=6, gamma=3, t_xi=True, polytope=True)
     x = np.array([1.0, 0.0, 1.0, 1.0])
     oracle = _oracle_worst_case(problem, x)
-    wc = worst_case(problem, x, time_limit=1e-4)
-    assert wc.status in ("time_limit", "optimal")
-    assert wc.cost <= oracle + 1e-7 * max(1.0, abs(oracle))
-    assert wc.upper_bound >= oracle - 1e-7 * max(1.0, abs(oracle))
+    statuses = []
+    for limit in (1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 30.0):  # the last one finishes
+        wc = worst_case(problem, x, time_limit=limit)
+        statuses.append(wc.status)
+        assert wc.status in ("time_limit", "optimal")
+        # whatever stopped, the scenario value is a lower and upper_bound an upper bound
+        assert wc.cost <= oracle + 1e-7 * max(1.0, abs(oracle))
+        assert wc.upper_bound >= oracle - 1e-7 * max(1.0, abs(oracle))
+        if wc.status == "time_limit" and math.isfinite(wc.cost):
+            at_xi = problem.first_stage_cost(x, wc.xi) + _recourse_lp(problem, x, wc.xi)
+            assert _close(at_xi, wc.cost)  # a time-limited incumbent is exact for its xi
+    assert statuses[0] == "time_limit" and statuses[-1] == "optimal", statuses
+    assert _close(wc.cost, oracle)
 
 
 @pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
@@ -548,8 +557,13 @@ def test_cli_dual_bound_option_and_warning(tmp_path):
     assert res.exit_code == 0 and "warning" not in res.output
     res = runner.invoke(app, ["robust", "solve", str(path), "--quiet", "--dual-bound", "0.2"])
     assert res.exit_code == 0 and "warning    " in res.output and "dual_bound=0.2" in res.output
-    res = runner.invoke(app, ["robust", "solve", str(path), "--dual-bound", "-1"])
-    assert res.exit_code == 2 and "--dual-bound must be positive" in res.output
+    for bad in ("-1", "inf"):
+        res = runner.invoke(app, ["robust", "solve", str(path), "--dual-bound", bad])
+        assert res.exit_code == 2 and "--dual-bound must be a positive finite" in res.output
+    # KKT form with a bound admitting no KKT point at all: a clean error, exit 1
+    kkt = write_instance(_duplicated_row_problem(polytope=True), tmp_path / "kkt.json")
+    res = runner.invoke(app, ["robust", "solve", str(kkt), "--quiet", "--dual-bound", "0.2"])
+    assert res.exit_code == 1 and "raise dual_bound" in res.output and "Traceback" not in res.output
     res = runner.invoke(
         app, ["robust", "solve", str(path), "--method", "neur2ro", "--dual-bound", "1"]
     )
@@ -565,3 +579,43 @@ def test_scip_backend_equals_vertex_enumeration(polytope):
         wc = worst_case(problem, x, solver="scip")
         assert wc.status == "optimal"
         assert _close(wc.cost, _oracle_worst_case(problem, x), rel=1e-6), seed
+
+
+def test_feasibility_phase_searches_on_when_the_check_disagrees(monkeypatch):
+    """KKT form: phase 1 may stop early at a 'clear' infeasibility (bound not yet tight) and
+    confirm it with the recourse LP. If that check calls the scenario feasible (tolerances,
+    bad scaling), the search must go on to the maximiser instead of trusting it. Forced
+    here: the first search reports a loose bound, the first check says 'feasible'; the
+    worst case must still come out infinite."""
+    from bilevel.robust.model import SecondStageSolution, TwoStageRobustProblem
+
+    real_value = TwoStageRobustProblem.second_stage_value
+    real_search = la._pattern_search
+    for seed, t_xi, box in CASES:
+        problem = _random_problem(seed, t_xi=t_xi, box=box, polytope=True)
+        x = np.random.default_rng(seed + 100).integers(0, 2, size=problem.n_x).astype(float)
+        if not math.isinf(_oracle_worst_case(problem, x)):
+            continue
+        calls, searches = [], []
+
+        def lying(self, x_, xi_, calls=calls, **kw):
+            calls.append(1)
+            if len(calls) == 1:
+                return SecondStageSolution(0.0, np.zeros(self.n_y), "optimal")
+            return real_value(self, x_, xi_, **kw)
+
+        def loose_first(*args, searches=searches, **kw):
+            out = real_search(*args, **kw)
+            searches.append(out)
+            if len(searches) == 1:  # an early stop: the bound is not tight yet
+                return la._Search(out.x, out.value, out.bound + 10.0, out.rounds, out.status)
+            return out
+
+        monkeypatch.setattr(TwoStageRobustProblem, "second_stage_value", lying)
+        monkeypatch.setattr(la, "_pattern_search", loose_first)
+        wc = worst_case(problem, x)
+        monkeypatch.setattr(TwoStageRobustProblem, "second_stage_value", real_value)
+        monkeypatch.setattr(la, "_pattern_search", real_search)
+        assert wc.cost == math.inf and len(calls) >= 2 and len(searches) >= 2, seed
+        return
+    pytest.fail("no instance with an infeasible vertex")

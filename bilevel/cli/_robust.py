@@ -100,7 +100,7 @@ def solve_command(
     """Solve a two-stage robust instance and print its progress and result."""
     import warnings
 
-    from bilevel.errors import ConvergenceWarning
+    from bilevel.errors import BilevelError, ConvergenceWarning
     from bilevel.robust import (
         METHODS,
         InstanceFormatError,
@@ -152,8 +152,8 @@ def solve_command(
     if method == "exact":
         options["solver"] = solver
         if dual_bound is not None:
-            if not dual_bound > 0:
-                _fail("--dual-bound must be positive")
+            if not (dual_bound > 0 and math.isfinite(dual_bound)):
+                _fail("--dual-bound must be a positive finite number")
             options["dual_bound"] = dual_bound
     elif dual_bound is not None:
         _fail("--dual-bound applies to --method exact only")
@@ -171,6 +171,8 @@ def solve_command(
             result = solve(problem, method=method, **options)
         except NotImplementedError as err:
             _fail(str(err), EXIT_FAILURE)
+        except BilevelError as err:  # e.g. no KKT point within --dual-bound
+            _fail(str(err), EXIT_FAILURE)
         except ValueError as err:  # e.g. a saved model for another class or size
             if model is None:
                 raise
@@ -181,6 +183,9 @@ def solve_command(
         str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)
     ):
         typer.echo(f"warning    {message}", err=True)
+    for w in caught:  # other warnings go through the normal machinery
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     typer.echo(f"status     {result.status}")
     if result.info.get("message"):
         typer.echo(f"message    {result.info['message']}")

@@ -124,8 +124,9 @@ def worst_case(
     ``solver`` the MILP solver (``"highs"``, or ``"scip"`` when PySCIPOpt is installed);
     ``dual_bound`` the big-M on the recourse duals of the KKT adversary for continuous
     recourse under constraint uncertainty (default
-    :func:`bilevel.robust.lp_adversary.default_dual_bound`; a multiplier at the bound
-    emits :class:`~bilevel.errors.ConvergenceWarning`; ignored by the other cases).
+    :func:`bilevel.robust.lp_adversary.default_dual_bound`; a multiplier of the returned
+    scenario at the bound emits :class:`~bilevel.errors.ConvergenceWarning`, but a bound
+    that cuts off another scenario goes unnoticed; ignored by the other cases).
     """
     if epsilon < 1e-4:
         raise ValueError(
@@ -580,8 +581,10 @@ def solve_ccg(
         duals of the recourse constraints in the KKT adversary
         (:mod:`bilevel.robust.lp_adversary`; default ``1e4 * max(1, ||d||_inf / w)``,
         ``w`` the smallest row scale of ``W``). Exact when every scenario has an optimal
-        dual within it; a multiplier at the bound emits
-        :class:`~bilevel.errors.ConvergenceWarning` (raise it then). Ignored otherwise.
+        dual within it; a multiplier of the *returned* scenario at the bound emits
+        :class:`~bilevel.errors.ConvergenceWarning` (raise it then). No warning is not a
+        proof: a bound that cuts off another, worse scenario goes unnoticed. Ignored
+        otherwise.
 
     Returns
     -------

@@ -4,7 +4,7 @@ The 72 two-stage robust knapsack instances with ``n = 20`` items of Arslan and D
 (2022), with their branch-and-price results, ship inside the package (MIT licence; files,
 provenance and licence in ``bilevel/robust/data/arslan_detienne/``). Every one of them was
 solved to optimality by the authors' branch-and-price, so its published "best primal bound"
-is the robust optimum (profit, to be maximised; rounded to two decimals in the CSV).
+is the robust optimum (profit, to be maximised; 6 significant digits in the CSV).
 
 Names follow the authors' convention ``RKP_<type>_n<n>_R1000_H100_h<h>_dev<dev>_d<delta>``:
 correlation ``type`` in ``UN, WC, ASC, SC``, capacity ratio ``h`` in ``{40, 80}``, budget
@@ -47,8 +47,8 @@ class PublishedResult:
     name:
         Instance name.
     objective:
-        Best primal bound (robust profit of the best decision found; rounded to two
-        decimals).
+        Best primal bound (robust profit of the best decision found; 6 significant
+        digits, the C++ stream default).
     optimal:
         Whether branch-and-price proved it optimal (true for every bundled instance).
     time:

@@ -62,7 +62,10 @@ cut off the true worst case; raise ``dual_bound``) unless the recourse LP at the
 scenario has an optimal dual with ``max_i lambda_i`` below the bound (degenerate LPs, e.g.
 a capacity exactly equal to a demand as CCG masters produce, have optimal duals along
 unbounded rays, which the solver may push to the bound at no cost: checked by one LP,
-:func:`_smallest_optimal_dual`). The returned scenario is always
+:func:`_smallest_optimal_dual`). The check sees only the returned scenario: a bound that
+cuts off the dual of another, worse scenario makes the MILP return a different scenario
+whose duals fit, with no warning (the returned value is then exact for its scenario but
+below the worst case), so the absence of a warning is no proof. The returned scenario is always
 re-evaluated exactly by :meth:`~bilevel.robust.model.TwoStageRobustProblem.second_stage_value`
 (so ``cost`` is the exact value of that scenario, a valid lower bound on the worst case);
 the MILP's proven bound is reported as ``upper_bound`` (an upper bound on the worst case
@@ -856,6 +859,29 @@ def lp_worst_case(
         sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
         if sol.status == "infeasible":
             return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, phase1.rounds)
+        if vertices is None and phase1.bound - phase1.value > tol * max(1.0, abs(phase1.bound)):
+            # the early stop trusted a "clear" infeasibility that HiGHS calls feasible (bad
+            # scaling): search on to the maximiser of phi before concluding feasibility
+            rounds_before = phase1.rounds
+            phase1 = _pattern_search(
+                _feasibility_milp(problem, r0, R, phi_bound),
+                lambda best, bound: bound <= feas_tol or bound - best <= tol * max(1.0, abs(bound)),
+                deadline,
+                solver,
+                max_rounds,
+            )
+            phase1 = _Search(
+                phase1.x, phase1.value, phase1.bound, rounds_before + phase1.rounds, phase1.status
+            )
+            if phase1.x is not None and phase1.value > feas_tol:
+                xi = np.clip(phase1.x[:p], U.lb, U.ub)
+                sol = problem.second_stage_value(
+                    x, xi, time_limit=_remaining(deadline), solver=solver
+                )
+                if sol.status == "infeasible":
+                    return WorstCase.from_cost(
+                        problem, INF, xi, None, "optimal", INF, phase1.rounds
+                    )
     if phase1.status == "time_limit":
         return WorstCase.from_cost(
             problem, -INF, U.interior_point(), None, "time_limit", INF, phase1.rounds

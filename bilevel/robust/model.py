@@ -535,12 +535,18 @@ class TwoStageRobustProblem:
         return self.first_stage_cost(x, xi) + self.second_stage_value(x, xi).value
 
     def worst_case(
-        self, x: Any, *, time_limit: float | None = None, solver: str = "highs"
+        self,
+        x: Any,
+        *,
+        time_limit: float | None = None,
+        solver: str = "highs",
+        dual_bound: float | None = None,
     ) -> WorstCase:
-        """Exact ``max_{xi in Xi}`` of :meth:`total_cost` for a fixed ``x`` (see ``ccg``)."""
+        """Exact ``max_{xi in Xi}`` of :meth:`total_cost` for a fixed ``x`` (see
+        :func:`bilevel.robust.ccg.worst_case`, also for ``dual_bound``)."""
         from bilevel.robust.ccg import worst_case
 
-        return worst_case(self, x, time_limit=time_limit, solver=solver)
+        return worst_case(self, x, time_limit=time_limit, solver=solver, dual_bound=dual_bound)
 
     def check_first_stage(self, x: Any, tol: float = FEAS_TOL) -> np.ndarray:
         """Return ``x`` as a float array; raise ``ValueError`` unless ``x in X``."""

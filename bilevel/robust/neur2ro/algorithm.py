@@ -28,7 +28,9 @@ predicted to be worse), when ``xi*`` is already in ``Xi'`` (L1 distance below
 ``duplicate_tol``), after ``max_iterations`` main problems, or at the time limit. The last
 main problem's ``x`` is returned (the loop starts with ``Xi'`` empty: ``min c^T x``); a
 main problem cut short by a time limit does not count: the decision of the last main
-problem solved to optimality is returned instead of its possibly poor incumbent.
+problem solved to optimality is returned instead of its possibly poor incumbent (or of no
+incumbent at all). Only the first main problem's incumbent is accepted as it is, there
+being no earlier decision.
 
 **Exact evaluation.** The returned ``x`` is evaluated by the model's exact worst case
 (:meth:`~bilevel.robust.model.TwoStageRobustProblem.worst_case`), never by sampling. Two
@@ -611,7 +613,7 @@ def _neur2ro_loop(
             time_limit=_remaining(deadline, mip_time_limit),
         )
         timers["main_time"] += time.perf_counter() - t0
-        if x is not None and x_new is not None and not status_ok(main_info):
+        if x is not None and not status_ok(main_info) and main_info["status"] != "Infeasible":
             # a main problem cut short by a time limit: its incumbent may be arbitrarily
             # poor, so the decision of the last completed iteration is returned
             timed_out = deadline is not None and time.perf_counter() >= deadline
