@@ -619,3 +619,42 @@ def test_feasibility_phase_searches_on_when_the_check_disagrees(monkeypatch):
         assert wc.cost == math.inf and len(calls) >= 2 and len(searches) >= 2, seed
         return
     pytest.fail("no instance with an infeasible vertex")
+
+
+@pytest.mark.parametrize("polytope", [False, True], ids=["vertex-dual", "kkt"])
+def test_dual_bound_cutting_off_another_scenario_is_caught(polytope):
+    """The returned scenario's duals fit the bound, the worse scenario's do not: only the
+    re-solve with ten times the bound can tell. y >= 5 - 4 xi and 0.001 y >= 0.001 (1 + 9 xi)
+    (dual 1000 at xi = 1): worst case 10 at xi = 1, but 5 at xi = 0 within dual_bound=100."""
+    U = (
+        UncertaintySet.polytope([[1.0]], [2.0], [0.0], [1.0])
+        if polytope
+        else UncertaintySet.box([0.0], [1.0])
+    )
+    problem = TwoStageRobustProblem(
+        c=np.zeros(1),
+        x_types="C",
+        x_lb=np.zeros(1),
+        x_ub=np.ones(1),
+        uncertainty=U,
+        d=np.ones(1),
+        y_types="C",
+        W=np.array([[-1.0], [-0.001]]),
+        T=np.zeros((2, 1)),
+        h=np.array([-5.0, -0.001]),
+        H=np.array([[4.0], [-0.009]]),
+        y_lb=np.zeros(1),
+        y_ub=np.full(1, 20.0),
+    )
+    x = np.zeros(1)
+    with pytest.warns(ConvergenceWarning) as record:  # (also: the duals sit at 10x the bound)
+        wc = worst_case(problem, x, dual_bound=100.0)
+    assert any("dual_bound=100 cut off a worse scenario" in str(w.message) for w in record)
+    assert wc.cost == pytest.approx(10.0, rel=1e-9) and wc.xi[0] == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        assert worst_case(problem, x).cost == pytest.approx(10.0, rel=1e-9)  # default bound
+    # without the check, the answer within the bound is silently below the worst case
+    assert lp_worst_case(problem, x, dual_bound=100.0, check_dual_bound=False).cost == (
+        pytest.approx(5.0, rel=1e-9)
+    )

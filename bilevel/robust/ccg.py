@@ -125,8 +125,9 @@ def worst_case(
     ``dual_bound`` the big-M on the recourse duals of the KKT adversary for continuous
     recourse under constraint uncertainty (default
     :func:`bilevel.robust.lp_adversary.default_dual_bound`; a multiplier of the returned
-    scenario at the bound emits :class:`~bilevel.errors.ConvergenceWarning`, but a bound
-    that cuts off another scenario goes unnoticed; ignored by the other cases).
+    scenario at the bound, or a larger value with ten times the bound, emits
+    :class:`~bilevel.errors.ConvergenceWarning`; a bound off by more than ten times can go
+    unnoticed; ignored by the other cases).
     """
     if epsilon < 1e-4:
         raise ValueError(
@@ -581,10 +582,10 @@ def solve_ccg(
         duals of the recourse constraints in the KKT adversary
         (:mod:`bilevel.robust.lp_adversary`; default ``1e4 * max(1, ||d||_inf / w)``,
         ``w`` the smallest row scale of ``W``). Exact when every scenario has an optimal
-        dual within it; a multiplier of the *returned* scenario at the bound emits
-        :class:`~bilevel.errors.ConvergenceWarning` (raise it then). No warning is not a
-        proof: a bound that cuts off another, worse scenario goes unnoticed. Ignored
-        otherwise.
+        dual within it; a multiplier of the returned scenario at the bound, or a larger
+        value with ten times the bound (phase 2 is solved twice), emits
+        :class:`~bilevel.errors.ConvergenceWarning` (raise it then). A bound off by more
+        than ten times can go unnoticed. Ignored otherwise.
 
     Returns
     -------

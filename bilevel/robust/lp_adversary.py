@@ -62,10 +62,12 @@ cut off the true worst case; raise ``dual_bound``) unless the recourse LP at the
 scenario has an optimal dual with ``max_i lambda_i`` below the bound (degenerate LPs, e.g.
 a capacity exactly equal to a demand as CCG masters produce, have optimal duals along
 unbounded rays, which the solver may push to the bound at no cost: checked by one LP,
-:func:`_smallest_optimal_dual`). The check sees only the returned scenario: a bound that
-cuts off the dual of another, worse scenario makes the MILP return a different scenario
-whose duals fit, with no warning (the returned value is then exact for its scenario but
-below the worst case), so the absence of a warning is no proof. The returned scenario is always
+:func:`_smallest_optimal_dual`). That check sees only the returned scenario: a bound that
+cuts off the duals of another, worse scenario makes the MILP return a different scenario
+whose duals fit. Phase 2 is therefore solved again with ten times the bound
+(``check_dual_bound``); a larger value there is used, with a warning. A bound off by more
+than that factor can still go unnoticed: the absence of a warning is no proof. The
+returned scenario is always
 re-evaluated exactly by :meth:`~bilevel.robust.model.TwoStageRobustProblem.second_stage_value`
 (so ``cost`` is the exact value of that scenario, a valid lower bound on the worst case);
 the MILP's proven bound is reported as ``upper_bound`` (an upper bound on the worst case
@@ -129,6 +131,7 @@ __all__ = ["default_dual_bound", "lp_worst_case", "lp_worst_case_supported"]
 INF = math.inf
 FEAS_TOL = 1e-6
 AT_BOUND_RTOL = 1e-6
+DUAL_BOUND_CHECK_FACTOR = 10.0  # phase 2 is re-solved with this multiple of dual_bound
 
 
 def lp_worst_case_supported(problem: TwoStageRobustProblem) -> str | None:
@@ -753,6 +756,7 @@ def lp_worst_case(
     tol: float = 1e-7,
     max_rounds: int = 50,
     solver: str = "highs",
+    check_dual_bound: bool = True,
 ) -> WorstCase:
     r"""Exact ``max_{xi in Xi} [c^T x + xi^T C x + Q(x, xi)]`` for LP recourse, rhs uncertainty.
 
@@ -772,7 +776,7 @@ def lp_worst_case(
         :func:`default_dual_bound`). The result is exact when every scenario with a
         feasible recourse has an optimal dual with ``max_i lambda_i <= Lambda``; a
         multiplier at the bound in the solution emits
-        :class:`~bilevel.errors.ConvergenceWarning`.
+        :class:`~bilevel.errors.ConvergenceWarning` (see also ``check_dual_bound``).
     time_limit:
         Seconds for both MILPs and the evaluations (``None``: no limit). When it is
         reached the result has status ``"time_limit"``, ``cost`` the best scenario value
@@ -788,6 +792,12 @@ def lp_worst_case(
         keeps the gap in ``upper_bound``.
     solver:
         ``"highs"`` or ``"scip"`` (MILPs and evaluations).
+    check_dual_bound:
+        Solve phase 2 again with ``10 Lambda``: a larger value there means that
+        ``Lambda`` cut off a worse scenario (which the multipliers of the returned one
+        cannot show); the larger result is then used, with a
+        :class:`~bilevel.errors.ConvergenceWarning`. It doubles phase 2's cost and
+        catches bounds off by up to a factor of ten.
 
     Returns
     -------
@@ -900,11 +910,31 @@ def lp_worst_case(
     if vertices is not None:
         base, delta = vertices
         const += float((problem.C @ x) @ base) if problem.C is not None else 0.0
-        model = _optimality_vertex_milp(problem, x, r0, R, base, delta, dual_bound)
-    else:
-        model = _optimality_milp(problem, x, r0, R, dual_bound)
-    phase2 = _pattern_search(model, done, deadline, solver, max_rounds)
+
+    def phase_two(bound: float) -> _Search:
+        if vertices is not None:
+            model = _optimality_vertex_milp(problem, x, r0, R, base, delta, bound)
+        else:
+            model = _optimality_milp(problem, x, r0, R, bound)
+        return _pattern_search(model, done, deadline, solver, max_rounds)
+
+    phase2 = phase_two(dual_bound)
     rounds = phase1.rounds + phase2.rounds
+    if check_dual_bound and phase2.status == "optimal" and phase2.x is not None:
+        # a bound that cuts off a worse scenario's duals leaves no trace in the solution
+        # returned (another scenario wins): compare with a ten times larger bound
+        wider = phase_two(DUAL_BOUND_CHECK_FACTOR * dual_bound)
+        rounds += wider.rounds
+        if wider.x is not None and wider.value > phase2.value + tol * max(1.0, abs(wider.value)):
+            warnings.warn(
+                f"dual_bound={dual_bound:g} cut off a worse scenario of the KKT adversary "
+                f"(value {const + phase2.value:.6g} within it, {const + wider.value:.6g} with "
+                f"{DUAL_BOUND_CHECK_FACTOR:g} times the bound, which is used): pass a larger "
+                "dual_bound to worst_case / solve_ccg",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+            phase2, dual_bound = wider, DUAL_BOUND_CHECK_FACTOR * dual_bound
     if phase2.x is None:
         if phase2.status == "exhausted":
             raise BilevelError(
