@@ -317,7 +317,7 @@ def test_paper_loop_with_default_options_is_within_five_percent_on_most_instance
     instance, the paper's separate encoder), on ten random n=6 knapsacks against brute
     force. Measured: 8/10 at the optimum, two at 13-14%, mean gap 2.8% (the joint encoder:
     9/10, mean 1.4%). The gaps are bimodal (optimal, or a wrong decision ~14% off), so the
-    test asks for a mean gap below 5% and a median below 1%."""
+    test asks for a mean gap below 5%, a median below 1% and at least 7/10 within 5%."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the measured runs used one thread (same float reductions)
     try:
@@ -326,6 +326,7 @@ def test_paper_loop_with_default_options_is_within_five_percent_on_most_instance
         torch.set_num_threads(threads)
     assert np.mean(gaps) <= 0.05, gaps
     assert np.median(gaps) <= 0.01, gaps
+    assert sum(g <= 0.05 for g in gaps) >= 7, gaps
 
 
 def _paper_loop_gaps() -> list[float]:
