@@ -17,26 +17,11 @@ everything (new file only).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 import warnings
-from datetime import datetime
 
 import numpy as np
-
-
-def _limit_threads() -> None:
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # pragma: no cover
-        pass
-    import torch
-
-    torch.set_num_threads(1)
+from robust import _limit_threads, write_json  # benchmarks/robust.py (same folder)
 
 
 def main() -> None:
@@ -150,15 +135,7 @@ def main() -> None:
             f"{s['data_generation_time']:.1f} | {s['training_time']:.1f} |"
         )
     if args.json:
-        meta = {
-            "date": datetime.now().isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "cpus": os.cpu_count(),
-            "args": vars(args),
-        }
-        with open(args.json, "x", encoding="utf-8") as fh:
-            json.dump({"meta": meta, "summaries": summaries, "rows": rows}, fh, indent=1)
-        print(f"wrote {args.json}")
+        write_json(args.json, args, summaries=summaries, rows=rows)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,19 @@ def _limit_threads() -> None:
         pass
 
 
+def write_json(path: str, args: argparse.Namespace, **payload: Any) -> None:
+    """Write ``payload`` with the run's metadata to ``path`` (a new file only)."""
+    meta = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "cpus": os.cpu_count(),
+        "args": vars(args),
+    }
+    with open(path, "x", encoding="utf-8") as fh:
+        json.dump({"meta": meta, **payload}, fh, indent=1, default=str)
+    print(f"wrote {path}")
+
+
 def _run(problem, method: str, time_limit: float, neur2ro_options: dict[str, Any]):
     from bilevel.errors import ConvergenceWarning
     from bilevel.robust import solve
@@ -226,15 +239,7 @@ def main() -> None:
                 flush=True,
             )
     if args.json:
-        meta = {
-            "date": datetime.now().isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "cpus": os.cpu_count(),
-            "args": vars(args),
-        }
-        with open(args.json, "x", encoding="utf-8") as fh:
-            json.dump({"meta": meta, "rows": rows}, fh, indent=1, default=str)
-        print(f"wrote {args.json}")
+        write_json(args.json, args, rows=rows)
 
 
 if __name__ == "__main__":

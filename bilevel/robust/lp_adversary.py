@@ -356,6 +356,21 @@ def _static_violation_bound(
     return max(float(lp.objective), 0.0)
 
 
+def _zeros(rows: int, cols: int) -> sp.csr_matrix:
+    """An all-zero sparse block."""
+    return sp.csr_matrix((rows, cols))
+
+
+def _lp_blocks(problem: TwoStageRobustProblem, R: np.ndarray) -> tuple:
+    """Pieces shared by the KKT MILPs: ``(n, m, k, p, width, I_m, I_n, W, R)`` with the
+    recourse sizes ``n, m``, the rows ``k`` of ``P``, ``p = n_xi``, the box widths
+    ``u - l`` of ``y``, sparse identities and ``W``, ``R`` as sparse matrices."""
+    n, m = problem.n_y, problem.m_y
+    k, p = problem.uncertainty.P.shape[0], problem.n_xi
+    width = problem.y_ub - problem.y_lb
+    return n, m, k, p, width, sp.eye(m), sp.eye(n), sp.csr_matrix(problem.W), sp.csr_matrix(R)
+
+
 def _feasibility_milp(problem, r0, R, phi_bound: float = INF) -> _KktMilp:
     """Phase 1: ``max_xi min {1^T s : W y - s <= r(xi), y in [l, u], s >= 0}`` (KKT MILP).
 
@@ -365,19 +380,12 @@ def _feasibility_milp(problem, r0, R, phi_bound: float = INF) -> _KktMilp:
     """
     U = problem.uncertainty
     W, l, u = problem.W, problem.y_lb, problem.y_ub
-    n, m, k = problem.n_y, problem.m_y, U.P.shape[0]
-    p = problem.n_xi
+    n, m, k, p, width, I_m, I_n, Wsp, Rsp = _lp_blocks(problem, R)
     slack_lo, slack_hi = _slack_range(problem, r0, R)
     s_max = np.minimum(np.maximum(0.0, -slack_lo), phi_bound)
     M = np.maximum(0.0, slack_hi) + s_max
     col = np.abs(W).sum(axis=0)
-    width = u - l
-    I_m, I_n = sp.eye(m), sp.eye(n)
-    Wsp = sp.csr_matrix(W)
-    Rsp = sp.csr_matrix(R)
-
-    def z(rows: int, cols: int):
-        return sp.csr_matrix((rows, cols))
+    z = _zeros
 
     #           xi          y            s            mu          alpha       beta
     #           z           w            z_u          z_l
@@ -522,8 +530,7 @@ def _feasibility_vertex_milp(
     B = sp.csr_matrix((np.ones(q), (np.arange(q), cols_k)), shape=(q, pdim))
     Mu = sp.csr_matrix((np.ones(q), (np.arange(q), rows_i)), shape=(q, m))
 
-    def z(r: int, c: int):
-        return sp.csr_matrix((r, c))
+    z = _zeros
 
     k = U.P.shape[0]
     blocks = [
@@ -579,18 +586,11 @@ def _optimality_milp(problem, x, r0, R, dual_bound) -> _KktMilp:
     """
     U = problem.uncertainty
     W, d, l, u = problem.W, problem.d, problem.y_lb, problem.y_ub
-    n, m, k = problem.n_y, problem.m_y, U.P.shape[0]
-    p = problem.n_xi
+    n, m, k, p, width, I_m, I_n, Wsp, Rsp = _lp_blocks(problem, R)
     _, slack_hi = _slack_range(problem, r0, R)
     M = np.maximum(0.0, slack_hi)
     A_bound = np.abs(d) + dual_bound * np.abs(W).sum(axis=0)
-    width = u - l
-    I_m, I_n = sp.eye(m), sp.eye(n)
-    Wsp = sp.csr_matrix(W)
-    Rsp = sp.csr_matrix(R)
-
-    def z(rows: int, cols: int):
-        return sp.csr_matrix((rows, cols))
+    z = _zeros
 
     #           xi          y            lambda       alpha       beta
     #           z           z_u          z_l
@@ -681,8 +681,7 @@ def _optimality_vertex_milp(
     B = sp.csr_matrix((np.ones(q), (np.arange(q), cols_k)), shape=(q, pdim))
     Lm = sp.csr_matrix((np.ones(q), (np.arange(q), rows_i)), shape=(q, m))
 
-    def z(r: int, c: int):
-        return sp.csr_matrix((r, c))
+    z = _zeros
 
     k = U.P.shape[0]
     blocks = [
