@@ -96,8 +96,12 @@ def _column_affine(problem: TwoStageRobustProblem, x: np.ndarray, y: np.ndarray)
     return g, g0
 
 
-def _evaluate(problem, x, xi, time_limit, solver):
-    sol = problem.second_stage_value(x, xi, time_limit=time_limit, solver=solver)
+def _evaluate(problem, x, xi, deadline, solver):
+    """Exact total cost at ``xi`` and its recourse; ``(None, None)`` when the deadline has
+    passed or is reached during the solve (``INF, None`` for an infeasible recourse)."""
+    if _timed_out(deadline):
+        return None, None
+    sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
     if sol.status == "infeasible":
         return INF, None
     if sol.status == "time_limit":
@@ -219,7 +223,7 @@ def _worst_case_objective(problem, x, deadline, tol, max_iter, solver="highs") -
     U = problem.uncertainty
     n_xi = problem.n_xi
     xi = U.interior_point()
-    value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
+    value, y = _evaluate(problem, x, xi, deadline, solver)
     if value is None:
         return WorstCase.from_cost(problem, -INF, xi, None, "time_limit", INF, 0)
     if value == INF:  # Y(x) does not depend on xi: empty for all scenarios
@@ -268,11 +272,7 @@ def _worst_case_objective(problem, x, deadline, tol, max_iter, solver="highs") -
         theta = sol.objective
         ub = min(ub, theta)
         xi = np.clip(sol.x[:n_xi], U.lb, U.ub)
-        if _timed_out(deadline):
-            return WorstCase.from_cost(
-                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
-            )
-        value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
+        value, y = _evaluate(problem, x, xi, deadline, solver)
         if value is None:
             return WorstCase.from_cost(
                 problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
@@ -340,7 +340,7 @@ def _worst_case_constraint(problem, x, deadline, epsilon, tol, max_iter, solver)
     theta_max = cost_bound + 1.0
 
     xi = U.interior_point()
-    value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
+    value, y = _evaluate(problem, x, xi, deadline, solver)
     if value is None:
         return WorstCase.from_cost(problem, -INF, xi, None, "time_limit", INF, 0)
     if value == INF:
@@ -365,11 +365,7 @@ def _worst_case_constraint(problem, x, deadline, epsilon, tol, max_iter, solver)
             )
         theta, xi = sol
         ub = min(ub, theta) if theta < theta_max - 0.5 else ub
-        if _timed_out(deadline):
-            return WorstCase.from_cost(
-                problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
-            )
-        value, y = _evaluate(problem, x, xi, _remaining(deadline), solver)
+        value, y = _evaluate(problem, x, xi, deadline, solver)
         if value is None:
             return WorstCase.from_cost(
                 problem, best_value, best_xi, best_y, "time_limit", ub, n_iter
