@@ -4,15 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # torch is pinned to the CPU wheel that lies on disk; the package metadata itself only asks torch>=2.2.
 TORCH  ?= torch==2.13.0
+EXTRAS := test,demo,cli
+# Exact versions of the dev/test environment (regenerate with `make lock`).
+LOCK   := requirements/lock.txt
 STAMP  := $(VENV)/.installed
+LATEST := .venv-latest
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-latest lock lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[test,demo,cli]"
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) "$(TORCH)" -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,6 +24,27 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
+
+# The same suite against the newest release of every dependency (torch stays pinned), in a
+# fresh .venv-latest: drift in a dependency shows up here as a named failure first.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet "$(TORCH)"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[$(EXTRAS)]"
+	@$(LATEST)/bin/python -m pip freeze --exclude-editable | diff $(LOCK) - | grep '^[<>] [^#]' \
+		| sed 's/^</  locked:/; s/^>/  latest:/' || echo "  (the newest versions are the locked ones)"
+	@$(LATEST)/bin/python -m pytest -n 2 -q || { \
+		echo "test-latest: FAILED against the newest dependency versions listed above;" \
+		     "'make test' (the lock) is the reference. Fix the code or the test, then 'make lock'."; \
+		exit 1; }
+
+# Re-resolve the newest versions, test them, and write them to the lock.
+lock: test-latest
+	{ sed -n '/^#/p' $(LOCK); $(LATEST)/bin/python -m pip freeze --exclude-editable \
+		| sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff
@@ -29,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/implicit_diff.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LATEST) build *.egg-info
