@@ -16,6 +16,8 @@ on an outer loss::
   one hyperparameter step, with any ``torch.optim`` optimizer and scheduler per level,
   gradient accumulation, clipping, bf16 autocast, callbacks, progress, JSON-lines logs,
   bit-for-bit checkpoint/resume, and ``torchrun`` / DDP.
+* :class:`ScaleBiOTrainer` -- the first-order min-max (value-function penalty) method of
+  ScaleBiO, with a shadow copy of the model; no second derivatives.
 * :mod:`bilevel.nn.optim` -- differentiable functional SGD and Adam steps.
 """
 
@@ -28,6 +30,7 @@ from bilevel.nn._hypergradient import (
     HypergradientResult,
     hypergradient,
 )
+from bilevel.nn._minimax import MinimaxResult, ScaleBiOTrainer
 from bilevel.nn._trainer import BilevelTrainer, TrainResult
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "BilevelTrainer",
     "HypergradientInfo",
     "HypergradientResult",
+    "MinimaxResult",
+    "ScaleBiOTrainer",
     "hypergradient",
     "TrainResult",
     "optim",

@@ -6,8 +6,8 @@ One outer step ``s`` does
 1. ``inner_steps`` times: ``inner_accumulation`` micro-batches of the inner loss,
    ``backward`` into the model's parameters only (under ``inner_autocast``), gradient
    clipping to ``inner_clip``, ``inner_optimizer.step()``, ``inner_scheduler.step()``;
-2. ``outer_accumulation`` times: :func:`bilevel.nn.hypergradient` on the next inner and outer
-   batches (always in float32/64: finite-difference probes and linear solves never run
+2. ``outer_accumulation`` times: :func:`bilevel.nn.hypergradient` on the next inner (or
+   ``hypergradient_data``) and outer batches (always in float32/64: finite-difference probes and linear solves never run
    under autocast), averaged; set as the hyperparameters' ``.grad``, clipped to
    ``outer_clip``, ``outer_optimizer.step()``, ``outer_scheduler.step()``, then the optional
    ``project(hparams)`` (for example clamping weights to be non-negative), in place under
@@ -114,6 +114,10 @@ class BilevelTrainer:
     inner_autocast:
         ``torch.bfloat16`` (or ``float16``) to run the inner steps under
         :func:`torch.autocast`; the hypergradient always runs in full precision.
+    hypergradient_data:
+        Iterable of the inner-loss batches the hypergradient evaluates ``H`` and ``B`` on
+        (for example the whole training set, or larger batches than the inner steps use);
+        default: the next batches of ``inner_data``.
     project:
         ``project(hparams)``, called under ``torch.no_grad`` after each outer step to map the
         hyperparameters back into their feasible set in place.
@@ -143,6 +147,7 @@ class BilevelTrainer:
         inner_clip: float | None = None,
         outer_clip: float | None = None,
         inner_autocast: torch.dtype | None = None,
+        hypergradient_data: Iterable[Any] | None = None,
         project: Callable[[Hparams], None] | None = None,
         divergence_factor: float = 1e3,
     ) -> None:
@@ -188,6 +193,12 @@ class BilevelTrainer:
         self._inner_data, self._outer_data = inner_data, outer_data
         self.inner_stream = BatchStream(inner_data, "inner_data", source="inner_data")
         self.outer_stream = BatchStream(outer_data, "outer_data", source="outer_data")
+        self._hyper_data = hypergradient_data
+        self.hyper_stream = (
+            None
+            if hypergradient_data is None
+            else BatchStream(hypergradient_data, "hypergradient_data", source="hypergradient_data")
+        )
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self._first_inner_loss: float | None = None
@@ -245,7 +256,7 @@ class BilevelTrainer:
         options["distributed"] = self.method_options.get("distributed")
         outer_loss, solves = 0.0, []
         for _ in range(self.outer_accumulation):
-            inner_batch = self.inner_stream.next()
+            inner_batch = (self.hyper_stream or self.inner_stream).next()
             outer_batch = self.outer_stream.next()
             grads = hypergradient(
                 self.model,
@@ -260,7 +271,8 @@ class BilevelTrainer:
             self._checked = True
             options["check_inputs"] = False
             outer_loss += grads.info.outer_loss / self.outer_accumulation
-            if grads.info.linear_solve is not None:
+            if grads.info.linear_solve is not None and self.method == "cg":
+                # (a truncated Neumann series has no tolerance to reach)
                 solves.append(grads.info.linear_solve)
             for k, g in grads.items():
                 acc[k] = acc[k] + g / self.outer_accumulation if k in acc else g / self.outer_accumulation
@@ -282,9 +294,10 @@ class BilevelTrainer:
             record["solve_converged"] = all(s.converged for s in solves)
         return record
 
-    def _warn(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.append(message)
+    def _warn(self, kind: str, message: str) -> None:
+        """Warn once per kind of problem (the first occurrence's message)."""
+        if not any(w.startswith(f"[{kind}]") for w in self._warned):
+            self._warned.append(f"[{kind}] {message}")
             warnings.warn(message, ConvergenceWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ the loop
@@ -343,6 +356,7 @@ class BilevelTrainer:
                     self._first_inner_loss = inner_loss
                 elif inner_loss > self.divergence_factor * max(abs(self._first_inner_loss), 1e-12):
                     self._warn(
+                        "inner_growth",
                         f"BilevelTrainer: the inner loss grew to {inner_loss:.4g}, "
                         f"{self.divergence_factor:g} times its first value "
                         f"{self._first_inner_loss:.4g} (diverging inner training?)"
@@ -351,6 +365,7 @@ class BilevelTrainer:
                 record.update(self._outer_step())
                 if record.get("solve_converged") is False:
                     self._warn(
+                        "linear_solve",
                         f"BilevelTrainer: the {self.method} linear solve did not reach its "
                         "tolerance (first at outer step "
                         f"{self.step + 1}); raise maxiter, add a ridge, or train the inner "
@@ -405,7 +420,7 @@ class BilevelTrainer:
             "outer_optimizer": self.outer_optimizer.state_dict(),
             "inner_scheduler": None if self.inner_scheduler is None else self.inner_scheduler.state_dict(),
             "outer_scheduler": None if self.outer_scheduler is None else self.outer_scheduler.state_dict(),
-            "streams": (self.inner_stream, self.outer_stream),
+            "streams": (self.inner_stream, self.outer_stream, self.hyper_stream),
             "history": self.history,
             "first_inner_loss": self._first_inner_loss,
             "warned": self._warned,
@@ -429,9 +444,13 @@ class BilevelTrainer:
                 raise ValueError(f"load_state_dict: the checkpoint's {key} does not match this trainer's")
             if sched is not None:
                 sched.load_state_dict(state[key])
-        self.inner_stream, self.outer_stream = state["streams"]
+        self.inner_stream, self.outer_stream, hyper = state["streams"]
+        if (hyper is None) != (self.hyper_stream is None):
+            raise ValueError("load_state_dict: hypergradient_data differs from the checkpoint's")
         self.inner_stream.attach(self._inner_data)
         self.outer_stream.attach(self._outer_data)
+        if hyper is not None:
+            self.hyper_stream = hyper.attach(self._hyper_data)
         self.step = state["step"]
         self.history = list(state["history"])
         self._first_inner_loss = state["first_inner_loss"]
