@@ -18,7 +18,10 @@ column dropped for identifiability) and a ridge term ``l2/2 ||beta||^2``. A node
 linear solve with the precomputed Gram matrix of all spline features, ``beta =
 (G_PP + l2 I)^{-1} c_P`` and loss ``(s_jj - c_P^T beta) / 2``. ``W_ij = std(phi_i beta_i) /
 std(x_i)``. Cheap (microseconds per fit), a good order finder for smooth mechanisms, and the
-default initial order of the MLP score.
+default initial order of the MLP score. ``equal_variances=False`` scores ``log(q_j) / 2`` instead
+(``q_j`` the residual variance; one noise variance per node, CAM's score), which is invariant
+to rescaling the variables; its edge strength is then ``std(phi_i beta_i) / std(x_j)``, in
+standardized units, so that the whole fit is scale-free.
 
 :class:`MLPScore` (``"mlp"``): ``f_j(x) = a^T sigmoid(U x_P + c) + b`` (``hidden`` units) with
 an L1 penalty on the first layer, so an unused input gets an exact zero column::
@@ -95,14 +98,24 @@ class AdditiveScore(_NodeFitScore):
         Of scikit-learn's :class:`~sklearn.preprocessing.SplineTransformer` (knots at quantiles).
     l2 : float
         Ridge strength on the spline coefficients (inputs standardized).
+    equal_variances : bool
+        ``True``: the node loss is the ridge objective (half the residual variance, the
+        equal-variance least-squares score). ``False``: ``log(q_j) / 2`` with ``q_j`` the
+        residual variance of the ridge fit, the profile likelihood of an additive model with
+        one noise variance per node (the score of CAM, Buehlmann, Peters and Ernest 2014);
+        it is invariant to rescaling the variables.
     """
 
     supports_greedy = True
+    supports_pruning = True
 
-    def __init__(self, n_knots: int = 5, degree: int = 3, l2: float = 1e-3):
+    def __init__(
+        self, n_knots: int = 5, degree: int = 3, l2: float = 1e-4, equal_variances: bool = True
+    ):
         self.n_knots = n_knots
         self.degree = degree
         self.l2 = l2
+        self.equal_variances = equal_variances
 
     def _bind(self, X: np.ndarray) -> None:
         from sklearn.preprocessing import SplineTransformer
@@ -133,13 +146,18 @@ class AdditiveScore(_NodeFitScore):
         self._count()
         if len(ps) == 0:
             self._beta[(j, frozenset())] = np.zeros(0)
-            return 0.5 * float(self._syy[j]), np.zeros(0)
+            v = float(self._syy[j])
+            return (0.5 * v if self.equal_variances else 0.5 * float(np.log(v))), np.zeros(0)
         cols = self._cols(ps)
         G = self._G[np.ix_(cols, cols)] + self._l2 * np.eye(len(cols))
         c = self._C[cols, j]
         beta = np.linalg.solve(G, c)
         self._beta[(j, frozenset(ps.tolist()))] = beta
         loss = 0.5 * float(self._syy[j] - c @ beta)
+        if not self.equal_variances:  # residual variance of the ridge fit, then the log
+            Gb = self._G[np.ix_(cols, cols)]
+            q = float(self._syy[j] - 2 * c @ beta + beta @ Gb @ beta)
+            loss = 0.5 * float(np.log(q))
         B = beta.reshape(len(ps), self._k)
         Gb = self._G[np.ix_(cols, cols)]
         strength = np.array(
@@ -148,6 +166,8 @@ class AdditiveScore(_NodeFitScore):
                 for t in range(len(ps))
             ]
         )
+        if not self.equal_variances:  # scale-free like the score: standardized units
+            return loss, strength / self._sd[j]
         # std(phi_i beta_i) in the units of x_j, per unit of x_i's standard deviation
         return loss, strength / self._sd[ps]
 
@@ -156,7 +176,9 @@ class AdditiveScore(_NodeFitScore):
 
     def _grad_blocks(self, state) -> np.ndarray:
         """``G[i, j]``: largest entry of the gradient of node ``j``'s objective in ``beta_i``
-        (zero for fitted inputs, the first-order gain for the others)."""
+        (zero for fitted inputs, the first-order gain for the others; for
+        ``equal_variances=False`` the gradient of ``log(q_j) / 2`` with the ridge term's
+        gradient divided by ``q_j`` too, which is zero at the fit's own inputs)."""
         d, k = self._d, self._k
         out = np.zeros((d, d))
         for idx, (_, ps, _) in enumerate(state.fits):
@@ -166,6 +188,9 @@ class AdditiveScore(_NodeFitScore):
             g = self._G[:, cols] @ beta - self._C[:, j] if len(ps) else -self._C[:, j]
             if len(ps):
                 g[cols] += self._l2 * beta
+            if not self.equal_variances:  # d/dbeta log(q)/2 = (dq/dbeta / 2) / q
+                q = self._syy[j] - 2 * self._C[cols, j] @ beta + beta @ (self._G[np.ix_(cols, cols)] @ beta) if len(ps) else self._syy[j]
+                g = g / q
             out[:, j] = np.abs(g.reshape(d, k)).max(axis=1)
             out[j, j] = 0.0
         return out
@@ -175,12 +200,15 @@ class AdditiveScore(_NodeFitScore):
 
     def greedy_order(self) -> np.ndarray:
         """Top-down: repeatedly place the node with the smallest fitted loss given the nodes
-        already placed."""
+        already placed (for ``equal_variances=False`` the loss minus ``log(var x_j) / 2``,
+        the log of the unexplained fraction of the variance, so the order is scale-free)."""
         remaining = list(range(self._d))
         placed: list[int] = []
+        offset = 0.0 if self.equal_variances else 0.5 * np.log(self._syy)
         while remaining:
             ps = np.array(sorted(placed), dtype=np.intp)
-            losses = [self._fit_node(j, ps)[0] for j in remaining]
+            losses = [self._fit_node(j, ps)[0] - (0.0 if self.equal_variances else offset[j])
+                      for j in remaining]  # fmt: skip
             placed.append(remaining.pop(int(np.argmin(losses))))
         return np.array(placed, dtype=np.intp)
 
@@ -446,8 +474,13 @@ class MLPScore(_NodeFitScore):
         return out
 
     def acyclicity_matrix(self, state) -> np.ndarray:
-        """NOTEARS-MLP adjacency ``A_ij = ||U_j[:, i]||^2`` of the fitted first layers."""
-        return np.einsum("jhi,jhi->ij", *(self.first_layers(state),) * 2)
+        """NOTEARS-MLP adjacency ``A_ij = ||U_j[:, i]||^2`` of the fitted first layers,
+        divided by its largest entry when that exceeds one (``h_logdet`` and ``h_expm`` of an
+        acyclic ``A`` grow like products along paths; the pattern of zeros of the gradient,
+        which is what marks the free pairs, does not change)."""
+        A = np.einsum("jhi,jhi->ij", *(self.first_layers(state),) * 2)
+        top = A.max(initial=0.0)
+        return A / top if top > 1.0 else A
 
     def auto_order(self) -> np.ndarray | None:
         if self.init_score is None:

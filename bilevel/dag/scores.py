@@ -731,10 +731,10 @@ class Logistic(Score):
         return float(f + self._l1 * np.abs(W).sum() + 0.5 * self._l2 * np.sum(W * W))
 
 
-SCORE_NAMES = ("ls", "nv", "logistic", "gam", "mlp")
+SCORE_NAMES = ("ls", "nv", "logistic", "gam", "gam-nv", "mlp")
 
 
-def _score_classes() -> dict[str, type[Score]]:
+def _score_classes() -> dict[str, Any]:
     from bilevel.dag.nonlinear import AdditiveScore, MLPScore
 
     return {
@@ -742,13 +742,14 @@ def _score_classes() -> dict[str, type[Score]]:
         "nv": GaussianNV,
         "logistic": Logistic,
         "gam": AdditiveScore,
+        "gam-nv": lambda **kw: AdditiveScore(equal_variances=False, **kw),
         "mlp": MLPScore,
     }
 
 
 def make_score(score: str | Score, **params: Any) -> Score:
-    """A score object from a name (``"ls"``, ``"nv"``, ``"logistic"``, ``"gam"``, ``"mlp"``)
-    or itself."""
+    """A score object from a name (``"ls"``, ``"nv"``, ``"logistic"``, ``"gam"``, ``"gam-nv"``
+    (additive, one noise variance per node), ``"mlp"``) or itself."""
     if isinstance(score, Score):
         if params:
             raise ValueError("score parameters are given with a Score instance")
