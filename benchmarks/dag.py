@@ -79,6 +79,8 @@ METHODS = (
     "topo",
     "topo-mlp",
     "topo-gam",
+    "topo-gam-nv",
+    "topo-nv",
     "dagma",
     "dagma-mlp",
     "notears",
@@ -130,6 +132,18 @@ def run_topo_gam(X: np.ndarray, seed: int, args) -> np.ndarray:
     from bilevel.dag.topo import TopoSearch
 
     return TopoSearch(score=AdditiveScore(), w_threshold=0.3, random_state=seed).fit(X).adjacency_
+
+
+def run_topo_gam_nv(X: np.ndarray, seed: int, args) -> np.ndarray:
+    from bilevel.dag.topo import TopoSearch
+
+    return TopoSearch(score="gam-nv", w_threshold=0.3, random_state=seed).fit(X).adjacency_
+
+
+def run_topo_nv(X: np.ndarray, seed: int, args) -> np.ndarray:
+    from bilevel.dag.topo import TopoSearch
+
+    return TopoSearch(score="nv", w_threshold=0.3, random_state=seed).fit(X).adjacency_
 
 
 def run_dagma_mlp(X: np.ndarray, seed: int, args) -> np.ndarray:
@@ -195,6 +209,8 @@ RUNNERS: dict[str, Callable] = {
     "topo": run_topo,
     "topo-mlp": run_topo_mlp,
     "topo-gam": run_topo_gam,
+    "topo-gam-nv": run_topo_gam_nv,
+    "topo-nv": run_topo_nv,
     "dagma": run_dagma,
     "dagma-mlp": run_dagma_mlp,
     "notears": run_notears,
@@ -271,7 +287,11 @@ def _unique(results: list[dict]) -> list[dict]:
     """The first record of each (instance, method): merged files may repeat a method."""
     seen, out = set(), []
     for r in results:
-        key = tuple(r.get(k) for k in ("kind", "sem", "graph", "d", "data", "seed", "method"))
+        key = tuple(
+            r.get(k) for k in ("kind", "sem", "graph", "d", "data", "seed", "method", "score")
+        ) if r.get("kind") == "sachs-bootstrap" else tuple(
+            r.get(k) for k in ("kind", "sem", "graph", "d", "data", "seed", "method")
+        )
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -335,19 +355,36 @@ def tables(results: list[dict]) -> str:
     if sachs:
         lines += [
             "",
-            "Sachs (853 observational cells, standardized; truth: cdt's 18-edge consensus):",
+            "Sachs (853 observational cells; truth: cdt's 18-edge consensus; empty graph: SHD 18):",
             "",
-            "| method | score | SHD | TPR | FDR | nnz | time (s) |",
-            "|---|---|---|---|---|---|---|",
+            "| data | method | score | SHD | TPR | FDR | nnz | time (s) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in sorted(sachs, key=lambda r: order.get(r["method"], 99)):
-            if "score" not in r:
-                lines.append(f"| {r['method']} | failed: {r['error']} | | | | | |")
+        for r in sorted(sachs, key=lambda r: (r.get("data", "std"), order.get(r["method"], 99))):
+            if "shd" not in r:
+                lines.append(f"| {r.get('data', 'std')} | {r['method']} | failed: {r['error']} | | | | | |")
                 continue
+            sc = f"{r['score']:.4f}" if r.get("score") is not None and math.isfinite(r["score"]) else "-"
             lines.append(
-                f"| {r['method']} | {r['score']:.4f} | {r['shd']} | {r['tpr']:.2f} | "
+                f"| {r.get('data', 'std')} | {r['method']} | {sc} | {r['shd']} | {r['tpr']:.2f} | "
                 f"{r['fdr']:.2f} | {r['nnz']} | {r['time']:.2g} |"
             )
+    for r in _unique(results):
+        if r.get("kind") == "sachs-bootstrap":
+            lines += [
+                "",
+                f"Sachs (raw), bootstrap edge stability of TOPO ({r['score']}, "
+                f"{r['n_bootstrap']} refits):",
+                "",
+                "| edge | frequency | in the fit | in the consensus |",
+                "|---|---|---|---|",
+            ]
+            lines += [
+                f"| {e['edge']} | {e['frequency']:.2f} | {'yes' if e['in_result'] else 'no'} | "
+                f"{e['consensus']} |"
+                for e in r["edges"]
+                if e["frequency"] >= 0.2
+            ]
     return "\n".join(lines)
 
 
@@ -466,6 +503,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--golem-max-d", type=int, default=20)
     parser.add_argument("--golem-iters", type=int, default=20_000)
     parser.add_argument("--sachs", action="store_true", help="also run on the Sachs data")
+    parser.add_argument("--sachs-bootstrap", type=int, default=0,
+                        help="bootstrap edge stability on raw Sachs with this many refits")  # fmt: skip
+    parser.add_argument("--sachs-bootstrap-score", default="gam-nv")
     parser.add_argument("--json", help="write all records here (after every instance)")
     parser.add_argument(
         "--table", nargs="+", help="print the tables of earlier --json files (merged) and exit"
@@ -529,13 +569,33 @@ def main(argv: list[str] | None = None) -> None:
                 json.dump({"meta": meta, "results": clean}, f, indent=1, allow_nan=False)
 
     if args.sachs:
-        X, B, _ = load_sachs(standardize=True)
-        for method in args.methods:
-            rec = evaluate(method, X, B, 0, args)
-            rec["kind"] = "sachs"
+        for data in args.data:
+            X, B, names = load_sachs(standardize=data == "std")
+            for method in args.methods:
+                rec = evaluate(method, X, B, 0, args, linear=not method.endswith(("mlp", "gam", "gam-nv")))
+                rec.update(kind="sachs", data=data)
+                results.append(rec)
+                print(f"sachs {data} {method}: {rec.get('shd', rec.get('error'))}", file=sys.stderr)
+            save()
+        if args.sachs_bootstrap:
+            from bilevel.dag.topo import TopoSearch
+
+            X, B, names = load_sachs(standardize=False)
+            est = TopoSearch(
+                score=args.sachs_bootstrap_score, n_bootstrap=args.sachs_bootstrap, n_jobs=-1,
+                random_state=0,
+            ).fit(X)
+            S = est.edge_stability_
+            rec = {"kind": "sachs-bootstrap", "score": args.sachs_bootstrap_score,
+                   "n_bootstrap": args.sachs_bootstrap, "edges": []}  # fmt: skip
+            for i, j in sorted(zip(*np.nonzero(S), strict=True), key=lambda e: -S[e]):
+                rec["edges"].append({
+                    "edge": f"{names[i]}->{names[j]}", "frequency": float(S[i, j]),
+                    "in_result": bool(est.adjacency_[i, j] != 0),
+                    "consensus": "yes" if B[i, j] else "reversed" if B[j, i] else "no",
+                })  # fmt: skip
             results.append(rec)
-            print(f"sachs {method}: {rec.get('shd', rec.get('error'))}", file=sys.stderr)
-        save()
+            save()
 
     for d in args.nodes:
         for graph in args.graphs:

@@ -110,6 +110,12 @@ def _bootstrap_fit(
     return (est.adjacency_ != 0).astype(float), bool(est.converged_)
 
 
+#: ``search="auto"`` uses the wide search up to this many nodes: its final pass scores
+#: ``3 d (d - 1) / 2`` moves, each a QR of up to ``d x d`` (d = 200 ER4: 850 000 moves, 93 % of
+#: a 200 s fit, for the same SHD 0 after BIC pruning as the paper's search in 19 s)
+WIDE_MAX_D = 100
+
+
 def _default_sizes(d: int) -> tuple[int, int]:
     """Candidate-set sizes of the official code for linear models."""
     full = d * (d - 1) // 2
@@ -142,8 +148,9 @@ class TopoSearch:
         uses of the large set), swaps only. ``"wide"``: no limit on large searches, then all
         forbidden pairs with swap and two insertion moves before stopping; a final wide pass
         scores ``3 d (d - 1) / 2`` moves. ``"auto"``: ``"wide"`` when moves are scored from a
-        Cholesky factor (least squares and Gaussian NV without L1), ``"paper"`` when each
-        move refits models (L1 penalties, logistic, MLP).
+        Cholesky factor (least squares and Gaussian NV without L1) and ``d <= 100``,
+        ``"paper"`` otherwise (each move refits models: L1 penalties, logistic, GAM, MLP; or
+        the final wide pass would dominate the time).
     size_small, size_large : int or None
         Candidate-set sizes; ``None`` uses the official code's defaults
         (``~1.5 d`` and ``~sqrt(d) (d - 1) log10(d)``, capped at ``d (d - 1) / 2``).
@@ -598,7 +605,9 @@ class TopoSearch:
     def _local_search(self, score: Score, order: np.ndarray, cfg: dict, restart: int, t0: float):
         state = score.state(order)
         d = len(order)
-        wide = self.search == "wide" or (self.search == "auto" and score.cheap_moves)
+        wide = self.search == "wide" or (
+            self.search == "auto" and score.cheap_moves and d <= WIDE_MAX_D
+        )
         large_used = 0
         it = 0
         converged = False
