@@ -40,8 +40,10 @@ def precedes(order, i, j):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("score", ["ls", "nv", "gam"])
+@pytest.mark.parametrize(
+    ("seed", "score"),
+    [(s, sc) for s in (0, 1, 2) for sc in ("ls", "nv", "gam")] + [(0, "mlp")],
+)
 def test_search_respects_required_forbidden_and_tiers(seed, score):
     X, B = problem(seed=seed)
     d = B.shape[0]
@@ -49,6 +51,7 @@ def test_search_respects_required_forbidden_and_tiers(seed, score):
     est = TopoSearch(score=score).fit(X, forbidden=[(i, j)], required=[(j, i)])
     A = est.adjacency_
     assert A[i, j] == 0 and A[j, i] != 0 and is_dag(A)
+    assert est.raw_adjacency_[i, j] == 0  # never fitted, not only pruned
     assert precedes(est.order_, j, i)
     # tiers: a random split; no edge may point back to an earlier tier
     tiers = np.random.default_rng(seed).integers(0, 3, d)

@@ -172,7 +172,9 @@ class AdditiveScore(_NodeFitScore):
         return loss, strength / self._sd[ps]
 
     def state(self, order: np.ndarray):
-        return GenericOrder(order, self._fit_node, self._cache)
+        return GenericOrder(
+            order, self._fit_node, self._cache, allowed=getattr(self, "_allowed", None)
+        )
 
     def _grad_blocks(self, state) -> np.ndarray:
         """``G[i, j]``: largest entry of the gradient of node ``j``'s objective in ``beta_i``
@@ -430,7 +432,9 @@ class MLPScore(_NodeFitScore):
         )
 
     def state(self, order: np.ndarray):
-        return GenericOrder(order, self._fit_node, self._cache, warm=True)
+        return GenericOrder(
+            order, self._fit_node, self._cache, allowed=getattr(self, "_allowed", None), warm=True
+        )
 
     # ---- interface ---------------------------------------------------------------------
     def _nets(self, state):
