@@ -186,24 +186,151 @@ def _simple(**kwargs):
     return BilevelProblem(**base)
 
 
-def test_lower_level_infeasible_at_x0():
-    problem = _simple(lower_ineq=lambda x, y: (y**2 + x + 0.5).reshape(1))
+def _infeasible_start_problem():
+    """Bounds written as constraints (0 <= x <= 1, y >= 0); the lower level min (y - 1)^2
+    s.t. y <= 1 - x1 - x2 is infeasible unless x1 + x2 <= 1, e.g. at x0 = (1, 1). Closed
+    form: y* = 1 - x1 - x2, and F = |x - 1|^2 + y^2 is minimal on x1 + x2 = 1 (the
+    unconstrained minimiser along x1 = x2 = t, t = 2/3, has x1 + x2 > 1): x* = (1/2, 1/2),
+    y* = 0, F* = 1/2."""
+    return BilevelProblem(
+        upper=lambda x, y: ((x - 1) ** 2).sum() + y[0] ** 2,
+        lower=lambda x, y: (y[0] - 1) ** 2,
+        upper_ineq=lambda x, y: torch.cat([-x, x - 1]),
+        lower_ineq=lambda x, y: torch.stack([x[0] + x[1] + y[0] - 1, -y[0]]),
+    )
+
+
+def test_infeasible_start_is_repaired_by_the_feasibility_phase():
+    problem = _infeasible_start_problem()
+    x0, y0 = torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
     with pytest.raises(LowerLevelInfeasibleError, match="infeasible at x"):
-        solve_classical(problem, torch.tensor([0.5]), torch.tensor([0.0]), **FAST)
-    with pytest.raises(LowerLevelInfeasibleError):
-        certify_lower_level(problem, torch.tensor([0.5]), torch.tensor([0.0]), n_starts=3)
+        certify_lower_level(problem, x0, y0, n_starts=3)  # the start itself is infeasible
+    res = solve_classical(problem, x0, y0, **FAST)
+    assert res.converged and res.info["start"] == "feasibility phase"
+    torch.testing.assert_close(res.x, torch.tensor([0.5, 0.5]).double(), atol=1e-6, rtol=0)
+    assert abs(float(res.y[0])) <= 1e-6
+    assert abs(res.info["upper_value"] - 0.5) <= 1e-8
+    assert res.info["certified"] and res.info["upper_violation"] <= 1e-7
     assert issubclass(LowerLevelInfeasibleError, InfeasibleError)
     assert issubclass(UnboundedLowerLevelError, UnboundedError)
 
 
-def test_unbounded_lower_level():
+def test_linear_rows_prove_infeasibility():
+    """The lower level needs x >= 3 (0 <= y <= x - 3), the upper level x <= 1: the linear
+    rows alone are infeasible, which linear programming proves (no multistart guess)."""
     problem = BilevelProblem(
+        upper=lambda x, y: (x**2).sum() + (y**2).sum(),
+        lower=lambda x, y: (y**2).sum(),
+        upper_ineq=lambda x, y: torch.stack([x[0] - 1, -x[0]]),
+        lower_ineq=lambda x, y: torch.stack([y[0] - x[0] + 3, -y[0]]),
+    )
+    with pytest.raises(LowerLevelInfeasibleError, match="no x satisfying the linear") as err:
+        solve_classical(problem, torch.zeros(1), torch.zeros(1), **FAST)
+    assert "HiGHS" in err.value.evidence and "infeasible" in err.value.evidence.lower()
+
+
+def test_nonlinear_infeasibility_names_the_smallest_violation():
+    """g = x^2 + y^2 + 1 > 0 everywhere: the feasibility phase reaches the minimum violation
+    1 (at x = y = 0) and the error names it as its evidence."""
+    problem = _simple(lower_ineq=lambda x, y: (x**2 + y**2 + 1).reshape(1))
+    with pytest.raises(LowerLevelInfeasibleError, match="no x of the upper feasible set") as e:
+        solve_classical(problem, torch.tensor([0.5]), torch.tensor([0.3]), **FAST)
+    assert "smallest lower-level constraint violation" in e.value.evidence
+    assert "is 1.000e+00 >" in e.value.evidence
+
+
+def _linear_lower(**kwargs):
+    """f = (x - 2) y: decreasing in y for every x in [-1, 1]."""
+    return BilevelProblem(
         upper=lambda x, y: (x**2).sum() + (y**2).sum(),
         lower=lambda x, y: x[0] * y[0] - 2 * y[0],
         x_bounds=(-1.0, 1.0),
+        **kwargs,
     )
-    with pytest.raises(UnboundedLowerLevelError, match="unbounded"):
-        solve_classical(problem, torch.tensor([0.0]), torch.tensor([0.0]), **FAST)
+
+
+def test_unbounded_lower_level_has_a_checked_recession_direction():
+    with pytest.raises(UnboundedLowerLevelError, match="recession direction") as err:
+        solve_classical(_linear_lower(), torch.tensor([0.0]), torch.tensor([0.0]), **FAST)
+    cert = err.value
+    assert cert.direction.shape == (1,) and cert.direction[0] > 0  # y -> +inf
+    # independent check of the certificate on the model: f(x, y + t d) = (x - 2)(y + t d)
+    x, y = float(cert.x[0]), float(cert.y[0])
+    for t, value in zip(cert.steps, cert.values):
+        assert value == pytest.approx((x - 2) * (y + t * cert.direction[0]), rel=1e-12)
+    assert cert.steps[-1] >= 1e8 and cert.values[-1] < cert.values[0] - 1e8
+
+
+def test_bounds_written_as_constraints_are_not_unbounded():
+    """The same lower level with -10 <= y <= 10 as constraints: y* = 10 for every x, so
+    F = x^2 + 100 and x* = 0, F* = 100 (x stays inside its bounds)."""
+    problem = _linear_lower(lower_ineq=lambda x, y: torch.cat([y - 10, -y - 10]))
+    res = solve_classical(problem, torch.tensor([0.0]), torch.tensor([0.0]), **FAST)
+    assert res.converged and res.info["certified"]
+    assert abs(res.info["upper_value"] - 100.0) <= 1e-8
+    assert abs(float(res.y[0]) - 10.0) <= 1e-8 and abs(float(res.x[0])) <= 1e-6
+
+
+def test_time_limit_returns_the_best_certified_point(monkeypatch):
+    """A fake clock that advances one unit per reading makes the limit deterministic: the
+    first start (x0) is solved and certified at once (anytime mode), then the limit ends the
+    round long before its 400 starts are done. The point is the closed-form solution of
+    _active_bound_problem (x* = 2, y* = 1, F* = 0.25)."""
+    from bilevel.constrained import classical
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(classical, "_clock", lambda: float(next(ticks)))
+    with pytest.warns(ConvergenceWarning, match="time limit of 150 s reached"):
+        res = solve_classical(
+            _active_bound_problem(),
+            torch.tensor([-3.0]),
+            torch.tensor([0.5]),
+            time_limit=150,
+            n_starts=400,
+            n_lower_starts=6,
+            n_certify=1,
+        )
+    assert res.status == "time_limit" and "best certified point" in res.message
+    assert res.info["time_limit_reached"] and res.info["certified"]
+    assert res.info["n_starts"] < 400
+    assert abs(res.info["upper_value"] - 0.25) <= 1e-10
+    assert abs(float(res.x[0]) - 2.0) <= 1e-6
+
+
+def test_time_limit_before_any_point():
+    """A limit that passes before the first local solve: status time_limit, no point."""
+    from bilevel.constrained import classical
+
+    ticks = iter(range(10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(classical, "_clock", lambda: float(next(ticks)) * 1e6)
+        with pytest.warns(ConvergenceWarning, match="returning no feasible point"):
+            res = solve_classical(
+                _active_bound_problem(),
+                torch.tensor([-3.0]),
+                torch.tensor([0.5]),
+                time_limit=1.0,
+                **FAST,
+            )
+    assert res.status == "time_limit" and not res.info["certified"]
+    assert res.info["n_starts"] == 0
+
+
+def test_time_limit_through_bilevel_solve_is_not_silent():
+    from bilevel.constrained import classical
+
+    ticks = iter(range(10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(classical, "_clock", lambda: float(next(ticks)) * 1e6)
+        with pytest.warns(ConvergenceWarning):
+            res = bilevel.solve(
+                _active_bound_problem(),
+                torch.tensor([-3.0]),
+                torch.tensor([0.5]),
+                method=Classical(time_limit=1.0, **FAST),
+                maxiter=3,
+            )
+    assert res.status == "max_iterations" and res.info["time_limit_reached"]
 
 
 @pytest.mark.parametrize(
@@ -303,6 +430,8 @@ def test_invalid_arguments():
         Classical(n_certify=0)
     with pytest.raises(ValueError, match="enable at least one"):
         Classical(use_mpcc=False, use_value_function=False)
+    with pytest.raises(ValueError, match="time_limit must be a positive"):
+        Classical(time_limit=0)
     with pytest.raises(TypeError, match="tensor"):
         certify_lower_level(_simple(), [0.0], torch.zeros(1))
     with pytest.raises(ValueError, match="finite"):

@@ -22,8 +22,8 @@ The selection (:data:`BOLIB`, 91 problems: 23 linear, 68 nonlinear): every linea
 version 2 with a listed value, except
 
 * the 53 nonlinear examples that restate a problem of
-  :data:`~bilevel.problems.LITERATURE` (same source, same ``F`` and ``f`` at random
-  points), e.g. the Mitsos-Barton, Colson and Nie-Wang-Ye examples, and
+  :data:`~bilevel.problems.LITERATURE` (same source; the same ``F``, ``f`` and lower-level
+  constraint rows at random points), e.g. the Mitsos-Barton, Colson and Nie-Wang-Ye examples, and
 * the examples without a known value (``Dempe1992a``, ``DesignCentringP1``-``P4``,
   ``LuDebSinha2016d``-``f``, ``MershaDempe2006Ex1``, ``ShimizuEtal1997a``,
   ``Zlobec2001b``), those that BOLIB.jl does not convert (piecewise or procedural:
