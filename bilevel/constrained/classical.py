@@ -144,15 +144,10 @@ def _past_deadline() -> bool:
     return deadline is not None and _clock() >= deadline
 
 
-@contextlib.contextmanager
-def _without_deadline():
-    """Lower-level certificates run to completion: an interrupted local solve would
-    overestimate ``phi`` and could certify a point that is not lower-optimal."""
-    token = _DEADLINE.set(None)
-    try:
-        yield
-    finally:
-        _DEADLINE.reset(token)
+class _TimeUp(Exception):
+    """The deadline passed during a lower-level multistart. Its result is discarded: an
+    interrupted local solve overestimates ``phi`` and could certify a point that is not
+    lower-optimal."""
 
 
 # --------------------------------------------------------------------------------------
@@ -448,13 +443,12 @@ def _lp_box(
             res = linprog(cost, **args)
             if res.status == 2:
                 return lo, hi, f"HiGHS: {res.message}"
-            if res.status == 0:
-                value = sign * res.fun
-                pad = 1e-9 * (1 + abs(value))
+            if res.status == 0:  # no outward padding: F may be singular just outside
+                value = sign * res.fun  # (e.g. 1 / (x + 1) with x >= -1 as a row)
                 if sign > 0:
-                    lo[k] = max(lo[k], value - pad)
+                    lo[k] = max(lo[k], value)
                 else:
-                    hi[k] = min(hi[k], value + pad)
+                    hi[k] = min(hi[k], value)
     return lo, hi, ""
 
 
@@ -740,6 +734,8 @@ def _lower_multistart(
                     steps=steps,
                     values=values,
                 )
+        if _past_deadline():
+            raise _TimeUp
         if res.violation <= feas_tol:  # a diverging run without a certificate still
             found.append((res.objective, res.z))  # bounds phi from above
     if not found:
@@ -1185,9 +1181,10 @@ class Classical(Method):
         every lower-feasible point found) when no start qualifies."""
         y_starts = [y, *prog.sample_y(rng, self.n_lower_starts, y, self.sample_radius)]
         try:
-            with _without_deadline():
-                _lower_multistart(prog, x, y_starts, feas_tol=self.feas_tol, tol=self.gap_tol)
+            _lower_multistart(prog, x, y_starts, feas_tol=self.feas_tol, tol=self.gap_tol)
             return x, y, "start"
+        except _TimeUp:
+            return x, y, "time_limit"
         except LowerLevelInfeasibleError:
             at_start: UnboundedLowerLevelError | None = None
         except UnboundedLowerLevelError as err:
@@ -1214,14 +1211,15 @@ class Classical(Method):
                 continue
             x2, y2 = phase2.z[: prog.n], phase2.z[prog.n :]
             try:
-                with _without_deadline():
-                    _lower_multistart(
-                        prog,
-                        x2,
-                        [y2, *prog.sample_y(rng, self.n_lower_starts, y2, self.sample_radius)],
-                        feas_tol=self.feas_tol,
-                        tol=self.gap_tol,
-                    )
+                _lower_multistart(
+                    prog,
+                    x2,
+                    [y2, *prog.sample_y(rng, self.n_lower_starts, y2, self.sample_radius)],
+                    feas_tol=self.feas_tol,
+                    tol=self.gap_tol,
+                )
+            except _TimeUp:
+                return x, y, "time_limit"
             except UnboundedLowerLevelError:
                 unbounded += 1
                 continue
@@ -1261,35 +1259,35 @@ class Classical(Method):
     # ----------------------------------------------------------------------------------
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         extra = state.extra
-        if extra.get("timed_out"):  # the time limit has ended the run: nothing left to do
-            state.hypergrad = torch.tensor([_NOT_CONVERGED], dtype=_DTYPE)
-            return state
-        t0 = _clock()
-        deadline = None
-        if self.time_limit is not None:
-            deadline = t0 + max(self.time_limit - extra.get("time_used", 0.0), 0.0)
-        token = _DEADLINE.set(deadline)
-        try:
-            state, cut_short = self._round(problem, state, iteration)
-        finally:
-            _DEADLINE.reset(token)
-            extra["time_used"] = extra.get("time_used", 0.0) + _clock() - t0
-        if cut_short:
-            extra["timed_out"] = True
-            best = extra["best"]
-            found = (
-                "no feasible point"
-                if best is None
-                else f"the best point so far, F = {best.F:.6g} "
-                f"({'certified' if self._certified(best) else 'NOT certified'}, "
-                f"lower gap {best.gap:.1e})"
-            )
-            warnings.warn(
-                f"classical: time limit of {self.time_limit:g} s reached in round {iteration}; "
-                f"returning {found}",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
+        if not extra.get("timed_out"):
+            t0 = _clock()
+            deadline = None
+            if self.time_limit is not None:
+                deadline = t0 + max(self.time_limit - extra.get("time_used", 0.0), 0.0)
+            token = _DEADLINE.set(deadline)
+            try:
+                state, cut_short = self._round(problem, state, iteration)
+            finally:
+                _DEADLINE.reset(token)
+                extra["time_used"] = extra.get("time_used", 0.0) + _clock() - t0
+            extra["timed_out"] = cut_short
+        if extra["timed_out"]:  # nothing is left to do; say so once
+            if not extra.get("warned"):
+                extra["warned"] = True
+                best = extra["best"]
+                found = (
+                    "no feasible point"
+                    if best is None
+                    else f"the best point so far, F = {best.F:.6g} "
+                    f"({'certified' if self._certified(best) else 'NOT certified'}, "
+                    f"lower gap {best.gap:.1e})"
+                )
+                warnings.warn(
+                    f"classical: time limit of {self.time_limit:g} s reached in round "
+                    f"{iteration}; returning {found}",
+                    ConvergenceWarning,
+                    stacklevel=2,
+                )
             state.hypergrad = torch.tensor([_NOT_CONVERGED], dtype=_DTYPE)
         return state
 
@@ -1367,19 +1365,20 @@ class Classical(Method):
                 # its certificate (so the run cannot be declared converged) and adds a cut
                 fresh = np.random.default_rng([self.seed, iteration, 1])
                 try:
-                    with _without_deadline():
-                        cert = _certify(
-                            prog,
-                            best.x,
-                            best.y,
-                            fresh,
-                            self.n_lower_starts,
-                            self.gap_tol,
-                            self.feas_tol,
-                            self.sample_radius,
-                        )
+                    cert = _certify(
+                        prog,
+                        best.x,
+                        best.y,
+                        fresh,
+                        self.n_lower_starts,
+                        self.gap_tol,
+                        self.feas_tol,
+                        self.sample_radius,
+                    )
                 except (LowerLevelInfeasibleError, UnboundedLowerLevelError):
                     cert = None  # cannot happen for a lower-feasible y with a finite phi
+                except _TimeUp:  # the incumbent keeps the certificate it was accepted with
+                    cert, cut_short = None, True
                 if cert is not None and cert.phi < best.phi:
                     best = dataclasses.replace(best, phi=cert.phi, gap=max(best.f - cert.phi, 0.0))
                     if best.gap > self.gap_tol and not prog.lower_depends_on_x:
@@ -1454,9 +1453,12 @@ class Classical(Method):
     def _check(self, prog, x, y, rng) -> tuple[_Candidate | None, np.ndarray | None]:
         """Certificate at ``x`` and optimistic ``y``; returns the candidate (or None when the
         lower level is infeasible or unbounded at ``x``, which is then not bilevel-feasible)
-        and a cut point when ``y`` was not optimal. Runs to completion past a deadline."""
-        with _without_deadline():
+        and a cut point when ``y`` was not optimal; ``(None, None)`` when the deadline
+        interrupts the certificate."""
+        try:
             return self._check_now(prog, x, y, rng)
+        except _TimeUp:
+            return None, None
 
     def _check_now(self, prog, x, y, rng) -> tuple[_Candidate | None, np.ndarray | None]:
         try:
@@ -1563,8 +1565,8 @@ def solve_classical(
     certified point found so far with ``status="time_limit"``, a
     :class:`~bilevel.errors.ConvergenceWarning` and ``info["time_limit_reached"] = True``
     (``info["certified"]`` says whether a certified point was found; lower-level
-    certificates that have started run to completion, so the limit may be exceeded by one
-    of them). Through :func:`bilevel.solve` the same run ends with the driver's status
+    a lower-level certificate that the limit interrupts is discarded, never trusted, and a
+    local solve stops at its first iteration past the limit). Through :func:`bilevel.solve` the same run ends with the driver's status
     (``"max_iterations"``, with the same warning), since the driver has no time-limit status.
     ``progress=True`` shows tqdm bars over the rounds and over the starts of each round.
     """

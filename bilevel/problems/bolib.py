@@ -536,6 +536,14 @@ def _problems() -> list[LiteratureProblem]:
                 1.0,
             ),
             source=_SRC.format("linear", "HuHuangZhang2009", "optimal"),
+            F_verified=-8.777777777777779,
+            note=(
+                "The lower level max y1 over y1 + y2 <= 25/9 - x, y2 <= 2 - x, y1 + y2 <= "
+                "8/9, y >= 0 gives y2 = 0, y1 = min(25/9 - x, 8/9), feasible for 0 <= x <= "
+                "2; F = -4x - y1 is -4x - 8/9 up to x = 17/9 (the listed -76/9) and -3x - "
+                "25/9 beyond, so the optimum is -79/9 at x = 2, y = (7/9, 0) (found by the "
+                "solver; tests/test_bolib.py checks it on a grid)."
+            ),
         )
     )
     add(
@@ -1438,6 +1446,15 @@ def _problems() -> list[LiteratureProblem]:
                 1.0,
             ),
             source=_SRC.format("nonlinear", "DempeDutta2012Ex31", "optimal"),
+            F_verified=-2.0,
+            note=(
+                "The lower feasible set is the intersection of the unit disks centred at "
+                "(x1, x1 + 1) and (-x2, x2 + 1); at x = (1, 1) they touch in the single "
+                "point y = (0, 2), which is therefore lower-optimal and satisfies y1 y2 = "
+                "0: F = -2 < -1 (found by the solver; along x1 = x2 = t the lower solution "
+                "is (0, t + 1 - sqrt(1 - t^2)), and a grid over x in [0, 1.42]^2 with a "
+                "convex lower solve per point finds nothing below -2)."
+            ),
         )
     )
     add(
@@ -1605,6 +1622,16 @@ def _problems() -> list[LiteratureProblem]:
                 1.0,
             ),
             source=_SRC.format("nonlinear", "DempeLohse2011Ex31a", "optimal"),
+            F_verified=-5.75,
+            note=(
+                "The lower level minimises x1 y1 + x2 y2 over the triangle (0, 0), (2, 0), "
+                "(1, 1) (rows y1 + y2 <= 2, y2 <= y1, y >= 0). At x = (0, 1/2) its solutions "
+                "are [0, 2] x {0}, and the optimistic choice y = (2, 0) gives F = 1/4 - 6 = "
+                "-5.75, below the listed -5.5 at (0, 0, 1, 1): the vertex (2, 0) is "
+                "lower-optimal iff x1 <= 0 and x1 <= x2, and the nearest such x to (1/2, 1/2) "
+                "in F = |x - 1/2|^2 - 3 (y1 + y2) is (0, 1/2); the vertex (1, 1) gives -5.5 "
+                "(found by the solver)."
+            ),
         )
     )
     add(
