@@ -8,11 +8,34 @@ Problem (optimistic formulation)::
                 y in S(x) = argmin_theta { f(x, theta) : g(x, theta) <= 0, h(x, theta) = 0,
                                            theta in Y = [y_lo, y_hi] }
 
+Set-up (once, in ``init``):
+
+* **Linear rows.** Rows of ``G, H, g, h`` that are affine in ``(x, y)`` (checked
+  numerically) form polyhedra; linear programs (HiGHS) give the box of ``(x, y)`` over the
+  high-point relaxation and the box of the lower-level ``y`` at every ``x`` that satisfies
+  the upper constraints on ``x`` alone. These boxes are the variable bounds of every NLP
+  below (so bounds written as constraints are respected in every phase and ``x`` cannot
+  drift away), and an empty polyhedron proves that no feasible point exists
+  (:class:`LowerLevelInfeasibleError` naming the LP).
+* **Feasibility phase.** If the lower level is infeasible at ``x0`` (or certified
+  unbounded), the start is repaired: from ``x0`` and ``n_starts`` sampled points, (1) ``min t``
+  s.t. ``g <= t``, ``|h| <= t`` over ``(x, y)`` in the boxes, (2) the Euclidean projection of
+  the result onto ``{G <= 0, H = 0, g <= 0, h = 0}``, (3) the first projected point with a
+  bounded lower level becomes the start. Only if none is found is an error raised, with the
+  smallest violations reached as its evidence.
+* **Unboundedness** is reported only with a certificate: a recession direction ``d`` (the
+  direction of a diverging lower-level solve, or the LP ``min grad_y f . d`` over the
+  recession cone of the linear lower rows) along which ``y + t d`` stays lower-feasible and
+  ``f`` falls at least linearly, checked on the model up to ``t = 1e8`` times the scale of
+  ``y`` (:class:`UnboundedLowerLevelError` carries it). An ``x`` whose lower level is
+  unbounded is not bilevel-feasible and is skipped.
+
 Method (one outer iteration of :class:`Classical` is one *round*):
 
-1. **Starts.** ``n_starts`` points ``(x, y)`` drawn uniformly in ``X x Y`` (a box of
-   half-width ``sample_radius`` around ``(x0, y0)`` along infinite bounds); the first round
-   also starts from ``(x0, y0)`` and later rounds from the incumbent and perturbations of it.
+1. **Starts.** ``n_starts`` points ``(x, y)`` drawn uniformly in the boxes (of half-width
+   ``sample_radius`` around ``(x0, y0)`` along infinite sides) and projected onto the
+   polyhedron of the linear rows; the first round also starts from ``(x0, y0)`` and later
+   rounds from the incumbent and perturbations of it.
 2. **KKT/MPCC path.** The lower level is replaced by its KKT conditions, with the bounds of
    ``Y`` written as inequalities ``g_full = (g, y_lo - y, y - y_hi)`` (finite entries only)::
 
@@ -42,7 +65,10 @@ Method (one outer iteration of :class:`Classical` is one *round*):
    certificate (and prevent convergence). The gap ``f(x, y) - phi(x) >= 0`` of the
    returned point is reported; a multistart check is a certificate up to the coverage of its starts, not a
    proof of global optimality (which would need a deterministic global solver).
-5. **Stopping.** The residual stored in ``state.hypergrad`` (and reported as
+5. **Anytime.** While no certified incumbent exists, the best candidate of each start is
+   certified at once. With ``time_limit``, a deadline is checked between local solves and
+   inside SLSQP (a callback); a lower-level certificate that it interrupts is discarded.
+6. **Stopping.** The residual stored in ``state.hypergrad`` (and reported as
    ``hypergrad_norm`` in the history) is ``|F_best(k) - F_best(k-1)| / (1 + |F_best(k)|)``
    when the incumbent is feasible and certified (gap <= ``gap_tol``), and ``1e100`` (a
    finite stand-in for infinity) while there is no certified incumbent from this and the
@@ -1091,6 +1117,14 @@ class Classical(Method):
         Seed of the starting points (round ``k`` draws from ``default_rng([seed, k])``).
     use_mpcc, use_value_function:
         Enable the two reformulations.
+    time_limit:
+        Wall-clock budget in seconds for the whole run (set-up included), or None. When it
+        ends a round, the run returns the best certified point found so far and warns
+        (:class:`~bilevel.errors.ConvergenceWarning`); :func:`solve_classical` then reports
+        ``status="time_limit"``.
+    start_progress:
+        Show a tqdm bar over the starts of each round (best ``F`` so far);
+        ``solve_classical(progress=True)`` turns it on with the driver's bar over rounds.
 
     Notes
     -----
@@ -1106,7 +1140,9 @@ class Classical(Method):
     :attr:`BilevelResult.info` holds ``upper_value``, ``lower_value``,
     ``lower_value_function`` (phi), ``lower_gap``, ``certified``, ``upper_violation``,
     ``lower_violation``, ``n_starts`` (upper-level starts run), ``n_lower_starts``,
-    ``n_rounds``, ``value_cuts`` (number of cuts) and ``lower_constraints_depend_on_x``.
+    ``n_rounds``, ``value_cuts`` (number of cuts), ``lower_constraints_depend_on_x``,
+    ``start`` (``"start"``, or ``"feasibility phase"`` when the start was repaired) and
+    ``time_limit_reached``.
     """
 
     n_starts: int = 6
