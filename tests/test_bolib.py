@@ -154,7 +154,7 @@ def test_verified_values():
     for x in np.linspace(0, 2, 181):
         xt = torch.tensor([x], dtype=torch.float64)
         y0 = torch.zeros(2, dtype=torch.float64)
-        A = torch.func.jacrev(lambda y: p.lower_ineq(xt, y))(y0).numpy()
+        A = torch.func.jacrev(lambda y, xt=xt: p.lower_ineq(xt, y))(y0).numpy()
         res = linprog([-3.0, 0.0], A_ub=A, b_ub=-p.lower_ineq(xt, y0).numpy())
         assert res.status == 0  # the lower level is bounded and feasible on [0, 2]
         values.append(float(p.upper(xt, torch.tensor(res.x))))

@@ -6,6 +6,8 @@ certificate, and the best known values of published problems (bilevel.problems.l
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -483,3 +485,25 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed.converged and resumed.n_iter == straight.n_iter
     assert torch.equal(resumed.x, straight.x) and torch.equal(resumed.y, straight.y)
     assert resumed.info == straight.info
+
+
+def test_failed_local_solves_certify_nothing(monkeypatch):
+    """A multistart whose local solves all fail (SLSQP's status 4, "inequality constraints
+    incompatible", seen at degenerate x) returns its starting points; the candidate's own
+    value is then the best value found, but that is no certificate."""
+    from bilevel.constrained import classical
+
+    problem = _double_well(None)
+    x, y = torch.tensor([0.3]), torch.tensor([1.0])
+    y_best = certify_lower_level(problem, x, y, n_starts=5).y_best
+    good = certify_lower_level(problem, x, y_best, n_starts=5)
+    assert good.certified and good.n_converged >= 1
+    real = classical._solve_nlp
+
+    def failing(fn, z0, lo, hi, **kwargs):
+        res = real(fn, z0, lo, hi, maxiter=0)  # evaluates the start, takes no step
+        return dataclasses.replace(res, z=np.clip(z0, lo, hi), status=4)
+
+    monkeypatch.setattr(classical, "_solve_nlp", failing)
+    cert = certify_lower_level(problem, x, y_best, n_starts=5)
+    assert cert.n_converged == 0 and not cert.certified and cert.gap <= 1e-12

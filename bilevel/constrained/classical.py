@@ -709,7 +709,11 @@ class LowerLevelCertificate:
     n_starts:
         Number of local lower-level solves run.
     certified:
-        ``gap <= tol`` and ``violation <= feas_tol``.
+        ``gap <= tol``, ``violation <= feas_tol`` and at least one local solve converged
+        (SLSQP success at a feasible point): a multistart whose solves all fail is no
+        certificate, whatever the gap to its starting points.
+    n_converged:
+        Number of local solves that converged at a feasible point.
     """
 
     value: float
@@ -720,6 +724,7 @@ class LowerLevelCertificate:
     violation: float
     n_starts: int
     certified: bool
+    n_converged: int = 0
 
 
 def _lower_multistart(
@@ -729,15 +734,17 @@ def _lower_multistart(
     *,
     feas_tol: float,
     tol: float,
-) -> tuple[float, list[np.ndarray]]:
-    """Solve ``min_y f(x, y)`` s.t. ``g, h, Y`` from every start; return ``phi`` and the
-    near-optimal solutions; raise if the lower level is infeasible or unbounded."""
+) -> tuple[float, list[np.ndarray], int]:
+    """Solve ``min_y f(x, y)`` s.t. ``g, h, Y`` from every start; return ``phi``, the
+    near-optimal solutions and the number of solves that SLSQP reports converged at a
+    feasible point; raise if the lower level is infeasible or unbounded."""
     xt = torch.as_tensor(x, dtype=_DTYPE)
 
     def fn(y):
         return prog.f(xt, y), prog.h(xt, y), prog.g(xt, y)
 
     found: list[tuple[float, np.ndarray]] = []
+    converged = 0
     for y0 in starts:
         res = _solve_nlp(fn, y0, prog.ly_lo, prog.ly_hi, maxiter=300)
         norm = float(np.max(np.abs(res.z), initial=0.0))
@@ -764,6 +771,7 @@ def _lower_multistart(
             raise _TimeUp
         if res.violation <= feas_tol:  # a diverging run without a certificate still
             found.append((res.objective, res.z))  # bounds phi from above
+            converged += res.status == 0
     if not found:
         raise LowerLevelInfeasibleError(
             f"the lower level is infeasible at x = {_short(x)}: none of {len(starts)} "
@@ -776,7 +784,7 @@ def _lower_multistart(
         scale = 1e-6 * (1 + np.max(np.abs(z), initial=0.0))
         if v <= phi + tol and not any(np.max(np.abs(z - w)) <= scale for w in near):
             near.append(z)
-    return phi, near
+    return phi, near, converged
 
 
 def _short(v: np.ndarray, k: int = 6) -> str:
@@ -887,7 +895,7 @@ def certify_lower_level(
 
 def _certify(prog, x, y, rng, n_starts, tol, feas_tol, radius) -> LowerLevelCertificate:
     starts = [np.clip(y, prog.ly_lo, prog.ly_hi)] + list(prog.sample_y(rng, n_starts, y, radius))
-    phi, near = _lower_multistart(prog, x, starts, feas_tol=feas_tol, tol=tol)
+    phi, near, converged = _lower_multistart(prog, x, starts, feas_tol=feas_tol, tol=tol)
     _, value = prog.values(x, y)
     violation = prog.lower_violation(x, y)
     if violation <= feas_tol:
@@ -902,7 +910,8 @@ def _certify(prog, x, y, rng, n_starts, tol, feas_tol, radius) -> LowerLevelCert
         solutions=[torch.as_tensor(z) for z in near],
         violation=violation,
         n_starts=len(starts),
-        certified=bool(gap <= tol and violation <= feas_tol),
+        certified=bool(gap <= tol and violation <= feas_tol and converged > 0),
+        n_converged=converged,
     )
 
 
@@ -1415,7 +1424,7 @@ class Classical(Method):
                     cert = None  # cannot happen for a lower-feasible y with a finite phi
                 except _TimeUp:  # the incumbent keeps the certificate it was accepted with
                     cert, cut_short = None, True
-                if cert is not None and cert.phi < best.phi:
+                if cert is not None and cert.n_converged and cert.phi < best.phi:
                     best = dataclasses.replace(best, phi=cert.phi, gap=max(best.f - cert.phi, 0.0))
                     if best.gap > self.gap_tol and not prog.lower_depends_on_x:
                         extra["cuts"] = np.vstack([extra["cuts"], cert.y_best.numpy()[None]])
@@ -1510,6 +1519,8 @@ class Classical(Method):
             )
         except (LowerLevelInfeasibleError, UnboundedLowerLevelError):
             return None, None
+        if cert.n_converged == 0:  # every local solve failed: no certificate at this x
+            return None, None
         cut = cert.y_best.numpy() if cert.gap > self.gap_tol else None
         xt = torch.as_tensor(x, dtype=_DTYPE)
         phi = cert.phi
@@ -1518,12 +1529,19 @@ class Classical(Method):
             ineq = [prog.G(xt, yt), prog.g(xt, yt), (prog.f(xt, yt) - phi).reshape(1)]
             return prog.F(xt, yt), torch.cat([prog.H(xt, yt), prog.h(xt, yt)]), torch.cat(ineq)
 
-        starts = [s.numpy() for s in cert.solutions]
-        if cert.certified:
-            starts.insert(0, y)
+        # starts: y itself (when lower-optimal) and the lower solutions, best F first, at
+        # most 3 that are distinct at 1e-3 (the solution set of a convex lower level is
+        # convex, one start per component suffices; repeated starts cost SLSQP runs on a
+        # nearly degenerate feasible set)
+        found = sorted((s.numpy() for s in cert.solutions), key=lambda v: prog.values(x, v)[0])
+        starts: list[np.ndarray] = []
+        for y0 in ([y] if cert.certified else []) + found:
+            scale = 1e-3 * (1 + np.max(np.abs(y0), initial=0.0))
+            if len(starts) < 3 and not any(np.max(np.abs(y0 - v)) <= scale for v in starts):
+                starts.append(y0)
         best: _Candidate | None = None
         for y0 in starts:
-            res = _solve_nlp(optimistic, y0, prog.ly_lo, prog.ly_hi)
+            res = _solve_nlp(optimistic, y0, prog.ly_lo, prog.ly_hi, maxiter=100)
             cand = self._evaluate(prog, x, res.z, phi)
             if self._rank(cand)[0] == 1:  # polishing failed: keep the lower solution itself
                 cand = self._evaluate(prog, x, y0, phi)
