@@ -1542,11 +1542,11 @@ class Classical(Method):
         best: _Candidate | None = None
         for y0 in starts:
             res = _solve_nlp(optimistic, y0, prog.ly_lo, prog.ly_hi, maxiter=100)
-            cand = self._evaluate(prog, x, res.z, phi)
-            if self._rank(cand)[0] == 1:  # polishing failed: keep the lower solution itself
-                cand = self._evaluate(prog, x, y0, phi)
-            if best is None or self._rank(cand) < self._rank(best):
-                best = cand
+            # polishing may fail or end worse (f <= phi cut off a start that is optimal
+            # only to within gap_tol): the lower solution itself competes
+            for cand in (self._evaluate(prog, x, res.z, phi), self._evaluate(prog, x, y0, phi)):
+                if best is None or self._rank(cand) < self._rank(best):
+                    best = cand
         return best, cut
 
     def _rank(self, cand: _Candidate) -> tuple[int, float]:
