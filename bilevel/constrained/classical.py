@@ -36,7 +36,10 @@ Method (one outer iteration of :class:`Classical` is one *round*):
    ``sample_radius`` around ``(x0, y0)`` along infinite sides) and projected onto the
    polyhedron of the linear rows; the first round also starts from ``(x0, y0)`` and later
    rounds from the incumbent and perturbations of it.
-2. **KKT/MPCC path.** The lower level is replaced by its KKT conditions, with the bounds of
+2. **KKT/MPCC path** (skipped when the lower level is an LP whose constraints do not
+   depend on ``x``: there the value-function path below, with cuts at vertices from exact
+   LP solves, is exact once no cut is violated). The lower level is replaced by its KKT
+   conditions, with the bounds of
    ``Y`` written as inequalities ``g_full = (g, y_lo - y, y - y_hi)`` (finite entries only)::
 
        grad_y f + J_y g_full^T lam + J_y h^T mu = 0,   lam >= 0,   g_full <= 0,  h = 0,
@@ -237,6 +240,7 @@ class _Program:
             self.lower_depends_on_x = self._lower_constraints_depend_on_x(xf, yf)
             analysis = _analyse(self, xf, yf)
             analysis.lower_depends_on_x = self.lower_depends_on_x
+            analysis.lower_affine_in_y = self._lower_affine_in_y(xf, yf)
         self.lower_depends_on_x = analysis.lower_depends_on_x
         self.analysis = analysis
         box = self.analysis
@@ -309,6 +313,21 @@ class _Program:
             if bool((jac.abs() > 1e-13).any()):
                 return True
         return False
+
+    def _lower_affine_in_y(self, x0: torch.Tensor, y0: torch.Tensor) -> bool:
+        """Whether ``f``, ``g`` and ``h`` are affine in ``y`` at ``x0`` and two sampled
+        ``x`` (the lower level is then an LP at every ``x``, up to this numerical test)."""
+        rng = np.random.default_rng(4321)
+        xs = [x0.numpy(), *self.sample_x(rng, 2, x0.numpy())]
+        for x in xs:
+            xt = torch.as_tensor(x, dtype=_DTYPE)
+
+            def fn(y, xt=xt):
+                return torch.cat([self.f(xt, y).reshape(1), self.g(xt, y), self.h(xt, y)])
+
+            if not _affine_rows(fn, y0.numpy(), rng)[0].all():
+                return False
+        return True
 
     # sampling -------------------------------------------------------------------------
     @staticmethod
@@ -417,6 +436,7 @@ class _LinearAnalysis:
     infeasible: str = ""
     n_affine: int = 0
     lower_depends_on_x: bool = False
+    lower_affine_in_y: bool = False
 
 
 def _affine_rows(
@@ -737,8 +757,13 @@ def _lower_multistart(
 ) -> tuple[float, list[np.ndarray], int]:
     """Solve ``min_y f(x, y)`` s.t. ``g, h, Y`` from every start; return ``phi``, the
     near-optimal solutions and the number of solves that SLSQP reports converged at a
-    feasible point; raise if the lower level is infeasible or unbounded."""
+    feasible point; raise if the lower level is infeasible or unbounded. A lower level that
+    is a linear program at this ``x`` is solved exactly by HiGHS instead (see
+    :func:`_lower_lp`)."""
     xt = torch.as_tensor(x, dtype=_DTYPE)
+    exact = _lower_lp(prog, x, starts[0] if len(starts) else np.zeros(prog.m))
+    if exact is not None:
+        return exact
 
     def fn(y):
         return prog.f(xt, y), prog.h(xt, y), prog.g(xt, y)
@@ -785,6 +810,58 @@ def _lower_multistart(
         if v <= phi + tol and not any(np.max(np.abs(z - w)) <= scale for w in near):
             near.append(z)
     return phi, near, converged
+
+
+def _lower_lp(
+    prog: _Program, x: np.ndarray, y0: np.ndarray
+) -> tuple[float, list[np.ndarray], int] | None:
+    """``(phi, [y*], 1)`` when the lower level at ``x`` is a linear program (``f``, ``g``,
+    ``h`` affine in ``y``, checked numerically at three points as in :func:`_affine_rows`),
+    solved exactly by HiGHS: SLSQP multistart is unreliable there (badly scaled costs, e.g.
+    tolls of 1e7, end in false "success" at a vertex that is not optimal). ``None`` when
+    the lower level is not an LP or the LP is unbounded (left to the multistart, which
+    reports unboundedness only with a certificate). Raises
+    :class:`LowerLevelInfeasibleError` when HiGHS proves the lower level infeasible."""
+    from scipy.optimize import linprog
+
+    if not prog.analysis.lower_affine_in_y:
+        return None
+    xt = torch.as_tensor(x, dtype=_DTYPE)
+    n_g = prog.sizes["lower_ineq"]
+
+    def fn(y):
+        return torch.cat([prog.f(xt, y).reshape(1), prog.g(xt, y), prog.h(xt, y)])
+
+    y0 = np.where(np.isfinite(y0), y0, 0.0)
+    mask, A, c = _affine_rows(fn, y0, np.random.default_rng(7))
+    if not mask.all():
+        return None
+    cost, f0 = A[0], c[0]
+    A_in, b_in, A_eq, b_eq = A[1 : 1 + n_g], -c[1 : 1 + n_g], A[1 + n_g :], -c[1 + n_g :]
+    bounds = list(
+        zip(
+            np.where(np.isfinite(prog.y_lo), prog.y_lo, None),
+            np.where(np.isfinite(prog.y_hi), prog.y_hi, None),
+        )
+    )
+    res = linprog(
+        cost,
+        A_ub=A_in if n_g else None,
+        b_ub=b_in if n_g else None,
+        A_eq=A_eq if A_eq.shape[0] else None,
+        b_eq=b_eq if A_eq.shape[0] else None,
+        bounds=bounds,
+        method="highs",
+    )
+    if res.status == 2:
+        raise LowerLevelInfeasibleError(
+            f"the lower level is infeasible at x = {_short(x)} (a linear program: {res.message})",
+            evidence=f"HiGHS: {res.message}",
+        )
+    if res.status != 0:
+        return None
+    y = np.asarray(res.x, dtype=np.float64)
+    return float(prog.values(x, y)[1]), [y], 1
 
 
 def _short(v: np.ndarray, k: int = 6) -> str:
@@ -1464,7 +1541,15 @@ class Classical(Method):
     def _local_solves(self, prog, x0, y0, cuts) -> list[tuple[float, np.ndarray, np.ndarray, str]]:
         out = []
         cuts_t = torch.as_tensor(cuts, dtype=_DTYPE)
-        if self.use_mpcc:
+        # an LP lower level with x-independent constraints: the value-function path with
+        # vertex cuts from exact LP solves is exact once no cut is violated (finitely many
+        # vertices), and the KKT/MPCC path, degenerate for LPs, only costs time
+        exact_cuts = (
+            self.use_value_function
+            and prog.analysis.lower_affine_in_y
+            and not prog.lower_depends_on_x
+        )
+        if self.use_mpcc and not exact_cuts:
             res = _mpcc_solve(prog, x0, y0, cuts_t, self.feas_tol)
             if res.violation <= 1e-4:
                 z = res.z
