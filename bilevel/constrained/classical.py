@@ -836,7 +836,7 @@ def _lower_lp(
     mask, A, c = _affine_rows(fn, y0, np.random.default_rng(7))
     if not mask.all():
         return None
-    cost, f0 = A[0], c[0]
+    cost = A[0]
     A_in, b_in, A_eq, b_eq = A[1 : 1 + n_g], -c[1 : 1 + n_g], A[1 + n_g :], -c[1 + n_g :]
     bounds = list(
         zip(
