@@ -507,3 +507,38 @@ def test_failed_local_solves_certify_nothing(monkeypatch):
     monkeypatch.setattr(classical, "_solve_nlp", failing)
     cert = certify_lower_level(problem, x, y_best, n_starts=5)
     assert cert.n_converged == 0 and not cert.certified and cert.gap <= 1e-12
+
+
+def _toll_problem():
+    """Toll setting on two parallel arcs: arc 1 costs 1 + x (x >= 0, the toll), arc 2
+    costs 3; one unit of flow y = (y1, y2) takes the cheaper arc (the lower level is an LP,
+    its constraints written as rows, the equality as two inequalities). The leader's
+    revenue x y1 is largest at x = 2, where the arcs tie and the optimistic follower takes
+    arc 1: F* = -2."""
+    return BilevelProblem(
+        upper=lambda x, y: -x[0] * y[0],
+        lower=lambda x, y: (1 + x[0]) * y[0] + 3 * y[1],
+        upper_ineq=lambda x, y: -x,
+        lower_ineq=lambda x, y: torch.stack([y[0] + y[1] - 1, 1 - y[0] - y[1], -y[0], -y[1]]),
+    )
+
+
+def test_lp_lower_level_is_certified_exactly():
+    """At a huge toll (1e7) the follower takes arc 2 (phi = 3); the exact LP certificate
+    sees the gap of arc 1 (1 + 1e7 - 3), and certifies arc 2."""
+    problem = _toll_problem()
+    x = torch.tensor([1e7], dtype=torch.float64)
+    bad = certify_lower_level(problem, x, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert not bad.certified and bad.phi == pytest.approx(3.0, abs=1e-9)
+    assert bad.gap == pytest.approx(1e7 - 2, rel=1e-12)
+    good = certify_lower_level(problem, x, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert good.certified and abs(good.gap) <= 1e-9
+
+
+def test_toll_setting_closed_form():
+    res = solve_classical(
+        _toll_problem(), torch.zeros(1, dtype=torch.float64), torch.ones(2).double() / 2, **FAST
+    )
+    assert res.converged and res.info["certified"]
+    assert abs(res.info["upper_value"] + 2.0) <= 1e-6 and abs(float(res.x[0]) - 2.0) <= 1e-6
+    assert res.info["value_cuts"] >= 1  # the vertex cut of arc 2 bounds the toll
