@@ -533,35 +533,33 @@ def _analyse(prog: _Program, x0: np.ndarray, y0: np.ndarray) -> _LinearAnalysis:
     lo = np.concatenate([prog.x_lo, prog.y_lo])
     hi = np.concatenate([prog.x_hi, prog.y_hi])
     n_affine = joint.A_in.shape[0] + joint.A_eq.shape[0]
+
+    def result(z_lo, z_hi, y_lo, y_hi, why=""):
+        return _LinearAnalysis(joint, lower, z_lo, z_hi, y_lo, y_hi, why, n_affine)
+
     if n_affine == 0:
-        return _LinearAnalysis(joint, lower, lo, hi, prog.y_lo, prog.y_hi, "", 0)
+        return result(lo, hi, prog.y_lo, prog.y_hi)
     low_lo, low_hi, why = _lp_box(lower, lo, hi, np.arange(n, n + m))
     if why:
-        return _LinearAnalysis(
-            joint,
-            lower,
+        return result(
             lo,
             hi,
             prog.y_lo,
             prog.y_hi,
             "no x satisfying the linear upper-level constraints on x alone admits a y "
             f"satisfying the linear lower-level constraints ({why})",
-            n_affine,
         )
     z_lo, z_hi, why = _lp_box(joint, lo, hi, np.arange(n + m))
     if why:
-        return _LinearAnalysis(
-            joint,
-            lower,
+        return result(
             lo,
             hi,
             low_lo[n:],
             low_hi[n:],
             "no (x, y) satisfies the linear upper- and lower-level constraints together "
             f"({why}), so the high-point relaxation is empty",
-            n_affine,
         )
-    return _LinearAnalysis(joint, lower, z_lo, z_hi, low_lo[n:], low_hi[n:], "", n_affine)
+    return result(z_lo, z_hi, low_lo[n:], low_hi[n:])
 
 
 # --------------------------------------------------------------------------------------
