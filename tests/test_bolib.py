@@ -181,7 +181,7 @@ def test_verified_values():
 
 
 # best known values improved by the solver; the entries list the point (x_star, y_star)
-IMPROVED = ["Outrata1990Ex1e", "Outrata1990Ex2d", "WanWangLv2011"]
+IMPROVED = ["Outrata1990Ex1e", "Outrata1990Ex2d", "WanWangLv2011", "TollSettingP3"]
 
 
 @pytest.mark.parametrize("name", IMPROVED)

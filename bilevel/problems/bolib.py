@@ -3825,6 +3825,35 @@ def _problems() -> list[LiteratureProblem]:
                 10.0,
             ),
             source=_SRC.format("nonlinear", "TollSettingP3", "best known"),
+            x_star=(7.880839, 11.491303, 4.5),
+            y_star=(
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+                0.0,
+                1.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+                0.0,
+                0.0,
+                1.0,
+                0.0,
+                0.0,
+                1.0,
+            ),
+            F_verified=-4.5,
+            note=(
+                "Improves the listed best known value -3.5: at the tolls x = (7.880839, "
+                "11.491303, 4.5) (x_star; found by the solver) the follower's LP has the "
+                "optimal value 32, attained by the flow y_star that uses the arc tolled by "
+                "x3 (an optimistic tie), so the revenue is 4.5 (checked with an "
+                "interior-point LP solve in tests/test_bolib.py)."
+            ),
         )
     )
     add(
