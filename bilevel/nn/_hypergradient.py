@@ -57,7 +57,7 @@ from bilevel.nn._functional import (
     check_finite_value,
     validate,
 )
-from bilevel.nn.optim import SGD, FunctionalOptimizer, from_torch
+from bilevel.nn.optim import SGD, FunctionalOptimizer, _positive, from_torch
 
 METHODS = ("cg", "neumann", "fd", "unrolled", "penalty", "value_function")
 
@@ -249,8 +249,8 @@ def _implicit(
         if alpha is None:
             lam_max = _largest_eigenvalue(stationarity, theta, lam, group, power_iterations)
             alpha = 1.0 / max(lam_max + ridge, 1e-12)
-        elif not (alpha > 0 and math.isfinite(alpha)):
-            raise ValueError(f"hypergradient: alpha must be positive and finite, got {alpha}")
+        else:
+            _positive("hypergradient: alpha", alpha)
         solve = functools.partial(neumann, alpha=alpha, maxiter=steps + 1, tol=0.0, ridge=ridge, warn=False)
     record: list[LinearSolveInfo] = []
     (minus_b_u,) = root_vjp(
@@ -297,10 +297,8 @@ def _fd(
     xi: float = 0.0,
     epsilon: float = 0.01,
 ) -> tuple[Params, HypergradientInfo]:
-    if not (xi >= 0 and math.isfinite(xi)):
-        raise ValueError(f"hypergradient: xi must be finite and >= 0, got {xi}")
-    if not (epsilon > 0 and math.isfinite(epsilon)):
-        raise ValueError(f"hypergradient: epsilon must be positive and finite, got {epsilon}")
+    _positive("hypergradient: xi", xi, allow_zero=True)
+    _positive("hypergradient: epsilon", epsilon)
     theta, lam = fm.theta(), fm.lam()
     if check:
         _unused(fm, [(inner_loss, inner_batch), (outer_loss, outer_batch)])
@@ -430,12 +428,9 @@ def _penalty(
     steps: int = 10,
     lr: float = 0.1,
 ) -> tuple[Params, HypergradientInfo]:
-    if not (multiplier > 0 and math.isfinite(multiplier)):
-        raise ValueError(f"hypergradient: multiplier must be positive, got {multiplier}")
-    if steps < 0:
-        raise ValueError(f"hypergradient: steps must be >= 0, got {steps}")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"hypergradient: lr must be positive and finite, got {lr}")
+    _positive("hypergradient: multiplier", multiplier)
+    _positive("hypergradient: steps", steps, allow_zero=True)
+    _positive("hypergradient: lr", lr)
     theta, lam = fm.theta(), fm.lam()
     if check:
         _unused(fm, [(inner_loss, inner_batch), (outer_loss, outer_batch)])
