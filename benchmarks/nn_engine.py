@@ -56,13 +56,16 @@ Sections (``--sections``):
   steps are ``loss.backward()`` + ``torch.optim.SGD`` in every framework but the unrolled
   rows. The *agreement* column compares the first hypergradient of each row with its bilevel
   counterpart from the same state (relative difference and cosine).
-* ``darts``: Betty 0.1.1's ``"darts"`` hypergradient moves the lower-level parameters: the
-  lead checks the parameters before and after one hypergradient (Betty's darts/cg/neumann,
-  bilevel ``"fd"``) and their displacement against ``-(darts_alpha / ||v||) v``, ``v`` the
-  validation gradient; then a Meta-Weight-Net run (weighting network 1-100-1 on each
-  example's loss, digits, 40 % uniform noise, minibatches of 100, ``--mwn-steps`` steps) with
-  Betty's darts as shipped and with the parameters restored after the probes, and bilevel's
-  ``"fd"`` in the same loop: mean weight of clean and of noisy examples, test accuracy.
+* ``darts``: Betty 0.1.1's ``"darts"`` hypergradient moves the lower-level parameters. The
+  section records the parameters before and after one hypergradient (Betty's darts, cg and
+  neumann, and bilevel's ``"fd"``) and compares the displacement with
+  ``-(darts_alpha / ||v||) v``, ``v`` the validation gradient; then runs Meta-Weight-Net
+  (weighting network 1-100-1 on each example's loss; digits, 900 training images with 40 %
+  uniform noise, 400 clean validation and 497 test images, minibatches of 100, one inner
+  SGD-momentum step per outer Adam step, ``--mwn-steps`` steps) with Betty's darts as shipped
+  and with the parameters put back after its probes, at each ``--mwn-alphas`` value, and
+  bilevel's ``"fd"`` in the same loop: mean learnt weight of clean and of noisy examples,
+  test and validation accuracy.
 
 Measurement. Times: every row of a table lives in this one process (1 torch thread, pinned
 to one CPU), takes 2 untimed warm-up steps, then ``--repeat`` rounds in a rotating order,
@@ -871,7 +874,9 @@ def _restoring_darts() -> Iterator[None]:
         bh.jvp_fn_mapping["darts"] = original
 
 
-def mwn_run(variant: str, steps: int, seed: int) -> dict[str, Any]:
+def mwn_run(
+    variant: str, steps: int, seed: int, meta_lr: float = 1e-3, darts_alpha: float = 0.01
+) -> dict[str, Any]:
     """Meta-Weight-Net on noisy digits with Betty's darts (``betty``, ``betty-restored``) or
     bilevel's ``"fd"`` (``bilevel-fd``) in the same loop."""
     data = digits(seed, 900, 400, 497)
@@ -900,7 +905,7 @@ def mwn_run(variant: str, steps: int, seed: int) -> dict[str, Any]:
         return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
 
     def outer_opt(params: Any) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=1e-3, weight_decay=1e-4)
+        return torch.optim.Adam(params, lr=meta_lr, weight_decay=1e-4)
 
     def weighted(model: nn.Module, weights: nn.Module, b: tuple[Tensor, Tensor]) -> Tensor:
         ce = F.cross_entropy(model(b[0]), b[1], reduction="none")
@@ -925,7 +930,8 @@ def mwn_run(variant: str, steps: int, seed: int) -> dict[str, Any]:
                       config=Config(type="darts", retain_graph=True), device="cpu")
         inner = Inner(name="inner", module=classifier, optimizer=inner_opt(classifier.parameters()),
                       train_data_loader=_Endless(train_batches()),
-                      config=Config(type="darts", unroll_steps=1), device="cpu")
+                      config=Config(type="darts", unroll_steps=1, darts_alpha=darts_alpha),
+                      device="cpu")
         _quiet_betty()
         engine = Engine(config=EngineConfig(train_iters=steps, valid_step=10**12),
                         problems=[outer, inner],
@@ -944,7 +950,7 @@ def mwn_run(variant: str, steps: int, seed: int) -> dict[str, Any]:
             inner_optimizer=inner_opt(classifier.parameters()),
             outer_optimizer=outer_opt(wnet.parameters()),
             inner_data=_Endless(train_batches()), outer_data=_Endless(val_batches()),
-            inner_steps=1, method="fd", method_options={"xi": 0.1, "epsilon": 0.01},
+            inner_steps=1, method="fd", method_options={"xi": 0.1, "epsilon": darts_alpha},
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -955,8 +961,10 @@ def mwn_run(variant: str, steps: int, seed: int) -> dict[str, Any]:
         ce = F.cross_entropy(classifier(x), y, reduction="none")
         w = wnet(ce)
         test = float((classifier(data["x_test"]).argmax(1) == data["y_test"]).float().mean())
+        val = float((classifier(xv).argmax(1) == yv).float().mean())
     return {
-        "variant": variant, "steps": steps, "seconds": seconds, "test_accuracy": test,
+        "variant": variant, "steps": steps, "meta_lr": meta_lr, "darts_alpha": darts_alpha,
+        "seconds": seconds, "test_accuracy": test, "val_accuracy": val,
         "clean_weight_mean": float(w[~noisy].mean()), "noisy_weight_mean": float(w[noisy].mean()),
         "noisy_fraction": float(noisy.float().mean()),
     }
@@ -987,32 +995,47 @@ def _f(v: float | None, spec: str = ".2f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
+def _ratio(row: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    """Median over rounds of the per-round time ratio ``row / ref`` (rows of one round are
+    timed minutes apart at most), with its range."""
+    if ref is None or ref is row or not row.get("times") or not ref.get("times"):
+        return "-"
+    ratios = sorted(a / b for a, b in zip(row["times"], ref["times"]))
+    return f"{statistics.median(ratios):.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
+
+
+def _mem_ratio(row: dict[str, Any], ref: dict[str, Any] | None) -> str:
+    if ref is None or ref is row or row.get("peak_mib") is None or not ref.get("peak_mib"):
+        return "-"
+    return f"{row['peak_mib'] / ref['peak_mib']:.2f}"
+
+
+def _agreement(row: dict[str, Any]) -> str:
+    return f"rel {row['rel_diff']:.1e}, cos {row['cosine']:.4f}" if "rel_diff" in row else "-"
+
+
 def modes_table(rows: list[dict[str, Any]], grad_s: float) -> str:
     base = {r["steps"]: r for r in rows if r["framework"] == "baseline" and "seconds" in r}
     lines = [
         f"one plain gradient of f: {_ms(grad_s)} ms",
         "",
-        "| row | T or K | ms / outer step | / grad | / baseline (same T) | peak MiB | / baseline mem | products | agreement |",
+        "| row | T or K | ms / outer step | / grad | / baseline, same T (range over rounds) "
+        "| peak MiB | / baseline mem | solver its | agreement |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        name = {"baseline": "baseline unrolled (hand-written)", "bilevel": ""}.get(r["framework"], r["framework"])
-        if r["framework"] == "bilevel":
+        if r["framework"] == "baseline":
+            name = "baseline unrolled (hand-written)"
+        else:
             name = "bilevel unrolled" if r["method"] == "unrolled" else f"bilevel trainer {r['method']}"
-        if "error" in r:
-            lines.append(f"| {name} | {r['steps']} | error: {r['error'][:80]} ||||||| ")
+        if "error" in r or "seconds" not in r:
+            lines.append(f"| {name} | {r['steps']} | error: {r.get('error', '?')[:80]} |||||||")
             continue
         b = base.get(r["steps"])
-        ratio = r["seconds"] / b["seconds"] if b and r is not b else None
-        mem = r.get("peak_mib")
-        bmem = b.get("peak_mib") if b else None
-        mratio = mem / bmem if mem is not None and bmem and r is not b else None
-        agree = "-"
-        if "rel_diff" in r:
-            agree = f"rel {r['rel_diff']:.1e}, cos {r['cosine']:.4f}"
         lines.append(
-            f"| {name} | {r['steps']} | {_ms(r['seconds'])} | {_f(r['per_grad'], '.1f')} | {_f(ratio)} "
-            f"| {_f(mem, '.1f')} | {_f(mratio)} | {_f(r.get('products'), '.0f')} | {agree} |"
+            f"| {name} | {r['steps']} | {_ms(r['seconds'])} | {_f(r['per_grad'], '.1f')} | {_ratio(r, b)} "
+            f"| {_f(r.get('peak_mib'), '.1f')} | {_mem_ratio(r, b)} | {_f(r.get('products'), '.0f')} "
+            f"| {_agreement(r)} |"
         )
     return "\n".join(lines)
 
@@ -1020,23 +1043,37 @@ def modes_table(rows: list[dict[str, Any]], grad_s: float) -> str:
 def peers_table(rows: list[dict[str, Any]]) -> str:
     ref = {r["family"]: r for r in rows if r["framework"] == "bilevel" and "seconds" in r}
     lines = [
-        "| K | method | framework | ms / outer step | / bilevel | peak MiB | / bilevel mem | products | agreement with bilevel |",
+        "| K | method | framework | ms / outer step | / bilevel (range over rounds) | peak MiB "
+        "| / bilevel mem | solver its | agreement with bilevel |",
         "|---:|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['steps']} | {r['family']} | {r['framework']} {r['method']} | error: {r['error'][:80]} ||||||")
+        label = f"{r['framework']} {r['method']}"
+        if "error" in r or "seconds" not in r:
+            lines.append(f"| {r['steps']} | {r['family'].split()[0]} | {label} | error: {r.get('error', '?')[:80]} ||||||")
             continue
         b = ref.get(r["family"])
-        ratio = r["seconds"] / b["seconds"] if b and b is not r else None
-        mem, bmem = r.get("peak_mib"), (b or {}).get("peak_mib")
-        mratio = mem / bmem if mem is not None and bmem and b is not r else None
-        agree = f"rel {r['rel_diff']:.1e}, cos {r['cosine']:.4f}" if "rel_diff" in r else "-"
         lines.append(
-            f"| {r['steps']} | {r['family'].split()[0]} | {r['framework']} {r['method']} | {_ms(r['seconds'])} "
-            f"| {_f(ratio)} | {_f(mem, '.1f')} | {_f(mratio)} | {_f(r.get('products'), '.0f')} | {agree} |"
+            f"| {r['steps']} | {r['family'].split()[0]} | {label} | {_ms(r['seconds'])} | {_ratio(r, b)} "
+            f"| {_f(r.get('peak_mib'), '.1f')} | {_mem_ratio(r, b)} | {_f(r.get('products'), '.0f')} "
+            f"| {_agreement(r)} |"
         )
     return "\n".join(lines)
+
+
+def print_tables(report: dict[str, Any]) -> str:
+    """All tables of a saved report (``--table``)."""
+    out = []
+    for section in ("modes", "peers"):
+        problems = dict.fromkeys(r["problem"] for r in report.get(section, []))
+        for name in problems:
+            rows = [r for r in report[section] if r["problem"] == name]
+            title = f"## {section}: {rows[0].get('problem_description', name)}"
+            table = modes_table(rows, rows[0]["grad_seconds"]) if section == "modes" else peers_table(rows)
+            out.append(f"{title}\n\n{table}\n")
+    if report.get("darts"):
+        out.append(f"## darts\n\n{darts_tables(report['darts'])}\n")
+    return "\n".join(out)
 
 
 def darts_tables(d: dict[str, Any]) -> str:
@@ -1053,16 +1090,18 @@ def darts_tables(d: dict[str, Any]) -> str:
     if d.get("mwn"):
         lines += [
             "",
-            "| Meta-Weight-Net run | steps | test accuracy | clean weight mean | noisy weight mean | seconds |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| Meta-Weight-Net run | steps | meta lr | darts_alpha / epsilon | test accuracy "
+            "| validation accuracy | clean weight mean | noisy weight mean | seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in d["mwn"]:
             if "error" in r:
-                lines.append(f"| {r['variant']} | error: {r['error'][:80]} |||||")
+                lines.append(f"| {r['variant']} | error: {r['error'][:80]} ||||||||")
                 continue
             lines.append(
-                f"| {r['variant']} | {r['steps']} | {r['test_accuracy']:.3f} | {r['clean_weight_mean']:.3f} "
-                f"| {r['noisy_weight_mean']:.3f} | {r['seconds']:.0f} |"
+                f"| {r['variant']} | {r['steps']} | {_f(r.get('meta_lr'), 'g')} | {_f(r.get('darts_alpha'), 'g')} "
+                f"| {r['test_accuracy']:.3f} | {_f(r.get('val_accuracy'), '.3f')} "
+                f"| {r['clean_weight_mean']:.3f} | {r['noisy_weight_mean']:.3f} | {r['seconds']:.0f} |"
             )
     return "\n".join(lines)
 
@@ -1124,6 +1163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm", type=int, default=100, help="pre-training SGD steps")
     parser.add_argument("--mwn-steps", type=int, default=None,
                         help="Meta-Weight-Net steps per run in the darts section (default 1500)")
+    parser.add_argument("--mwn-alphas", nargs="+", type=float, default=[0.01, 0.1],
+                        help="Betty darts_alpha values of the Meta-Weight-Net runs (0.01: its default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
@@ -1131,10 +1172,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds allowed to one memory subprocess")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
                         help="where to save all records (never overwritten: a timestamp is added)")
+    parser.add_argument("--table", type=Path, help="print the tables of a saved --json file and exit")
     parser.add_argument("--_memory", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._memory:
         _memory_worker(json.loads(args._memory))
+        return
+    if args.table:
+        print(print_tables(json.loads(args.table.read_text())))
         return
     args.steps = args.steps or ([1, 10] if args.quick else [1, 10, 50])
     args.peer_steps = args.peer_steps or ([1] if args.quick else [1, 10])
@@ -1203,10 +1248,14 @@ def main(argv: list[str] | None = None) -> None:
             problem = make_problem("mlp", args.seed, args.warm, cache)
             report["darts"]["displacement"] = darts_displacement(problem)
             report["darts"]["mwn"] = []
-            for variant in ("betty", "betty-restored", "bilevel-fd"):
-                log(f"darts: Meta-Weight-Net, {variant}, {args.mwn_steps} steps")
+            runs = [(v, alpha) for alpha in args.mwn_alphas for v in ("betty", "betty-restored")]
+            runs.insert(2, ("bilevel-fd", args.mwn_alphas[0]))
+            for variant, alpha in runs:
+                log(f"darts: Meta-Weight-Net, {variant}, darts_alpha {alpha}, {args.mwn_steps} steps")
                 try:
-                    report["darts"]["mwn"].append(mwn_run(variant, args.mwn_steps, args.seed))
+                    report["darts"]["mwn"].append(
+                        mwn_run(variant, args.mwn_steps, args.seed, darts_alpha=alpha)
+                    )
                 except Exception as exc:  # noqa: BLE001
                     report["darts"]["mwn"].append({"variant": variant, "error": f"{type(exc).__name__}: {exc}"})
             table = darts_tables(report["darts"])
