@@ -5,6 +5,7 @@ noise, per-example weights and Meta-Weight-Net, and a long-tailed variant) and d
     python benchmarks/nn_recipes.py                 # seeds 0-9
     python benchmarks/nn_recipes.py --quick         # seeds 0-2
     python benchmarks/nn_recipes.py --json out.json --seeds 0 1 2 3
+    python benchmarks/nn_recipes.py --match "long tail" --seeds 0 1 2 3 4
 
 Prints one table per setting (one row per seed, then the min, max and mean) and writes
 the raw metrics as JSON.
@@ -49,12 +50,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--quick", action="store_true", help="seeds 0-2")
     parser.add_argument("--only", choices=sorted({r for r, _ in SETTINGS.values()}), default=None)
+    parser.add_argument("--match", default=None,
+                        help="only the settings whose title contains this text")
     parser.add_argument("--json", default=None, help="write the metrics here")
     args = parser.parse_args()
     seeds = [0, 1, 2] if args.quick else args.seeds
     results: dict[str, list[dict]] = {}
     for title, (name, options) in SETTINGS.items():
-        if args.only and name != args.only:
+        if (args.only and name != args.only) or (args.match and args.match not in title):
             continue
         cols = COLUMNS[name]
         print(f"\n## {title}\n")

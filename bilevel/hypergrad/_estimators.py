@@ -113,9 +113,8 @@ def neumann(
     gx_F, gy_F, hvp, cross = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
     v, info = neumann_solve(hvp, gy_F, alpha=step_size, maxiter=steps + 1, tol=0.0, warn=False)
     grad = tree_sub(gx_F, cross(v))
-    # steps + 1 products with H (the linear-algebra Neumann solver starts from v = 0, so
-    # its first product is with zero but still evaluated) and one with B
-    return Hypergradient(grad=grad, y=y, grad_calls=1, hvp_calls=steps + 3, linear_solve=info)
+    # steps products with H (steps + 1 terms; the first is b itself) and one with B
+    return Hypergradient(grad=grad, y=y, grad_calls=1, hvp_calls=steps + 1, linear_solve=info)
 
 
 def _gd_step(

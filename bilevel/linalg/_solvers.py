@@ -467,31 +467,45 @@ def neumann(
 ) -> tuple[PyTree, LinearSolveInfo]:
     """Truncated Neumann series ``x = alpha * sum_{k=0}^{K} (I - alpha A)^k b``.
 
-    Computed as the Richardson iteration ``x_{k+1} = x_k + alpha M (b - A x_k)`` from
-    ``x_0 = init`` (zero by default: then ``x_{K+1}`` is exactly the series above with
-    ``M = I``). It converges iff the spectral radius of ``I - alpha M A`` is below one, e.g.
-    for symmetric positive definite ``A`` when ``0 < alpha < 2 / lambda_max(A)``. The run
-    stops early, unconverged, when the residual grows by 1e10 (``alpha`` too large).
+    Computed as the Richardson iteration ``x_{k+1} = x_k + alpha M r_k`` from ``x_0 = init``
+    (zero by default: then ``x_{K+1}`` is exactly the series above with ``M = I``), with the
+    residual carried by the recursion ``r_{k+1} = r_k - alpha A M r_k``, which equals
+    ``b - A x_{k+1}`` (one product per term, none for the first term when ``init`` is zero).
+    It converges iff the spectral radius of ``I - alpha M A`` is below one, e.g. for symmetric
+    positive definite ``A`` when ``0 < alpha < 2 / lambda_max(A)``. The run stops early,
+    unconverged, when the residual grows by 1e10 (``alpha`` too large).
+
+    With ``tol = atol = 0`` (a fixed number of terms, as in hypergradient estimators) the
+    residual after the last term is not needed to stop, and it is not computed: the series
+    then costs ``maxiter - 1`` products and the result reports ``residual_norm = nan``,
+    ``converged = False``.
     """
     prob = _prepare("neumann", matvec, b, init, tol, atol, maxiter, ridge, preconditioner)
     if not alpha > 0:
         raise ValueError(f"neumann: alpha must be positive, got {alpha}")
+    fixed_terms = prob.threshold == 0.0
     x = prob.x0
-    r = prob.b - prob.matvec(x)
+    r = prob.b if init is None else prob.b - prob.matvec(x)
     r0 = _norm(r)
+    r_norm = r0
     iterations = 0
     message = ""
     while iterations < prob.maxiter:
-        r_norm = _norm(r)
         if r_norm <= prob.threshold:
             break
         if not math.isfinite(r_norm) or r_norm > 1e10 * max(r0, 1e-300):
             message = f"diverged: the series does not converge for alpha = {alpha}"
             break
-        x = x + alpha * prob.precond(r)
-        r = prob.b - prob.matvec(x)
+        step = alpha * prob.precond(r)
+        x = x + step
         iterations += 1
-    return _finish(prob, x, iterations, message, warn, residual=_norm(r))
+        if fixed_terms and iterations == prob.maxiter:
+            r_norm = math.nan
+            message = f"fixed number of terms ({iterations}); residual not computed"
+            break
+        r = r - prob.matvec(step)
+        r_norm = _norm(r)
+    return _finish(prob, x, iterations, message, warn, residual=r_norm)
 
 
 def materialize(matvec: Callable[[Vector], Vector], n: int, like: Vector) -> torch.Tensor:

@@ -260,7 +260,11 @@ def _implicit(
     grads = {k: g_lam_F[k] + minus_b_u[k] for k in lam}
     info = record[0]
     return grads, HypergradientInfo(
-        method=solver, outer_loss=float(F), linear_solve=info, hvp_calls=info.iterations + 1
+        method=solver,
+        outer_loss=float(F),
+        linear_solve=info,
+        # one product per CG iteration; the Neumann series' first term is free
+        hvp_calls=info.iterations + (1 if solver == "cg" else 0),
     )
 
 
