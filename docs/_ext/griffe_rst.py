@@ -61,9 +61,15 @@ def _literal_blocks(lines: list[str]) -> list[str]:
             end = _block_end(lines, j, base)
             if end > j:
                 pad = " " * base
-                if stripped.strip() == ".. math::":
-                    body = [ln.strip() for ln in lines[j:end]]
-                    out += [f"{pad}$$", *(pad + b for b in body), f"{pad}$$"]
+                if stripped.strip() == ".. math::":  # blank lines separate equations
+                    groups: list[list[str]] = [[]]
+                    for ln in lines[j:end]:
+                        if ln.strip():
+                            groups[-1].append(ln.strip())
+                        elif groups[-1]:
+                            groups.append([])
+                    for group in filter(None, groups):
+                        out += [f"{pad}$$", *(pad + b for b in group), f"{pad}$$", ""]
                 else:
                     head = stripped[:-2].rstrip() if stripped.endswith(" ::") else stripped[:-1]
                     if head.strip():
