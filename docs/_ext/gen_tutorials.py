@@ -54,4 +54,3 @@ def render(script: Path) -> str:
 for script in sorted(TUTORIALS.glob("*.py")):
     with mkdocs_gen_files.open(f"tutorials/{script.stem}.md", "w") as page:
         page.write(render(script))
-    mkdocs_gen_files.set_edit_path(f"tutorials/{script.stem}.md", f"tutorials/{script.name}")
