@@ -10,7 +10,7 @@ LOCK   := requirements/lock.txt
 STAMP  := $(VENV)/.installed
 LATEST := .venv-latest
 
-.PHONY: demo test test-latest lock lint bench clean
+.PHONY: demo test test-latest lock lint bench docs clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LATEST)/bin/python -m pip install --quiet "$(TORCH)"
-	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[$(EXTRAS),docs]"
 	@$(LATEST)/bin/python -m pip freeze --exclude-editable | diff $(LOCK) - | grep '^[<>] [^#]' \
 		| sed 's/^</  locked:/; s/^>/  latest:/' || echo "  (the newest versions are the locked ones)"
 	@$(LATEST)/bin/python -m pytest -n 2 -q || { \
@@ -46,6 +46,18 @@ lock: test-latest
 		| sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
+# Documentation site (MkDocs + mkdocstrings) in site/: `mkdocs build --strict` runs every
+# tutorial (docs/tutorials/*.py) and fails on any error or warning. One BLAS/OpenMP thread:
+# the tutorials' problems are small, where more threads only contend for the cores.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --constraint $(LOCK) "$(TORCH)" -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	OMP_NUM_THREADS=1 NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true \
+		$(BIN)/python -m mkdocs build --strict
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/python -m ruff check bilevel tests benchmarks examples
@@ -54,4 +66,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/implicit_diff.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) build *.egg-info
+	rm -rf $(VENV) $(LATEST) build site *.egg-info
