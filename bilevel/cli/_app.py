@@ -213,7 +213,10 @@ def execute(
         type(result).PLOT,
         result.reference_lines(),
     )
-    typer.echo(f"results written to {_output.relative(run_dir)}/ (result.json, convergence.png)")
+    written = ["result.json", "convergence.png"]
+    if hasattr(result, "extra_plots"):  # recipe-specific figures (e.g. distilled images)
+        written += [path.name for path in result.extra_plots(run_dir)]
+    typer.echo(f"results written to {_output.relative(run_dir)}/ ({', '.join(written)})")
     return run_dir
 
 
