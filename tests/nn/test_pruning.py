@@ -49,6 +49,20 @@ def test_topk_mask_keeps_exactly_the_largest_scores(sparsity: float) -> None:
     assert int(per["b"].sum()) == max(1, round((1 - sparsity) * 31))
 
 
+@pytest.mark.parametrize("sparsity", [0.6, 0.7, 0.95])  # (n = 69: no rounding tie)
+def test_global_magnitude_mask_is_torch_global_l1_pruning(sparsity: float) -> None:
+    # the one-shot baseline against an independent implementation: torch.nn.utils.prune
+    from torch.nn.utils import prune
+
+    model = _mlp()
+    masks = P.topk_mask(P.magnitude_scores(model), sparsity)
+    prune.global_unstructured(
+        [(model[i], "weight") for i in (0, 2, 4)], pruning_method=prune.L1Unstructured, amount=sparsity
+    )
+    for i in (0, 2, 4):
+        assert torch.equal(masks[f"{i}.weight"], model[i].weight_mask)
+
+
 def test_topk_mask_rejects_bad_sparsity() -> None:
     with pytest.raises(ValueError, match="sparsity must be in"):
         P.topk_mask({"a": torch.randn(3)}, 1.0)
