@@ -4,6 +4,7 @@ sweep of issue 12 (50 / 80 / 90 / 95 / 98% of the weights removed).
     python benchmarks/pruning.py                          # seeds 0-2, every sparsity
     python benchmarks/pruning.py --seeds 0 1 2 3 4 --sparsity 0.95
     python benchmarks/pruning.py --granularity neuron --sparsity 0.5 0.8
+    python benchmarks/pruning.py --table benchmarks/results/pruning.json more.json   # reprint, merged
 
 Each run is the ``pruning`` recipe at its defaults (an MLP 64-128-128-128-10 trained densely
 for 30 epochs, then pruned by every method with the same budget of 30 epochs of SGD per
@@ -57,6 +58,10 @@ def targets(m: dict) -> dict[str, bool]:
     }
 
 
+def verdict(ok: dict[str, bool]) -> str:
+    return "all met" if all(ok.values()) else "missed: " + ", ".join(k for k, v in ok.items() if not v)
+
+
 def table(sparsity: float, rows: list[dict]) -> str:
     lines = [
         f"\n### sparsity {sparsity:.0%} ({len(rows)} seeds, density {rows[0]['density']:.4f})\n",
@@ -83,7 +88,7 @@ def table(sparsity: float, rows: list[dict]) -> str:
             f"{r['one_shot_test_accuracy']:.3f} | {r['imp_test_accuracy']:.3f} | "
             f"{r['test_accuracy'] - r['magnitude_finetune_test_accuracy']:+.3f} | "
             f"{r['test_accuracy'] - r['one_shot_test_accuracy']:+.3f} | "
-            f"{r['imp_time_s'] / r['bip_time_s']:.2f} | {'all met' if all(ok.values()) else 'missed: ' + ', '.join(k for k, v in ok.items() if not v)} |"
+            f"{r['imp_time_s'] / r['bip_time_s']:.2f} | {verdict(ok) if sparsity == 0.95 else '(set at 95%)'} |"
         )
     return "\n".join(lines)
 
@@ -95,7 +100,17 @@ def main() -> None:
     parser.add_argument("--granularity", choices=("weight", "neuron"), default="weight")
     parser.add_argument("--size", choices=("default", "fast"), default="default")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "pruning.json")
+    parser.add_argument("--table", type=Path, nargs="+", default=None,
+                        help="print the tables of earlier --json files (merged) and exit")
     args = parser.parse_args()
+    if args.table:
+        runs: dict[str, list[dict]] = {}
+        for path in args.table:
+            for key, rows in json.loads(path.read_text())["runs"].items():
+                runs.setdefault(key, []).extend(rows)
+        for key in sorted(runs, key=float):
+            print(table(float(key), sorted(runs[key], key=lambda r: r["seed"])))
+        return
     args.json.parent.mkdir(parents=True, exist_ok=True)
     out = {
         "settings": {"granularity": args.granularity, "size": args.size, "seeds": args.seeds},

@@ -93,3 +93,34 @@ def test_distillation_logistic_inner_solver_and_the_image_plot(tmp_path) -> None
 def test_bad_options_name_the_option(name: str, options: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RECIPES[name](options)
+
+
+def test_cli_writes_the_distilled_images_and_flags_non_convergence(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from bilevel.cli import app
+    from bilevel.errors import ConvergenceWarning
+    from bilevel.nn import distillation as D
+
+    runner = CliRunner()
+    args = ["run", "distillation", "--steps", "3", "--no-progress", "-o", str(tmp_path / "ok")]
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "ok").iterdir()
+    assert (run_dir / "distilled_images.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "convergence.png").exists()
+    payload = json.loads((run_dir / "result.json").read_text())
+    assert DISTILLATION_KEYS <= set(payload["metrics"]) and payload["metrics"]["converged"] is True
+
+    # an inner solve that stops short: warned, recorded, and exit code 3
+    real = D.fit_logistic
+    monkeypatch.setattr(D, "fit_logistic", lambda *a, **k: (False, real(*a, **k)[1] + 1.0))
+    args = ["run", "distillation", "--inner-solver", "logistic", "--steps", "1", "--no-progress",
+            "-o", str(tmp_path / "bad")]
+    with pytest.warns(ConvergenceWarning, match="inner solve"):
+        result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 3
+    (run_dir,) = (tmp_path / "bad").iterdir()
+    payload = json.loads((run_dir / "result.json").read_text())
+    assert payload["metrics"]["converged"] is False and payload["details"]["warnings"]
