@@ -87,6 +87,7 @@ import bilevel.nn as bnn
 __all__ = [
     "GRANULARITIES",
     "BiP",
+    "apply_masks_",
     "bip_hypergradient",
     "density",
     "iterative_magnitude_pruning",
@@ -216,7 +217,7 @@ def magnitude_scores(model: nn.Module, granularity: str = "weight") -> dict[str,
     """``|theta|`` per weight, or the L2 norm of each output unit's incoming weights."""
     params = dict(model.named_parameters())
     out = {}
-    for name, shape in prunable(model, granularity).items():
+    for name in prunable(model, granularity):
         w = params[name].detach()
         out[name] = w.abs().clone() if granularity == "weight" else w.reshape(len(w), -1).norm(dim=1)
     return out

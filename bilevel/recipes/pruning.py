@@ -53,8 +53,6 @@ from bilevel.recipes._digits import DTYPE, N_CLASSES, N_DIGITS, Split, load_digi
 
 __all__ = ["PruningConfig", "PruningResult", "compact_density", "make_mlp", "run"]
 
-_METHODS = ("dense", "one_shot", "magnitude_finetune", "imp", "bip")
-
 
 @dataclass(frozen=True)
 class PruningConfig(RecipeConfig):

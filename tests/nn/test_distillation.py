@@ -5,7 +5,6 @@ differences, and the coreset selections against brute force."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
