@@ -242,3 +242,22 @@ def test_iterative_magnitude_pruning_rounds_rewinding_and_nested_masks() -> None
         if r:
             assert all(bool((ms[k] <= seen[r - 1][k]).all()) for k in ms)  # nested
     assert masks is not None and P.density(model, masks) == pytest.approx(round(0.1 * n) / n)
+
+
+def test_channel_masks_silence_output_channels_of_convolutions() -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 2, 7, 7)
+    model(x)  # materialise the lazy layer
+    shapes = P.prunable(model, "neuron")
+    assert shapes == {"0.weight": torch.Size([4]), "2.weight": torch.Size([3])}
+    masks = P.topk_mask(P.magnitude_scores(model, "neuron"), 0.5, per_tensor=True)
+    norms = model[0].weight.detach().reshape(4, -1).norm(dim=1)
+    assert torch.equal(masks["0.weight"], (norms >= norms.sort().values[2]).to(norms.dtype))
+    out = P.masked_call(model, masks, x)
+    with torch.no_grad():
+        for i in (0, 2):
+            m = masks[f"{i}.weight"]
+            model[i].weight.mul_(m[:, None, None, None])
+            model[i].bias.mul_(m)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-12)
