@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+EXIT_NOT_CONVERGED = 3  # a recipe reporting ``converged: False`` (after its results are saved)
 
 
 def _fail(message: str) -> typing.NoReturn:
@@ -195,6 +196,7 @@ def execute(
     typer.echo(f"{recipe.name}: final metrics")
     typer.echo(_output.format_metrics(metrics))
     if output_dir is None:
+        _exit_if_not_converged(recipe, metrics)
         return None
     run_dir = _output.make_run_dir(output_dir, recipe.name, started)
     payload = {
@@ -213,8 +215,18 @@ def execute(
         type(result).PLOT,
         result.reference_lines(),
     )
-    typer.echo(f"results written to {_output.relative(run_dir)}/ (result.json, convergence.png)")
+    written = ["result.json", "convergence.png"]
+    if hasattr(result, "extra_plots"):  # recipe-specific figures (e.g. distilled images)
+        written += [path.name for path in result.extra_plots(run_dir)]
+    typer.echo(f"results written to {_output.relative(run_dir)}/ ({', '.join(written)})")
+    _exit_if_not_converged(recipe, metrics)
     return run_dir
+
+
+def _exit_if_not_converged(recipe: Recipe, metrics: dict[str, Any]) -> None:
+    if metrics.get("converged") is False:
+        typer.echo(f"Warning: {recipe.name} did not converge (metrics: converged = False)", err=True)
+        raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
 @app.command(

@@ -22,6 +22,10 @@ recipe                  experiment
                         language model by ScaleBiO (:mod:`bilevel.nn`)
 ``reweighting``         per-example weights (or a Meta-Weight-Net) for an MLP trained on
                         digits with noisy or long-tailed labels (:mod:`bilevel.nn`)
+``pruning``             BiP: a sparse mask of an MLP on digits by bi-level optimization
+                        vs one-shot, fine-tuned and iterative magnitude pruning
+``distillation``        a few synthetic digits per class (KIP, or implicit logistic
+                        regression) vs random, k-center and herding coresets
 ======================  ===================================================================
 
 Each recipe has a frozen config dataclass (:class:`HyperparameterConfig`,
@@ -40,15 +44,19 @@ from typing import Any
 
 from bilevel.recipes import (
     data_mixing,
+    distillation,
     hyper_cleaning,
     hyperparameter,
+    pruning,
     reweighting,
     svm_hyperparameters,
 )
 from bilevel.recipes._config import ConfigError, RecipeConfig
 from bilevel.recipes.data_mixing import DataMixingConfig, DataMixingResult
+from bilevel.recipes.distillation import DistillationConfig, DistillationResult
 from bilevel.recipes.hyper_cleaning import HyperCleaningConfig, HyperCleaningResult
 from bilevel.recipes.hyperparameter import HyperparameterConfig, HyperparameterResult
+from bilevel.recipes.pruning import PruningConfig, PruningResult
 from bilevel.recipes.reweighting import ReweightingConfig, ReweightingResult
 from bilevel.recipes.svm_hyperparameters import SVMHyperparametersConfig, SVMHyperparametersResult
 
@@ -57,10 +65,14 @@ __all__ = [
     "ConfigError",
     "DataMixingConfig",
     "DataMixingResult",
+    "DistillationConfig",
+    "DistillationResult",
     "HyperCleaningConfig",
     "HyperCleaningResult",
     "HyperparameterConfig",
     "HyperparameterResult",
+    "PruningConfig",
+    "PruningResult",
     "Recipe",
     "RecipeConfig",
     "ReweightingConfig",
@@ -68,9 +80,11 @@ __all__ = [
     "SVMHyperparametersConfig",
     "SVMHyperparametersResult",
     "data_mixing",
+    "distillation",
     "get_recipe",
     "hyper_cleaning",
     "hyperparameter",
+    "pruning",
     "reweighting",
     "svm_hyperparameters",
 ]
@@ -150,6 +164,20 @@ RECIPES: dict[str, Recipe] = {
         "(ScaleBiO, first-order min-max) vs uniform mixing",
         config_cls=DataMixingConfig,
         runner=data_mixing.run,
+    ),
+    "pruning": Recipe(
+        name="pruning",
+        summary="BiP pruning of an MLP on digits (bi-level masks, implicit gradient) vs one-shot, "
+        "fine-tuned and iterative magnitude pruning",
+        config_cls=PruningConfig,
+        runner=pruning.run,
+    ),
+    "distillation": Recipe(
+        name="distillation",
+        summary="dataset distillation of digits into a few synthetic images per class (KIP or "
+        "implicit logistic regression) vs random, k-center and herding coresets",
+        config_cls=DistillationConfig,
+        runner=distillation.run,
     ),
 }
 
