@@ -253,15 +253,45 @@ def derive(alpha: Tensor, nodes: int, ops: Sequence[str] = OPS, k: int = 2) -> G
     return Genotype(nodes, tuple(chosen))
 
 
-def random_genotype(nodes: int, rng: np.random.Generator, ops: Sequence[str] = OPS, k: int = 2) -> Genotype:
-    """A cell of the same size as :func:`derive`'s: ``min(k, node)`` distinct random inputs
-    per node, each with a uniformly random non-``"none"`` operation."""
+def random_genotype(
+    nodes: int,
+    rng: np.random.Generator,
+    ops: Sequence[str] = OPS,
+    k: int = 2,
+    like: Genotype | None = None,
+) -> Genotype:
+    """A random cell of the same size as :func:`derive`'s: ``min(k, node)`` distinct random
+    inputs per node, each with a uniformly random non-``"none"`` operation.
+
+    With ``like``, a cell of exactly its size: the same number of inputs per node and the
+    same number of ``"skip_connect"`` edges (placed at random), the other edges random
+    parametric operations, so that :class:`CellNetwork` has the same parameter count.
+    """
     allowed = [o for o in ops if o != "none"]
-    edges = []
-    for node in range(1, nodes + 1):
-        srcs = sorted(rng.choice(node, size=min(k, node), replace=False).tolist())
-        edges += [(node, int(s), str(allowed[rng.integers(len(allowed))])) for s in srcs]
-    return Genotype(nodes, tuple(edges))
+    parametric = [o for o in allowed if o != "skip_connect"]
+    if like is not None:
+        if like.nodes != nodes:
+            raise ValueError(f"random_genotype: like has {like.nodes} nodes, not {nodes}")
+        fan_in = [sum(1 for n, _, _ in like.edges if n == node) for node in range(1, nodes + 1)]
+        n_skip = sum(1 for _, _, op in like.edges if op == "skip_connect")
+        if n_skip and "skip_connect" not in allowed or n_skip < len(like.edges) and not parametric:
+            raise ValueError(f"random_genotype: ops {tuple(ops)} cannot reproduce the operations of {like}")
+    else:
+        fan_in = [min(k, node) for node in range(1, nodes + 1)]
+    pairs = [
+        (node, int(s))
+        for node in range(1, nodes + 1)
+        for s in sorted(rng.choice(node, size=fan_in[node - 1], replace=False).tolist())
+    ]
+    if like is None:
+        chosen = [str(allowed[rng.integers(len(allowed))]) for _ in pairs]
+    else:
+        skip = set(rng.choice(len(pairs), size=n_skip, replace=False).tolist())
+        chosen = [
+            "skip_connect" if e in skip else str(parametric[rng.integers(len(parametric))])
+            for e in range(len(pairs))
+        ]
+    return Genotype(nodes, tuple((node, src, op) for (node, src), op in zip(pairs, chosen)))
 
 
 class CellNetwork(nn.Module):

@@ -26,10 +26,13 @@ Evaluation. The cell is derived as in DARTS (two strongest non-``none`` inputs p
 (:class:`~bilevel.nn.darts.CellNetwork`: ``retrain_steps`` full-batch Adam steps, learning
 rate 3e-3, on the training and validation images together, as DARTS retrains on the whole
 training set) with ``retrain_seeds`` initialisations; ``test_accuracy`` is the mean test
-accuracy. ``n_random`` random cells of the same size (the same inputs per node, uniformly
-random inputs and operations, :func:`~bilevel.nn.darts.random_genotype`) are retrained the
-same way: ``random_test_accuracy`` is their mean. ``search_time_s`` is the wall time of the
-search alone.
+accuracy. ``n_random`` random cells of the same size (the same number of inputs per node and
+of skip connections, hence the same parameter count; uniformly random inputs and operations
+otherwise, :func:`~bilevel.nn.darts.random_genotype`) are retrained the same way.
+
+Reported: ``architecture`` (the derived cell, as text), ``test_accuracy``, ``search_time``
+(seconds, the search alone), ``random_architecture_test_accuracy`` (the mean over the random
+cells; each one's in ``random_test_accuracies``), ``parameters``, ``supernet_val_accuracy``.
 """
 
 from __future__ import annotations
@@ -119,8 +122,8 @@ class ArchitectureSearchResult:
         return {
             "architecture": str(self.genotype),
             "test_accuracy": self.test_accuracy,
-            "random_test_accuracy": float(np.mean(self.random_test_accuracies)),
-            "search_time_s": self.timings["search"],
+            "search_time": self.timings["search"],
+            "random_architecture_test_accuracy": float(np.mean(self.random_test_accuracies)),
             "random_architectures": [str(g) for g in self.random_genotypes],
             "random_test_accuracies": self.random_test_accuracies,
             "parameters": self.parameters,
@@ -149,11 +152,6 @@ class ArchitectureSearchResult:
                 },
             }
         )
-
-    def extra_plots(self, run_dir: Path) -> list[str]:
-        """Draw the derived cell into ``run_dir/cell.png``; return the file names written."""
-        plot_cell(self.genotype, Path(run_dir) / "cell.png", f"derived cell ({self.config.method})")
-        return ["cell.png"]
 
 
 def plot_cell(genotype: Genotype, path: Path, title: str = "") -> None:
@@ -242,7 +240,7 @@ def _run(config: ArchitectureSearchConfig, progress: bool) -> ArchitectureSearch
     accs = [_retrain(config, genotype, X, y, data, config.seed * 1000 + r) for r in range(config.retrain_seeds)]
     timings["retrain"] = time.perf_counter() - t
     rng = np.random.default_rng(config.seed)
-    randoms = [random_genotype(config.nodes, rng) for _ in range(config.n_random)]
+    randoms = [random_genotype(config.nodes, rng, like=genotype) for _ in range(config.n_random)]
     t = time.perf_counter()
     random_accs = [
         float(np.mean([_retrain(config, g, X, y, data, config.seed * 1000 + r) for r in range(config.retrain_seeds)]))

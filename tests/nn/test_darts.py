@@ -249,6 +249,25 @@ def test_random_genotypes_have_the_derived_size_and_build() -> None:
         Genotype(1, ((1, 0, "none"),))
 
 
+def test_random_genotype_like_a_cell_has_its_exact_size() -> None:
+    """Same inputs per node, same number of skip connections, hence the same parameter count
+    (every parametric operation is a dim x dim Linear and an affine batch norm)."""
+    target = Genotype(4, ((1, 0, "tanh"), (2, 0, "skip_connect"), (2, 1, "relu"), (3, 0, "linear"),
+                          (3, 2, "skip_connect"), (4, 1, "sigmoid"), (4, 3, "relu")))
+    count = lambda g: sum(p.numel() for p in CellNetwork(g, 7, 3, dim=5).parameters())  # noqa: E731
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(30):
+        g = random_genotype(4, rng, like=target)
+        assert [sum(1 for n, _, _ in g.edges if n == j) for j in range(1, 5)] == [1, 2, 2, 2]
+        assert g.ops_used().count("skip_connect") == 2
+        assert count(g) == count(target) == 5 * 7 + 5 + 5 * (5 * 5 + 2 * 5) + 3 * (4 * 5) + 3
+        seen.add(g.edges)
+    assert len(seen) > 20  # genuinely random
+    with pytest.raises(ValueError, match="cannot reproduce"):
+        random_genotype(4, rng, ops=("none", "relu"), like=target)
+
+
 def test_darts_search_step_runs_on_the_cell_with_both_second_order_modes() -> None:
     """Second order by finite differences and by the exact unrolled step agree to O(eps^2)
     on the cell (same weights, same batches, one architecture step)."""
