@@ -121,6 +121,31 @@ def test_rarts_fixed_points_by_numerical_stationarity() -> None:
         assert rarts_fixed_point(lam, beta) == pytest.approx((a, w, y), rel=1e-12)
 
 
+@pytest.mark.parametrize(("lam", "beta"), [(1.0, 2.0), (3.0, 0.5)])
+def test_rarts_sweeps_on_the_toy_match_hand_derived_updates(lam: float, beta: float) -> None:
+    """L = (a y - 2 a + 1) + lam (w^2 - 2 a w + a^2) + beta/2 (y - w)^2; by hand:
+    w+ = w - eta_w (2 lam (w - a) + beta (w - y)),  y+ = y - eta_y (a + beta (y - w+)),
+    a+ = a - eta_a (y+ - 2 + 2 lam (a - w+))."""
+    w, y = _Scalar(-2.0), _Scalar(0.5)
+    a = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    eta_w, eta_y, eta_a = 0.1, 0.2, 0.05
+    search = RARTS(
+        w, {"a": a}, l_train, l_val, val_model=y,
+        weight_optimizer=torch.optim.SGD(w.parameters(), lr=eta_w),
+        val_weight_optimizer=torch.optim.SGD(y.parameters(), lr=eta_y),
+        arch_optimizer=torch.optim.SGD([a], lr=eta_a),
+        train_data=None, val_data=None, penalty=lam, coupling=beta,
+    )
+    ww, yy, aa = -2.0, 0.5, 2.0
+    for _ in range(5):
+        record = search.one_step()
+        ww = ww - eta_w * (2 * lam * (ww - aa) + beta * (ww - yy))
+        yy = yy - eta_y * (aa + beta * (yy - ww))
+        aa = aa - eta_a * (yy - 2 + 2 * lam * (aa - ww))
+        assert (w.w.item(), y.w.item(), a.item()) == pytest.approx((ww, yy, aa), rel=1e-12, abs=1e-12)
+        assert record["distance_sq"] == pytest.approx((yy - ww) ** 2, rel=1e-12)
+
+
 def test_one_rarts_sweep_is_three_gauss_seidel_gradient_steps() -> None:
     torch.manual_seed(0)
     X, Xv = torch.randn(12, 3, dtype=torch.float64), torch.randn(10, 3, dtype=torch.float64)
