@@ -6,7 +6,8 @@ preset, plus any ``--set name=value`` overrides): the search on the cell of
 ``n_random`` random cells of exactly the derived cell's size (same inputs per node, same
 number of skip connections, same parameter count) retrained the same way. Printed per run:
 the derived cell, its test accuracy, the random cells' mean test accuracy, the search time;
-then the mean over seeds per method. JSON under ``benchmarks/results/``.
+then the mean over seeds per method. JSON (and a drawing of each derived cell) under
+``benchmarks/results/``.
 
     python benchmarks/architecture_search.py --seeds 0 1 2 --size fast
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bilevel.recipes.architecture_search import ArchitectureSearchConfig, run  # noqa: E402
+from bilevel.recipes.architecture_search import ArchitectureSearchConfig, plot_cell, run  # noqa: E402
 
 METHODS = {
     "darts-1st": {"method": "first_order"},
@@ -52,12 +53,18 @@ def main() -> None:
     args = parser.parse_args()
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
 
+    out = Path(args.out) if args.out else (
+        Path(__file__).parent / "results" / f"architecture_search-{datetime.now():%Y%m%d-%H%M%S}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     print(f"{'method':>10} {'seed':>4} {'test acc':>8} {'random acc':>10} {'params':>6} {'search s':>8}  architecture")
     for seed in args.seeds:
         for name in args.methods:
             config = ArchitectureSearchConfig(size=args.size, seed=seed, **METHODS[name], **overrides)
-            m = run(config).metrics()
+            result = run(config)
+            m = result.metrics()
+            plot_cell(result.genotype, out.with_name(f"{out.stem}-{name}-seed{seed}.png"), f"{name}, seed {seed}")
             rows.append({"method": name, "seed": seed, **m})
             print(
                 f"{name:>10} {seed:>4} {m['test_accuracy']:8.4f} {m['random_architecture_test_accuracy']:10.4f} "
@@ -78,10 +85,6 @@ def main() -> None:
             "search_time_mean": float(t.mean()), "wins_over_random": int((acc > rnd).sum()), "runs": len(sel),
         }
         print(f"{name:>10} {acc.mean():8.4f}+-{acc.std():.4f} {rnd.mean():8.4f}+-{rnd.std():.4f} {t.mean():8.1f}")
-    out = Path(args.out) if args.out else (
-        Path(__file__).parent / "results" / f"architecture_search-{datetime.now():%Y%m%d-%H%M%S}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": platform.platform(),

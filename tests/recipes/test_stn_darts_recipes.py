@@ -65,3 +65,14 @@ def test_architecture_search_second_order_runs() -> None:
 def test_bad_options_name_the_option(name: str, options: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RECIPES[name](options)
+
+
+def test_plot_cell_draws_a_png(tmp_path) -> None:
+    from bilevel.recipes.architecture_search import plot_cell
+
+    genotype = Genotype(3, ((1, 0, "relu"), (2, 0, "skip_connect"), (2, 1, "tanh"), (3, 0, "linear"), (3, 2, "sigmoid")))
+    path = tmp_path / "cell.png"
+    plot_cell(genotype, path, "a cell")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileExistsError):
+        plot_cell(genotype, path)
