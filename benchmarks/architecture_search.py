@@ -65,7 +65,7 @@ def main() -> None:
             result = run(config)
             m = result.metrics()
             plot_cell(result.genotype, out.with_name(f"{out.stem}-{name}-seed{seed}.png"), f"{name}, seed {seed}")
-            rows.append({"method": name, "seed": seed, **m})
+            rows.append({**m, "recipe_method": m["method"], "method": name, "seed": seed})
             print(
                 f"{name:>10} {seed:>4} {m['test_accuracy']:8.4f} {m['random_architecture_test_accuracy']:10.4f} "
                 f"{m['parameters']:>6} {m['search_time']:8.1f}  {m['architecture']}",
