@@ -71,7 +71,9 @@ def main() -> None:
         m = result.metrics()
         rows.append({"seed": seed, **m})
         if args.retrain:
-            rows[-1]["retrain"] = retrain(result.config, m, result.to_dict()["details"])
+            t = rows[-1]["retrain"] = retrain(result.config, m, result.to_dict()["details"])
+            print("     retrained for the STN's weight steps (val loss / test acc): " + ", ".join(
+                f"{n} {t[n]['val_loss']:.4f} / {t[n]['test_accuracy']:.4f}" for n in t), flush=True)
         print(
             f"{seed:>4} {m['val_loss']:8.4f} {m['grid_best_val_loss']:8.4f} "
             f"{m['random_search_best_val_loss']:8.4f} {m['val_loss_over_grid_best']:8.3f} "
