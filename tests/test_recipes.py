@@ -157,10 +157,10 @@ def test_hpo_hypergradient_matches_central_finite_difference():
 def test_registry():
     assert set(RECIPES) == {
         "hyperparameter", "hyper_cleaning", "svm_hyperparameters", "reweighting", "data_mixing",
-        "pruning", "distillation",
+        "pruning", "distillation", "self_tuning", "architecture_search",
     }
     assert get_recipe("hyper-cleaning") is RECIPES["hyper_cleaning"]
-    with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: data_mixing, distillation, hyper_cleaning"):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: architecture_search, data_mixing, distillation"):
         get_recipe("nope")
     for recipe in RECIPES.values():
         assert recipe.summary

@@ -26,6 +26,10 @@ recipe                  experiment
                         vs one-shot, fine-tuned and iterative magnitude pruning
 ``distillation``        a few synthetic digits per class (KIP, or implicit logistic
                         regression) vs random, k-center and herding coresets
+``self_tuning``         weight decay, dropout and input noise of an MLP on digits tuned
+                        online by a Self-Tuning Network vs grid and random search
+``architecture_search`` a cell for digits by DARTS (first/second order) or RARTS vs
+                        random cells of the same size
 ======================  ===================================================================
 
 Each recipe has a frozen config dataclass (:class:`HyperparameterConfig`,
@@ -43,25 +47,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from bilevel.recipes import (
+    architecture_search,
     data_mixing,
     distillation,
     hyper_cleaning,
     hyperparameter,
     pruning,
     reweighting,
+    self_tuning,
     svm_hyperparameters,
 )
 from bilevel.recipes._config import ConfigError, RecipeConfig
+from bilevel.recipes.architecture_search import ArchitectureSearchConfig, ArchitectureSearchResult
 from bilevel.recipes.data_mixing import DataMixingConfig, DataMixingResult
 from bilevel.recipes.distillation import DistillationConfig, DistillationResult
 from bilevel.recipes.hyper_cleaning import HyperCleaningConfig, HyperCleaningResult
 from bilevel.recipes.hyperparameter import HyperparameterConfig, HyperparameterResult
 from bilevel.recipes.pruning import PruningConfig, PruningResult
 from bilevel.recipes.reweighting import ReweightingConfig, ReweightingResult
+from bilevel.recipes.self_tuning import SelfTuningConfig, SelfTuningResult
 from bilevel.recipes.svm_hyperparameters import SVMHyperparametersConfig, SVMHyperparametersResult
 
 __all__ = [
     "RECIPES",
+    "ArchitectureSearchConfig",
+    "ArchitectureSearchResult",
     "ConfigError",
     "DataMixingConfig",
     "DataMixingResult",
@@ -77,8 +87,11 @@ __all__ = [
     "RecipeConfig",
     "ReweightingConfig",
     "ReweightingResult",
+    "SelfTuningConfig",
+    "SelfTuningResult",
     "SVMHyperparametersConfig",
     "SVMHyperparametersResult",
+    "architecture_search",
     "data_mixing",
     "distillation",
     "get_recipe",
@@ -86,6 +99,7 @@ __all__ = [
     "hyperparameter",
     "pruning",
     "reweighting",
+    "self_tuning",
     "svm_hyperparameters",
 ]
 
@@ -178,6 +192,20 @@ RECIPES: dict[str, Recipe] = {
         "implicit logistic regression) vs random, k-center and herding coresets",
         config_cls=DistillationConfig,
         runner=distillation.run,
+    ),
+    "self_tuning": Recipe(
+        name="self_tuning",
+        summary="Self-Tuning Networks: weight decay, dropout and input noise of an MLP on digits "
+        "tuned online by a best-response network vs grid and random search",
+        config_cls=SelfTuningConfig,
+        runner=self_tuning.run,
+    ),
+    "architecture_search": Recipe(
+        name="architecture_search",
+        summary="differentiable architecture search of a cell for digits (DARTS first/second "
+        "order, RARTS) vs random cells of the same size",
+        config_cls=ArchitectureSearchConfig,
+        runner=architecture_search.run,
     ),
 }
 
