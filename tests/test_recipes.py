@@ -156,7 +156,8 @@ def test_hpo_hypergradient_matches_central_finite_difference():
 
 def test_registry():
     assert set(RECIPES) == {
-        "hyperparameter", "hyper_cleaning", "svm_hyperparameters", "reweighting", "data_mixing"
+        "hyperparameter", "hyper_cleaning", "svm_hyperparameters", "reweighting", "data_mixing",
+        "trigger",
     }
     assert get_recipe("hyper-cleaning") is RECIPES["hyper_cleaning"]
     with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: data_mixing, hyper_cleaning"):

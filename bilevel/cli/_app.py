@@ -174,7 +174,9 @@ def execute(
     """Validate, run, print the metrics and (with ``output_dir``) save the run folder.
 
     ``sources`` (recorded in ``result.json`` as ``options_given``) says where the options
-    came from; the validated, complete config is recorded as ``config``.
+    came from; the validated, complete config is recorded as ``config``. A result that has
+    an ``extra_plots(run_dir) -> list[path]`` method (optional, any recipe) writes further
+    figures into the run folder; their names are printed with the others.
     """
     try:
         config = recipe.config(options)
@@ -213,7 +215,11 @@ def execute(
         type(result).PLOT,
         result.reference_lines(),
     )
-    typer.echo(f"results written to {_output.relative(run_dir)}/ (result.json, convergence.png)")
+    written = ["result.json", "convergence.png"]
+    extra_plots = getattr(result, "extra_plots", None)
+    if extra_plots is not None:
+        written += [Path(p).name for p in extra_plots(run_dir)]
+    typer.echo(f"results written to {_output.relative(run_dir)}/ ({', '.join(written)})")
     return run_dir
 
 

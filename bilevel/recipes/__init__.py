@@ -22,6 +22,9 @@ recipe                  experiment
                         language model by ScaleBiO (:mod:`bilevel.nn`)
 ``reweighting``         per-example weights (or a Meta-Weight-Net) for an MLP trained on
                         digits with noisy or long-tailed labels (:mod:`bilevel.nn`)
+``trigger``             bi-level trigger optimization (BLTO) against SimCLR on digits, with
+                        SPC / optimized-SPC detection: red-teaming one's own
+                        self-supervised pipeline (:mod:`bilevel.nn.backdoor`)
 ======================  ===================================================================
 
 Each recipe has a frozen config dataclass (:class:`HyperparameterConfig`,
@@ -44,6 +47,7 @@ from bilevel.recipes import (
     hyperparameter,
     reweighting,
     svm_hyperparameters,
+    trigger,
 )
 from bilevel.recipes._config import ConfigError, RecipeConfig
 from bilevel.recipes.data_mixing import DataMixingConfig, DataMixingResult
@@ -51,6 +55,7 @@ from bilevel.recipes.hyper_cleaning import HyperCleaningConfig, HyperCleaningRes
 from bilevel.recipes.hyperparameter import HyperparameterConfig, HyperparameterResult
 from bilevel.recipes.reweighting import ReweightingConfig, ReweightingResult
 from bilevel.recipes.svm_hyperparameters import SVMHyperparametersConfig, SVMHyperparametersResult
+from bilevel.recipes.trigger import TriggerConfig, TriggerResult
 
 __all__ = [
     "RECIPES",
@@ -67,12 +72,15 @@ __all__ = [
     "ReweightingResult",
     "SVMHyperparametersConfig",
     "SVMHyperparametersResult",
+    "TriggerConfig",
+    "TriggerResult",
     "data_mixing",
     "get_recipe",
     "hyper_cleaning",
     "hyperparameter",
     "reweighting",
     "svm_hyperparameters",
+    "trigger",
 ]
 
 
@@ -150,6 +158,13 @@ RECIPES: dict[str, Recipe] = {
         "(ScaleBiO, first-order min-max) vs uniform mixing",
         config_cls=DataMixingConfig,
         runner=data_mixing.run,
+    ),
+    "trigger": Recipe(
+        name="trigger",
+        summary="bi-level trigger optimization (BLTO) against SimCLR on digits, with SPC "
+        "detection: red-teaming one's own self-supervised pipeline (bilevel.nn.backdoor)",
+        config_cls=TriggerConfig,
+        runner=trigger.run,
     ),
 }
 
