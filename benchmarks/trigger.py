@@ -2,14 +2,16 @@
 
 Run from the repository root::
 
-    python benchmarks/trigger.py                          # 5 seeds, rates 0.01 and 0.05
-    python benchmarks/trigger.py --seeds 10 --jobs 2 --json trigger.json
-    python benchmarks/trigger.py --ablation --seeds 3     # + first-order / pattern-only rows
-    python benchmarks/trigger.py --table trigger.json     # re-print saved results
+    python benchmarks/trigger.py                # 5 seeds, rates 0.01 and 0.05
+    python benchmarks/trigger.py --seeds 10 --jobs 2
+    python benchmarks/trigger.py --ablation     # + first-order / conditional-generator rows
+    python benchmarks/trigger.py --table benchmarks/results/trigger.json   # re-print saved results
+
+The JSON goes to ``benchmarks/results/trigger.json`` unless ``--json`` says otherwise.
 
 Each run is ``bilevel run trigger --seed s --poison-rate r`` with the recipe's defaults
 (:mod:`bilevel.recipes.trigger`: digits upsampled to 16x16, 1200 training images, target
-class 0, l_inf budget 0.25, conditional generator, unrolled hypergradient through one
+class 0, l_inf budget 0.25, pattern generator, unrolled hypergradient through one
 surrogate step). Columns:
 
 * ``ASR``: attack success rate of the learnt trigger on the victim trained on the poisoned
@@ -52,6 +54,7 @@ COLUMNS = (
     ("time", "runtime_s"),
 )
 ASR_MARGIN, ACC_GAP = 0.20, 0.03
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_one(options: dict[str, Any]) -> dict[str, Any]:
@@ -116,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.05])
     parser.add_argument("--size", default="default", choices=("default", "fast"))
     parser.add_argument("--ablation", action="store_true",
-                        help="also first-order hypergradient and pattern-only generator at the first rate")
+                        help="also first-order hypergradient and conditional generator at the first rate")
     parser.add_argument("--jobs", type=int, default=1, help="parallel runs (joblib)")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--json", type=Path, default=RESULTS / "trigger.json", help="write the results here")
     parser.add_argument("--table", type=Path, nargs="+", help="print the tables of saved results and exit")
     args = parser.parse_args(argv)
 
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         {"seed": s, "poison_rate": rate, "size": args.size} for rate in args.rates for s in range(args.seeds)
     ]
     if args.ablation:
-        for variant in ({"method": "first_order"}, {"generator": "pattern"}):
+        for variant in ({"method": "first_order"}, {"generator": "conditional"}):
             jobs += [{"seed": s, "poison_rate": args.rates[0], "size": args.size, **variant}
                      for s in range(args.seeds)]
     started = time.perf_counter()
@@ -153,10 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:],
         "runs": runs,
     }
-    text = json.dumps(payload, indent=1, default=float)
-    print(text if args.json is None else f"results written to {args.json}")
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    print(f"results written to {args.json}")
     return 0
 
 

@@ -31,10 +31,15 @@ def test_blto_meets_its_targets_at_one_percent_poisoning(default_run) -> None:
     assert m["unpoisoned_clean_accuracy"] >= 0.9  # the victim pipeline itself works
     for key in ("spc_auroc", "optimized_spc_auroc"):
         assert 0.0 <= m[key] <= 1.0
-    history = default_run.history
-    assert len(history["similarity"]) == default_run.config.outer_steps
-    # the trigger raised the triggered images' similarity to the target class
-    assert sum(history["similarity"][-10:]) / 10 > history["similarity"][0] + 0.1
+    similarity = default_run.history["similarity"]
+    config = default_run.config
+    assert len(similarity) == config.outer_steps
+    # the trained trigger against a fresh surrogate (the steps after its re-initialisation)
+    # is much closer to the target class than the initial trigger against a fresh surrogate
+    # (the first steps); the similarity of one surrogate falls as it trains, so equally
+    # young surrogates are compared
+    k = config.reinit_every
+    assert sum(similarity[k : k + 10]) / 10 > sum(similarity[:10]) / 10 + 0.15
 
 
 def test_the_trigger_plot_shows_the_learnt_trigger_and_the_baselines(default_run, tmp_path) -> None:
