@@ -236,18 +236,36 @@ class _At(nn.Module):
         return torch.func.functional_call(self.encoder[0], self.theta, (x,))
 
 
-def _unrolled_objective(problem, psi, steps, lr, psi0=None, truncate=None) -> float:
+def _unrolled_objective(problem, psi, steps, lr, psi0=None, truncate=None, adam=None) -> float:
     """``F(psi)``: the outer loss after ``steps`` plain SGD steps of the inner loss from the
     encoder's parameters, written out directly (no engine code). With ``truncate`` the first
-    ``steps - truncate`` steps use the trigger ``psi0`` instead of ``psi``."""
+    ``steps - truncate`` steps use the trigger ``psi0`` instead of ``psi``. With ``adam`` (a
+    live ``torch.optim.Adam`` over the encoder) the steps are Adam's from its current state,
+    ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``,
+    ``theta <- theta - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``."""
     encoder, gen, inner_loss, outer_loss, inner, outer = problem
     theta = {k: v.detach().clone() for k, v in encoder.named_parameters()}
+    if adam is not None:
+        group = adam.param_groups[0]
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        state = {k: adam.state[p] for k, p in encoder.named_parameters()}
+        m = {k: st["exp_avg"].clone() for k, st in state.items()}
+        v2 = {k: st["exp_avg_sq"].clone() for k, st in state.items()}
+        t0 = int(next(iter(state.values()))["step"])
     trig = TriggerGenerator((1, 4, 4), gen.budget, conditional=gen.correction is not None, channels=2)
     for t in range(steps):
         _set_flat(trig, psi0 if truncate is not None and t < steps - truncate else psi)
         th = {k: v.requires_grad_(True) for k, v in theta.items()}
         grads = torch.autograd.grad(inner_loss(_At(encoder, th), trig, inner), list(th.values()))
-        theta = {k: (v - lr * gk).detach() for (k, v), gk in zip(th.items(), grads)}
+        if adam is None:
+            theta = {k: (v - lr * gk).detach() for (k, v), gk in zip(th.items(), grads)}
+            continue
+        n = t0 + t + 1
+        for (k, v), gk in zip(th.items(), grads):
+            m[k] = b1 * m[k] + (1 - b1) * gk
+            v2[k] = b2 * v2[k] + (1 - b2) * gk**2
+            step = lr * (m[k] / (1 - b1**n)) / ((v2[k] / (1 - b2**n)).sqrt() + eps)
+            theta[k] = (v - step).detach()
     _set_flat(trig, psi)
     with torch.no_grad():
         return float(outer_loss(_At(encoder, theta), trig, outer))
@@ -287,6 +305,16 @@ def test_trigger_hypergradient_matches_central_differences(conditional: bool) ->
     first_order = engine("fd", xi=0.0)
     oracle_f = _directional(lambda p: _unrolled_objective(problem, p, 0, lr), psi0, directions)
     assert relative_error(directions @ first_order, oracle_f) < 1e-7
+    # the recipe's mode: the trainer's live torch Adam, mirrored with its state (here after
+    # one real step on the inner loss)
+    adam = torch.optim.Adam(encoder.parameters(), lr=0.05, betas=(0.8, 0.95))
+    adam.zero_grad()
+    inner_loss(encoder, gen, inner).backward(inputs=list(encoder.parameters()))
+    adam.step()
+    before = _flat(encoder)
+    with_adam = engine("unrolled", steps=2, optimizer=adam)
+    oracle_a = _directional(lambda p: _unrolled_objective(problem, p, 2, lr, adam=adam), psi0, directions)
+    assert relative_error(directions @ with_adam, oracle_a) < 1e-7
     # the unroll matters here: the three are different quantities
     assert relative_error(unrolled, first_order) > 1e-3 and relative_error(unrolled, truncated) > 1e-4
     assert torch.equal(_flat(encoder), before) and torch.equal(_flat(gen), psi0)
