@@ -138,26 +138,28 @@ def main(argv: list[str] | None = None) -> int:
             jobs += [{"seed": s, "poison_rate": args.rates[0], "size": args.size, **variant}
                      for s in range(args.seeds)]
     started = time.perf_counter()
-    if args.jobs > 1:
-        from joblib import Parallel, delayed
-
-        runs = Parallel(n_jobs=args.jobs)(delayed(run_one)(o) for o in jobs)
-    else:
-        runs = []
-        for o in jobs:
-            runs.append(run_one(o))
-            print(f"done {o}: ASR {runs[-1]['metrics']['attack_success_rate']:.3f}", file=sys.stderr, flush=True)
-    print_tables(runs)
-    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
-    payload = {
+    payload: dict[str, Any] = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "argv": sys.argv[1:],
-        "runs": runs,
+        "runs": [],
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    if args.jobs > 1:
+        from joblib import Parallel, delayed
+
+        finished = Parallel(n_jobs=args.jobs, return_as="generator")(delayed(run_one)(o) for o in jobs)
+    else:
+        finished = (run_one(o) for o in jobs)
+    for run in finished:  # saved as they finish: an interrupted benchmark keeps its runs
+        payload["runs"].append(run)
+        args.json.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+        m = run["metrics"]
+        print(f"done {run['options']}: ASR {m['attack_success_rate']:.3f}, acc {m['clean_accuracy']:.3f}",
+              file=sys.stderr, flush=True)
+    print_tables(payload["runs"])
+    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
     print(f"results written to {args.json}")
     return 0
 
