@@ -87,7 +87,7 @@ def print_tables(runs: list[dict[str, Any]]) -> None:
         print(f"\npoison rate {rate:g} ({label}), {len(rows)} seeds")
         header = f"| {'seed':>4} | " + " | ".join(f"{name:>5}" for name, _ in COLUMNS) + " | target |"
         print(header)
-        print("|" + "|".join("-" * (len(c) + 2) for c in header.split("|")[1:-1]) + "|")
+        print("|" + "|".join("-" * len(c) for c in header.split("|")[1:-1]) + "|")
         for r in rows:
             m = r["metrics"]
             cells = " | ".join(
