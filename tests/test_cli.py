@@ -195,3 +195,26 @@ def test_python_dash_m_bilevel():
     )
     assert proc.returncode == 0, proc.stderr
     assert "hyper_cleaning" in proc.stdout
+
+
+def test_a_result_with_extra_plots_writes_them_into_the_run_folder(tmp_path, capsys):
+    """The optional ``extra_plots(run_dir)`` hook of any recipe's result."""
+    from bilevel.cli._app import execute
+    from bilevel.recipes import RECIPES, Recipe
+
+    base = RECIPES["hyper_cleaning"]
+
+    def extra_plots(self, run_dir):
+        path = run_dir / "extra.png"
+        path.write_bytes(PNG_MAGIC)
+        return [path]
+
+    def runner(config, progress=False):
+        result = base.runner(config, progress=progress)
+        result.__class__ = type("WithExtra", (type(result),), {"extra_plots": extra_plots})
+        return result
+
+    recipe = Recipe(name=base.name, summary=base.summary, config_cls=base.config_cls, runner=runner)
+    run_dir = execute(recipe, {"size": "fast", "outer_steps": 1, "tune_baseline": False}, tmp_path, False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["convergence.png", "extra.png", "result.json"]
+    assert "(result.json, convergence.png, extra.png)" in capsys.readouterr().out

@@ -157,7 +157,7 @@ def test_hpo_hypergradient_matches_central_finite_difference():
 def test_registry():
     assert set(RECIPES) == {
         "hyperparameter", "hyper_cleaning", "svm_hyperparameters", "reweighting", "data_mixing",
-        "pruning", "distillation", "self_tuning", "architecture_search",
+        "pruning", "distillation", "self_tuning", "architecture_search", "trigger",
     }
     assert get_recipe("hyper-cleaning") is RECIPES["hyper_cleaning"]
     with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: architecture_search, data_mixing, distillation"):

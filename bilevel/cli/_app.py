@@ -175,7 +175,9 @@ def execute(
     """Validate, run, print the metrics and (with ``output_dir``) save the run folder.
 
     ``sources`` (recorded in ``result.json`` as ``options_given``) says where the options
-    came from; the validated, complete config is recorded as ``config``.
+    came from; the validated, complete config is recorded as ``config``. A result that has
+    an ``extra_plots(run_dir) -> list[path]`` method (optional, any recipe) writes further
+    figures into the run folder; their names are printed with the others.
     """
     try:
         config = recipe.config(options)
@@ -217,7 +219,7 @@ def execute(
     )
     written = ["result.json", "convergence.png"]
     if hasattr(result, "extra_plots"):  # recipe-specific figures (e.g. distilled images)
-        written += [path.name for path in result.extra_plots(run_dir)]
+        written += [Path(p).name for p in result.extra_plots(run_dir)]
     typer.echo(f"results written to {_output.relative(run_dir)}/ ({', '.join(written)})")
     _exit_if_not_converged(recipe, metrics)
     return run_dir

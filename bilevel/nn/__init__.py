@@ -19,6 +19,9 @@ on an outer loss::
 * :class:`ScaleBiOTrainer` -- the first-order min-max (value-function penalty) method of
   ScaleBiO, with a shadow copy of the model; no second derivatives.
 * :mod:`bilevel.nn.optim` -- differentiable functional SGD and Adam steps.
+* :mod:`bilevel.nn.backdoor` -- bi-level trigger optimization against contrastive learning
+  (BLTO) and scaled-prediction-consistency detection, for red-teaming one's own
+  self-supervised pipelines (imported on its own).
 """
 
 from __future__ import annotations

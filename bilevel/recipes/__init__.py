@@ -30,6 +30,9 @@ recipe                  experiment
                         online by a Self-Tuning Network vs grid and random search
 ``architecture_search`` a cell for digits by DARTS (first/second order) or RARTS vs
                         random cells of the same size
+``trigger``             bi-level trigger optimization (BLTO) against SimCLR on digits, with
+                        SPC / optimized-SPC detection: red-teaming one's own
+                        self-supervised pipeline (:mod:`bilevel.nn.backdoor`)
 ======================  ===================================================================
 
 Each recipe has a frozen config dataclass (:class:`HyperparameterConfig`,
@@ -56,6 +59,7 @@ from bilevel.recipes import (
     reweighting,
     self_tuning,
     svm_hyperparameters,
+    trigger,
 )
 from bilevel.recipes._config import ConfigError, RecipeConfig
 from bilevel.recipes.architecture_search import ArchitectureSearchConfig, ArchitectureSearchResult
@@ -67,6 +71,7 @@ from bilevel.recipes.pruning import PruningConfig, PruningResult
 from bilevel.recipes.reweighting import ReweightingConfig, ReweightingResult
 from bilevel.recipes.self_tuning import SelfTuningConfig, SelfTuningResult
 from bilevel.recipes.svm_hyperparameters import SVMHyperparametersConfig, SVMHyperparametersResult
+from bilevel.recipes.trigger import TriggerConfig, TriggerResult
 
 __all__ = [
     "RECIPES",
@@ -92,6 +97,8 @@ __all__ = [
     "SVMHyperparametersConfig",
     "SVMHyperparametersResult",
     "architecture_search",
+    "TriggerConfig",
+    "TriggerResult",
     "data_mixing",
     "distillation",
     "get_recipe",
@@ -101,6 +108,7 @@ __all__ = [
     "reweighting",
     "self_tuning",
     "svm_hyperparameters",
+    "trigger",
 ]
 
 
@@ -206,6 +214,12 @@ RECIPES: dict[str, Recipe] = {
         "order, RARTS) vs random cells of the same size",
         config_cls=ArchitectureSearchConfig,
         runner=architecture_search.run,
+    "trigger": Recipe(
+        name="trigger",
+        summary="bi-level trigger optimization (BLTO) against SimCLR on digits, with SPC "
+        "detection: red-teaming one's own self-supervised pipeline (bilevel.nn.backdoor)",
+        config_cls=TriggerConfig,
+        runner=trigger.run,
     ),
 }
 
