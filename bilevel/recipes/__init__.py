@@ -214,6 +214,7 @@ RECIPES: dict[str, Recipe] = {
         "order, RARTS) vs random cells of the same size",
         config_cls=ArchitectureSearchConfig,
         runner=architecture_search.run,
+    ),
     "trigger": Recipe(
         name="trigger",
         summary="bi-level trigger optimization (BLTO) against SimCLR on digits, with SPC "
