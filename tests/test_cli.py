@@ -183,6 +183,9 @@ def test_list_and_demo(runner):
     result = _invoke(runner, "demo", "--fast")
     assert result.exit_code == 0, result.output
     assert "grid_val_loss" in result.output and "test_accuracy" in result.output
+    assert "hyperparameter: verdict" in result.output and "validation loss: per-feature" in (
+        result.output
+    )
 
 
 def test_python_dash_m_bilevel():

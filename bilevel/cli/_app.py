@@ -194,6 +194,11 @@ def execute(
     metrics = result.metrics()
     typer.echo(f"{recipe.name}: final metrics")
     typer.echo(_output.format_metrics(metrics))
+    summary = getattr(result, "summary", None)
+    if summary is not None:
+        typer.echo(f"{recipe.name}: verdict")
+        for line in summary():
+            typer.echo(f"  {line}")
     if output_dir is None:
         return None
     run_dir = _output.make_run_dir(output_dir, recipe.name, started)
@@ -271,7 +276,8 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Per-feature L2 hyperparameter optimisation (breast_cancer) with a progress bar."""
+    """Per-feature L2 hyperparameter optimisation (breast_cancer plus noise features) with a
+    progress bar, against a grid search over one shared strength."""
     recipe = RECIPES["hyperparameter"]
     typer.echo(recipe.summary, err=True)
     execute(recipe, {"size": "fast" if fast else "default"}, output_dir, progress=True)

@@ -27,6 +27,8 @@ Hessian-vector product. On a quadratic problem both are exact up to rounding.
 With minibatches (``upper_data``/``lower_data``), the first minibatch of each level is
 used throughout, and ``L_y`` is the largest over the first three lower minibatches (an
 estimate of the smoothness of the sampled functions, which the stochastic steps need).
+The calibration's oracle calls are reported in ``result.info["step_sizes"]["calibration"]``,
+apart from the run's ``grad_calls``/``hvp_calls`` (which count the iterations' work).
 All of these are estimates at one point: for an objective whose curvature grows away from
 ``(x0, y0)`` pass explicit step sizes (or the deterministic methods' line search adapts).
 """
@@ -339,12 +341,11 @@ def _penalised_curvature(
 def calibrate_into(
     state: Any, problem: BilevelProblem, x0: PyTree, y0: PyTree, **options: Any
 ) -> Calibration:
-    """:func:`calibrate`, kept in ``state.extra["calibration"]`` with its oracle calls added
-    to the state's counts."""
+    """:func:`calibrate`, kept in ``state.extra["calibration"]``. Its oracle calls are
+    reported there (and in ``result.info["step_sizes"]["calibration"]``), apart from the
+    algorithm's ``grad_calls``/``hvp_calls``, which count the iterations' work."""
     cal = calibrate(problem, x0, y0, **options)
     state.extra["calibration"] = cal
-    state.grad_calls += cal.grad_calls
-    state.hvp_calls += cal.hvp_calls
     return cal
 
 
@@ -372,6 +373,9 @@ def step_info(state: Any) -> dict[str, Any]:
             "lower_max": cal.lower_max,
             "lower_min": cal.lower_min,
             "outer_max": cal.outer_max,
+            "penalised_max": cal.penalised_max,
+            "grad_calls": cal.grad_calls + state.extra.get("remeasure_calls", (0, 0))[0],
+            "hvp_calls": cal.hvp_calls + state.extra.get("remeasure_calls", (0, 0))[1],
         }
     return {"step_sizes": steps} if steps else {}
 
@@ -388,7 +392,7 @@ def remeasure_inner_step(method: Any, problem: BilevelProblem, state: Any) -> No
     oracle = Oracle(exact=not getattr(method, "hessian_free", False))
     batches = (_first(problem.upper_data, 1)[0], _first(problem.lower_data, 1)[0])
     big, _ = lower_spectrum(problem, state.x, state.y, oracle, batches=batches)
-    state.grad_calls += oracle.grad_calls
-    state.hvp_calls += oracle.hvp_calls
+    grads, hvps = state.extra.get("remeasure_calls", (0, 0))
+    state.extra["remeasure_calls"] = (grads + oracle.grad_calls, hvps + oracle.hvp_calls)
     if big > 0 and 1.0 / big < steps["inner_step_size"]:
         steps["inner_step_size"] = 1.0 / big

@@ -15,9 +15,10 @@ Both methods take ``inner_step_size=None`` and ``outer_step_size=None`` by defau
   ``O(||y - y*(x)||)``: the test stays reliable near the solution, where the inner
   solution is only as accurate as ``T`` warm-started steps make it.
 
-Explicit step sizes give the constant-step iterations of the paper, exactly as before. The
-calibration's oracle calls are added to ``grad_calls``/``hvp_calls``; ``result.info``
-records the constants and the steps taken (``"step_sizes"``).
+Explicit step sizes give the constant-step iterations of the paper, exactly as before.
+``result.info["step_sizes"]`` records the steps taken, the measured constants and the
+calibration's oracle calls (which ``grad_calls``/``hvp_calls``, counting the iterations'
+work, leave out); the line search's evaluations are counted in ``grad_calls``.
 """
 
 from __future__ import annotations

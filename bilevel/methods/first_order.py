@@ -426,15 +426,17 @@ class BOME(Method):
     ``lambda`` and ``q``.
 
     **Default step sizes** (``None``; formerly ``0.1`` and ``0.01``): ``beta = 1 / L_y``
-    and ``xi = BOME_RATIO / L_h = 0.5 / L_h`` (curvatures measured at ``(x0, y0)``). Near
-    the lower-level solution the step ``d`` is that of the value-function penalty
-    ``F + lambda q`` with ``lambda`` settling where the pull ``eta |grad q|^2`` balances the
-    step, about ``1 / (xi L_y)`` in scale, so the limit point carries a penalty bias that
-    shrinks with ``xi`` while the convergence rate grows with it: measured on the
-    quadratics of ``benchmarks/defaults.py`` (``dim x = 5``, ``dim y = 8``, ``H`` in
-    ``[1, 3]``), 1000 iterations leave a relative error in ``x`` of a few percent (see
-    ``benchmarks/README.md``); no constant ``xi`` reaches ``1e-2`` on all of them within
-    1000 iterations. Use F2SA, the penalty method or V-PBGD when accuracy matters.
+    and ``xi = BOME_RATIO / L_h = 0.25 / L_h`` (curvatures measured at ``(x0, y0)``).
+    Near the lower-level solution the step ``d`` is that of the value-function penalty
+    ``F + lambda q``, with ``lambda`` settling where the pull ``eta |grad q|^2`` balances
+    the step, about ``1 / (xi L_y)`` in scale: the limit point carries a penalty bias that
+    shrinks with ``xi``, while the convergence rate grows with it. On the quadratics of
+    ``tests/test_defaults.py`` (``dim x = 5``, ``dim y = 8``, ``H`` in ``[1, 3]``, seeds
+    0-5), 1000 iterations leave a relative error in ``x`` of 2e-2 to 6.3e-2 with
+    ``xi = 0.25 / L_h`` (0.12 at most with ``0.5 / L_h``, 0.15 with ``0.15 / L_h``, 0.27
+    with ``0.1 / L_h``, where the slowest instances have not converged yet): no constant
+    ``xi`` reaches ``1e-2`` on all of them within 1000 iterations. Use F2SA, the penalty
+    method or V-PBGD when accuracy matters.
     """
 
     inner_steps: int = 10
@@ -651,7 +653,7 @@ class VPBGD(Method):
 # default step sizes
 # --------------------------------------------------------------------------------------------
 #: BOME's default outer step is ``BOME_RATIO / L_h``.
-BOME_RATIO = 0.5
+BOME_RATIO = 0.25
 #: V-PBGD's penalty with its default (adaptive) step.
 VPBGD_PENALTY = 100.0
 
