@@ -62,6 +62,30 @@ def test_a_lower_level_maximum_is_escaped(method):
     assert abs(abs(float(result.y)) - y_star) <= tol * y_star
 
 
+def test_an_escape_survives_checkpoint_and_resume(tmp_path):
+    """The escape happens at iteration 1; the checkpoint written then holds the escaped
+    ``y`` and the escape count, so a resumed run repeats the uninterrupted one exactly."""
+    zero = torch.zeros(1, dtype=torch.float64)
+    full = bilevel.solve(_double_well(), zero, zero, "aid")
+    path = tmp_path / "run.pt"
+    stopped = bilevel.solve(
+        _double_well(),
+        zero,
+        zero,
+        "aid",
+        checkpoint=path,
+        checkpoint_every=1,
+        callback=lambda it, state: it == 2,
+    )
+    assert stopped.status == "stopped"
+    resumed = bilevel.solve(
+        _double_well(), zero, zero, "aid", checkpoint=path, checkpoint_every=1, resume=True
+    )
+    assert resumed.status == "converged" and resumed.n_iter == full.n_iter
+    assert torch.equal(resumed.x, full.x) and torch.equal(resumed.y, full.y)
+    assert resumed.info["negative_curvature_escapes"] == 1
+
+
 def test_a_lower_level_maximum_is_reported_when_not_escaped(monkeypatch):
     monkeypatch.setattr(base, "MAX_ESCAPES", 0)
     zero = torch.zeros(1, dtype=torch.float64)

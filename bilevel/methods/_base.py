@@ -550,6 +550,7 @@ def run_method(
     }
     start_iteration = 0
     elapsed_before = 0.0
+    escapes = 0  # escapes from lower-level negative curvature (checkpointed)
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         saved = torch.load(checkpoint, weights_only=False)
         state, history, start_iteration = saved["state"], saved["history"], saved["iteration"]
@@ -558,6 +559,7 @@ def run_method(
             # residual: its gradient norms meant nothing there, the resumed column is NaN
             history[lower_key] = [math.nan] * len(history.pop("lower_grad_norm"))
         elapsed_before = saved["elapsed"]
+        escapes = saved.get("escapes", 0)
         # fast-forward the minibatch streams first: replaying them may draw random numbers
         _attach_streams(state.extra, problem)
         torch.set_rng_state(saved["rng"])
@@ -593,7 +595,6 @@ def run_method(
         bar = tqdm(total=maxiter, initial=start_iteration, desc=method.name)
     status, message = "max_iterations", f"reached maxiter = {maxiter}"
     iteration = start_iteration
-    escapes = 0
     with torch.no_grad():
         if start_iteration == 0:
             record(0)
@@ -628,10 +629,7 @@ def run_method(
         if callback is not None and callback(iteration, state):
             status, message = "stopped", f"callback stopped the run at iteration {iteration}"
             break
-        if checkpoint is not None and iteration % checkpoint_every == 0:
-            _save_checkpoint(
-                checkpoint, state, history, iteration, elapsed_before + time.perf_counter() - t0
-            )
+        done = False
         if not method.stochastic and norm <= tol:
             # a stationary point of the outer problem at a lower-level saddle or maximum
             # is no solution: escape it (perturb y along the negative curvature and go on)
@@ -640,14 +638,25 @@ def run_method(
                 escapes += 1
                 state.y = escape(functools.partial(problem.lower_value, state.x), state.y, spectrum)
                 method.after_escape(problem, state)
-                continue
-            if is_negative(spectrum):
+            elif is_negative(spectrum):
                 status, message = (
                     "negative_curvature",
                     _curvature_message(spectrum, iteration, escapes),
                 )
+                done = True
             else:
                 status, message = "converged", f"hypergradient norm {norm:.3e} <= tol {tol:.1e}"
+                done = True
+        if checkpoint is not None and iteration % checkpoint_every == 0:
+            _save_checkpoint(
+                checkpoint,
+                state,
+                history,
+                iteration,
+                elapsed_before + time.perf_counter() - t0,
+                escapes,
+            )
+        if done:
             break
     if bar is not None:
         bar.close()
@@ -686,7 +695,12 @@ def _curvature_message(spectrum: Spectrum, iteration: int, escapes: int) -> str:
 
 
 def _save_checkpoint(
-    path: str | os.PathLike[str], state: MethodState, history: dict, iteration: int, elapsed: float
+    path: str | os.PathLike[str],
+    state: MethodState,
+    history: dict,
+    iteration: int,
+    elapsed: float,
+    escapes: int = 0,
 ) -> None:
     """Write atomically (temporary file + rename) so an interrupted save never corrupts it."""
     tmp = f"{os.fspath(path)}.tmp"
@@ -697,6 +711,7 @@ def _save_checkpoint(
             "iteration": iteration,
             "elapsed": elapsed,
             "rng": torch.get_rng_state(),
+            "escapes": escapes,
         },
         tmp,
     )

@@ -112,6 +112,14 @@ class Calibration:
             raise RuntimeError("the calibration did not estimate L_h")
         return 1.0 / self.outer_max
 
+    def tracking_step(self, rho: float, ratio: float = 1.0) -> float:
+        """``ratio * rho mu_y / L_h`` (``mu_y`` floored at ``1e-3 L_y``): the outer step of
+        a single-loop method whose inner variables contract by ``1 - rho mu_y`` per
+        iteration, so that they track their moving targets (see
+        :class:`~bilevel.methods.SOBA`)."""
+        mu = max(self.lower_min, 1e-3 * self.lower_max)
+        return ratio * rho * mu * self.outer_step()
+
 
 class Oracle:
     """Gradients and Hessian-vector products of scalar functions of pytrees: exact
@@ -349,10 +357,31 @@ def calibrate_into(
     return cal
 
 
-def step_sizes(state: Any, fallback: dict[str, Any]) -> dict[str, Any]:
-    """The step sizes of this run (``state.extra["steps"]``, set by the method's ``init``);
-    ``fallback`` (the method's own fields) for a state saved by an older version."""
-    return state.extra.get("steps", fallback)
+def resolve_steps(
+    method: Any,
+    problem: BilevelProblem,
+    state: Any,
+    outer_rule: Callable[[Calibration, float], float],
+    **options: Any,
+) -> None:
+    """``state.extra["steps"] = {"inner_step_size": beta, "outer_step_size": alpha}`` for a
+    method with these two fields: each the method's own, or where it is ``None`` measured
+    at ``(state.x, state.y)`` by :func:`calibrate` (``options``: its keywords), ``beta =
+    1 / L`` and ``alpha = outer_rule(calibration, beta)``."""
+    inner, outer = method.inner_step_size, method.outer_step_size
+    if inner is None or outer is None:
+        cal = calibrate_into(state, problem, state.x, state.y, outer=outer is None, **options)
+        inner = cal.inner_step if inner is None else inner
+        outer = outer_rule(cal, inner) if outer is None else outer
+    state.extra["steps"] = {"inner_step_size": inner, "outer_step_size": outer}
+
+
+def run_steps(method: Any, state: Any | None, *fields: str) -> tuple[Any, ...]:
+    """The values of ``fields`` for this run: ``state.extra["steps"]`` (set by the method's
+    ``init``, measured where the field is ``None``), or the method's own field without a
+    state or for a state saved by an older version."""
+    steps = {} if state is None else state.extra.get("steps", {})
+    return tuple(steps[what] if what in steps else getattr(method, what) for what in fields)
 
 
 def step_info(state: Any) -> dict[str, Any]:

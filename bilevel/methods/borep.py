@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bilevel.methods._base import Method, MethodState, require_finite
-from bilevel.methods._defaults import calibrate_into, step_info, step_sizes
+from bilevel.methods._defaults import calibrate_into, run_steps, step_info
 from bilevel.methods._oracles import (
     Linearisation,
     batch_streams,
@@ -196,16 +196,6 @@ class BOREP(Method):
             y = _project(y, center, radius)
         return require_finite(y, "the inner variable y")
 
-    def _steps(self, state: MethodState) -> dict[str, Any]:
-        return step_sizes(
-            state,
-            {
-                "outer_step_size": self.outer_step_size,
-                "inner_step_size": self.inner_step_size,
-                "linear_step_size": self.linear_step_size,
-            },
-        )
-
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
         return step_info(state)
 
@@ -222,9 +212,8 @@ class BOREP(Method):
                 if steps[what] is None:
                     steps[what] = cal.inner_step
             if self.outer_step_size is None:
-                mu = max(cal.lower_min, 1e-3 * cal.lower_max)
-                steps["gradient_step"] = (
-                    SINGLE_LOOP_RATIO * steps["linear_step_size"] * mu * cal.outer_step()
+                steps["gradient_step"] = cal.tracking_step(
+                    steps["linear_step_size"], SINGLE_LOOP_RATIO
                 )
         state.extra["steps"] = steps
         _, lower = batch_streams(problem, state)
@@ -238,27 +227,26 @@ class BOREP(Method):
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         upper, lower = batch_streams(problem, state)
-        steps = self._steps(state)
+        alpha, gamma = run_steps(self, state, "inner_step_size", "linear_step_size")
         x, y, z, m = state.x, state.y, state.extra["z"], state.extra["m"]
         if (iteration - 1) % self.period == 0:
-            y = self._sgd(
-                problem, x, y, self.update_steps, lower, self.lower_radius, steps["inner_step_size"]
-            )
+            y = self._sgd(problem, x, y, self.update_steps, lower, self.lower_radius, alpha)
             state.grad_calls += self.update_steps
         lin = Linearisation(problem, x, y, lower.next())
         gx_F, gy_F = upper_grads(problem, x, y, upper.next())
-        z = tree_axpy(-steps["linear_step_size"], tree_sub(lin.hvp(z), gy_F), z)
+        z = tree_axpy(-gamma, tree_sub(lin.hvp(z), gy_F), z)
         z = require_finite(_project(z, None, self.linear_radius), "the linear-system variable z")
         d = tree_sub(gx_F, lin.cross(z))
         m = tree_add(tree_scale(self.momentum, m), tree_scale(1.0 - self.momentum, d))
         m = require_finite(m, "the momentum m")
         norm = float(tree_norm(m))
+        steps = state.extra.get("steps", {})
         if "gradient_step" in steps:  # the default: clipped gradient steps
             c = steps["gradient_step"]
             radius = state.extra.setdefault("radius", c * float(tree_norm(d)))
             eta = min(self.step_size(iteration, radius), c * norm)
         else:
-            eta = self.step_size(iteration, steps["outer_step_size"])
+            eta = self.step_size(iteration, run_steps(self, state, "outer_step_size")[0])
         if norm > 0:
             x = tree_axpy(-eta / norm, m, x)
         state.x, state.y = x, y

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from bilevel.methods._base import Method, MethodState, require_finite
-from bilevel.methods._defaults import calibrate_into, step_info, step_sizes
+from bilevel.methods._defaults import calibrate_into, run_steps, step_info
 from bilevel.methods._oracles import batch_streams, grad, track
 from bilevel.methods._validation import check_positive, check_step_sizes
 from bilevel.problem import BilevelProblem
@@ -285,27 +285,14 @@ class BSVRB(Method):
             cal = calibrate_into(
                 state, problem, state.x, state.y, outer=self.outer_step_size is None
             )
-            block_max, block_min = m * cal.lower_max, m * cal.lower_min
             for what in ("inner_step_size", "linear_step_size"):
                 if steps[what] is None:
-                    steps[what] = 1.0 / block_max
-            if steps["outer_step_size"] is None:
-                mu = max(block_min, 1e-3 * block_max)
-                steps["outer_step_size"] = (
-                    SINGLE_LOOP_RATIO * steps["linear_step_size"] * mu * cal.outer_step()
+                    steps[what] = cal.inner_step / m
+            if steps["outer_step_size"] is None:  # with the blocks' mu_y = m * lower_min
+                steps["outer_step_size"] = m * cal.tracking_step(
+                    steps["linear_step_size"], SINGLE_LOOP_RATIO
                 )
         state.extra["steps"] = steps
-
-    def _steps(self, state: MethodState) -> tuple[float, float, float]:
-        steps = step_sizes(
-            state,
-            {
-                "outer_step_size": self.outer_step_size,
-                "inner_step_size": self.inner_step_size,
-                "linear_step_size": self.linear_step_size,
-            },
-        )
-        return steps["outer_step_size"], steps["inner_step_size"], steps["linear_step_size"]
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
         return step_info(state)
@@ -379,7 +366,9 @@ class BSVRB(Method):
         ex["x_prev"], ex["y_prev"], ex["v_prev"] = x, y, v
         u = ex["u"] = _set_blocks(u, blocks, new_u)
         w = ex["w"] = _set_blocks(w, blocks, new_w)
-        eta, tau_y, tau_v = self._steps(state)
+        eta, tau_y, tau_v = run_steps(
+            self, state, "outer_step_size", "inner_step_size", "linear_step_size"
+        )
         y_next = tree_axpy(-tau_y, u, y)
         v_next = _project_blocks(tree_axpy(-tau_v, w, v), self.linear_bound)
         if not self.update_all_blocks and I < m:

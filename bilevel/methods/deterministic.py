@@ -30,7 +30,7 @@ from typing import Any
 from bilevel.hypergrad import implicit, neumann, unrolled
 from bilevel.hypergrad._oracles import lower_grad
 from bilevel.methods._base import Method, MethodState, require_finite
-from bilevel.methods._defaults import Calibration, calibrate_into, step_info, step_sizes
+from bilevel.methods._defaults import Calibration, calibrate_into, run_steps, step_info
 from bilevel.methods._linesearch import LineSearch
 from bilevel.methods._validation import check_count, check_step_sizes
 from bilevel.problem import BilevelProblem
@@ -95,8 +95,7 @@ class AID(Method):
         return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
-        steps = _steps(self, state)
-        beta = steps["inner_step_size"]
+        beta, alpha = run_steps(self, state, "inner_step_size", "outer_step_size")
         x, y = state.x, state.y
         if not state.extra.pop("inner_done", False):  # the line search did them already
             y = inner_gradient_steps(problem, x, y, self.inner_steps, beta)
@@ -120,7 +119,7 @@ class AID(Method):
         state.grad_calls += est.grad_calls
         state.hvp_calls += est.hvp_calls
         if "line_search" not in state.extra:
-            state.x = tree_axpy(-steps["outer_step_size"], est.grad, x)
+            state.x = tree_axpy(-alpha, est.grad, x)
             state.y = y
             return state
         v = est.aux["v"]  # H v = grad_y F
@@ -185,14 +184,14 @@ class ITD(Method):
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         require_finite(state.x, "the outer variable x")
-        steps = _steps(self, state)
-        T, beta = steps["inner_steps"], steps["inner_step_size"]
+        T, beta, alpha = run_steps(self, state, "inner_steps", "inner_step_size", "outer_step_size")
+        T = 10 if T is None else T  # a state saved before T could be chosen automatically
         est = unrolled(problem, state.x, state.y, steps=T, step_size=beta, truncate=self.truncate)
         state.grad_calls += est.grad_calls
         state.hvp_calls += est.hvp_calls
         state.hypergrad = est.grad
         if "line_search" not in state.extra:
-            state.x = tree_axpy(-steps["outer_step_size"], est.grad, state.x)
+            state.x = tree_axpy(-alpha, est.grad, state.x)
             state.y = est.y
             return state
         y_start = state.y
@@ -250,14 +249,3 @@ def _itd_steps(cal: Calibration) -> int:
         return ITD_MIN_STEPS
     T = math.ceil(math.log(ITD_TRUNCATION) / math.log(rate))
     return min(max(T, ITD_MIN_STEPS), ITD_MAX_STEPS)
-
-
-def _steps(method: AID | ITD, state: MethodState) -> dict[str, Any]:
-    return step_sizes(
-        state,
-        {
-            "inner_step_size": method.inner_step_size,
-            "outer_step_size": method.outer_step_size,
-            "inner_steps": getattr(method, "inner_steps", None),
-        },
-    )

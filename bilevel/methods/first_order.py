@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from bilevel.methods._base import Method, MethodState, require_finite
-from bilevel.methods._defaults import calibrate_into, step_info, step_sizes
+from bilevel.methods._defaults import calibrate_into, resolve_steps, run_steps, step_info
 from bilevel.methods._linesearch import LineSearch
 from bilevel.methods._oracles import batch_streams, init_with_streams, next_batches
 from bilevel.methods._validation import (
@@ -217,14 +217,14 @@ class F2SA(Method):
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = MethodState(x=x0, y=y0, extra={"z": _copy(y0), "lambda": float(self.lambda_init)})
         batch_streams(problem, state)
-        _resolve_steps(self, problem, state, 1.0 / self.lambda_init)
+        _resolve_steps(self, problem, state, upper_weight=1.0 / self.lambda_init)
         return state
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
         return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
-        beta, alpha = _steps(self, state, "inner_step_size", "outer_step_size")
+        beta, alpha = run_steps(self, state, "inner_step_size", "outer_step_size")
         lam = state.extra["lambda"]
         x, y, z = state.x, state.y, state.extra["z"]
         for _ in range(self.inner_steps):
@@ -337,7 +337,7 @@ class Penalty(Method):
         y0 = _project(self.project_y, y0)
         state = MethodState(x=x0, y=y0, extra={"z": _copy(y0), "sigma": float(self.sigma_init)})
         batch_streams(problem, state)
-        _resolve_steps(self, problem, state, self.sigma_init)
+        _resolve_steps(self, problem, state, upper_weight=self.sigma_init)
         return state
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
@@ -353,7 +353,7 @@ class Penalty(Method):
         with_upper: bool,
     ) -> tuple[PyTree, int]:
         """Projected GD on ``sigma F + f`` (``with_upper``) or ``f``; returns (w, grad calls)."""
-        beta = _steps(self, state, "inner_step_size", "outer_step_size")[0]
+        beta = run_steps(self, state, "inner_step_size", "outer_step_size")[0]
         tol = self.inner_tol * sigma
         calls = 0
         for _ in range(self.inner_steps):
@@ -379,7 +379,7 @@ class Penalty(Method):
         require_finite(z, "the lower-level variable z")
         upper_batch, lower_batch = next_batches(problem, state)
         direction = _penalty_direction(problem, x, y, z, 1.0 / sigma, upper_batch, lower_batch)
-        alpha = _steps(self, state, "inner_step_size", "outer_step_size")[1]
+        alpha = run_steps(self, state, "inner_step_size", "outer_step_size")[1]
         state.x, state.hypergrad = _outer_update(x, direction, alpha, self.project_x)
         state.y = y
         state.extra["z"] = z
@@ -458,14 +458,14 @@ class BOME(Method):
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
-        _resolve_steps(self, problem, state, 0.0, outer_ratio=BOME_RATIO)
+        _resolve_steps(self, problem, state, outer_ratio=BOME_RATIO)
         return state
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
         return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
-        beta, xi = _steps(self, state, "inner_step_size", "outer_step_size")
+        beta, xi = run_steps(self, state, "inner_step_size", "outer_step_size")
         x, y = state.x, state.y
         z = y
         for _ in range(self.inner_steps):
@@ -542,8 +542,11 @@ class VPBGD(Method):
     **Default step sizes** (``None``; formerly ``alpha = 0.01``, ``beta = 0.1``):
     ``beta = 1 / L_y`` and, for ``alpha``, the adaptive step of
     :mod:`bilevel.methods._linesearch` (Barzilai-Borwein trials, nonmonotone Armijo test
-    on the penalised objective ``F + gamma (f(x, y) - f(x, z))`` with this iteration's
-    ``z``), started at ``1 / ell_gamma`` with ``ell_gamma`` measured at ``(x0, y0)``
+    on the penalised objective ``F + gamma (f(x', y') - f(x', z'))``, where ``z'`` is
+    re-estimated at each trial ``x'`` by the same ``T`` inner steps warm started at ``z``:
+    with ``z`` held fixed the merit would be unbounded below in ``x'`` and the search would
+    accept steps that only exploit the stale ``z``; the accepted ``z'`` is the next warm
+    start), started at ``1 / ell_gamma`` with ``ell_gamma`` measured at ``(x0, y0)``
     (:mod:`bilevel.methods._defaults`). With minibatches the step is the constant
     ``1 / ell_gamma`` instead (a line search on sampled values is meaningless). The
     penalised problem has condition number ``O(gamma)``; the Barzilai-Borwein steps are
@@ -607,7 +610,7 @@ class VPBGD(Method):
         return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
-        gamma, alpha, beta = _steps(self, state, "penalty", "step_size", "inner_step_size")
+        gamma, alpha, beta = run_steps(self, state, "penalty", "step_size", "inner_step_size")
         x, y, z = state.x, state.y, state.extra["z"]
         for _ in range(self.inner_steps):
             _, lower_batch = next_batches(problem, state)
@@ -634,16 +637,34 @@ class VPBGD(Method):
         def project(w: tuple[PyTree, PyTree]) -> tuple[PyTree, PyTree]:
             return _project(self.project_x, w[0]), _project(self.project_y, w[1])
 
-        def evaluate(w: tuple[PyTree, PyTree]) -> tuple[float, None]:
-            state.grad_calls += 1
+        def evaluate(w: tuple[PyTree, PyTree]) -> tuple[float, PyTree]:
+            # the merit at a trial x' needs v(x') = min f(x', .): with the z of x_k held
+            # fixed, f(x', y) - f(x', z) underestimates the penalty (and is unbounded below
+            # in x' for a quadratic f), so the search would accept steps that only exploit
+            # the stale z. The same T warm-started inner steps, taken at x', estimate it.
+            z_trial = z
+            for _ in range(self.inner_steps):
+                z_trial = _project(
+                    self.project_y,
+                    tree_axpy(-beta, _lower_grad_y(problem, w[0], z_trial, lower_batch), z_trial),
+                )
+            state.grad_calls += self.inner_steps + 1
             try:
-                value = float(penalised(*w))
+                value = float(
+                    problem.upper_value(w[0], w[1], upper_batch)
+                    + gamma
+                    * (
+                        problem.lower_value(w[0], w[1], lower_batch)
+                        - problem.lower_value(w[0], z_trial, lower_batch)
+                    )
+                )
             except (FloatingPointError, OverflowError):
                 value = math.inf
-            return value, None
+            return value, z_trial
 
         merit = float(penalised(x, y))
-        (x_new, y_new), _ = search.search((x, y), (g_x, g_y), merit, evaluate, project)
+        (x_new, y_new), z_new = search.search((x, y), (g_x, g_y), merit, evaluate, project)
+        state.extra["z"] = require_finite(z_new, "the lower-level variable z")
         state.hypergrad = tree_map(lambda a, b: (a - b) / search.step, x, x_new)
         state.x, state.y = x_new, require_finite(y_new, "the inner variable y")
         return state
@@ -662,29 +683,17 @@ def _resolve_steps(
     method: Method,
     problem: BilevelProblem,
     state: MethodState,
-    upper_weight: float,
+    upper_weight: float = 0.0,
     outer_ratio: float = 1.0,
 ) -> None:
-    """``state.extra["steps"]`` for the methods with ``inner_step_size``/
-    ``outer_step_size``: measured where ``None``, ``1 / L`` (``L`` the curvature in ``y``
-    of ``upper_weight F + f``) and ``outer_ratio / L_h``."""
-    inner, outer = method.inner_step_size, method.outer_step_size
-    if inner is None or outer is None:
-        cal = calibrate_into(
-            state,
-            problem,
-            state.x,
-            state.y,
-            exact=False,
-            outer=outer is None,
-            upper_weight=upper_weight,
-        )
-        inner = cal.inner_step if inner is None else inner
-        outer = outer_ratio * cal.outer_step() if outer is None else outer
-    state.extra["steps"] = {"inner_step_size": inner, "outer_step_size": outer}
-
-
-def _steps(method: Method, state: MethodState, *fields: str) -> tuple[Any, ...]:
-    """The values of ``fields`` for this run (the method's own for an older state)."""
-    steps = step_sizes(state, {what: getattr(method, what) for what in fields})
-    return tuple(steps[what] for what in fields)
+    """:func:`~bilevel.methods._defaults.resolve_steps` with gradient differences only:
+    ``1 / L`` (``L`` the curvature in ``y`` of ``upper_weight F + f``) and
+    ``outer_ratio / L_h``."""
+    resolve_steps(
+        method,
+        problem,
+        state,
+        lambda cal, inner: outer_ratio * cal.outer_step(),
+        exact=False,
+        upper_weight=upper_weight,
+    )

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from bilevel.methods._base import Method, MethodState, require_finite
-from bilevel.methods._defaults import Calibration, calibrate_into, step_info, step_sizes
+from bilevel.methods._defaults import Calibration, resolve_steps, run_steps, step_info
 from bilevel.methods._oracles import (
     Batch,
     Linearisation,
@@ -141,7 +141,7 @@ class StocBiO(Method):
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
-        _resolve_steps(self, problem, state, lambda cal, beta: cal.outer_step())
+        resolve_steps(self, problem, state, lambda cal, beta: cal.outer_step())
         Q = self.neumann_steps
         if Q is None:
             Q = 10
@@ -161,7 +161,7 @@ class StocBiO(Method):
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         upper, lower = batch_streams(problem, state)
-        beta, alpha = _steps(self, state)
+        beta, alpha = run_steps(self, state, "inner_step_size", "outer_step_size")
         x, y = state.x, state.y
         for _ in range(self.inner_steps):
             y = tree_axpy(-beta, lower_grad(problem, x, y, lower.next()), y)
@@ -170,7 +170,7 @@ class StocBiO(Method):
         gx_F, gy_F = upper_grads(problem, x, y, upper.next())
         r, v = gy_F, tree_scale(eta, gy_F)
         lin = None
-        Q = step_sizes(state, {"neumann_steps": self.neumann_steps})["neumann_steps"]
+        (Q,) = run_steps(self, state, "neumann_steps")
         for _ in range(Q):
             # without lower data every linearisation is the same: build it once
             fresh = self.hessian_batches == "independent" and problem.lower_data is not None
@@ -252,7 +252,7 @@ class SOBA(Method):
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
         state.extra["v"] = tree_zeros_like(y0)
-        _resolve_steps(self, problem, state, _single_loop_outer_step)
+        resolve_steps(self, problem, state, _single_loop_outer_step)
         return state
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
@@ -261,7 +261,7 @@ class SOBA(Method):
     def step_sizes(self, iteration: int, state: MethodState | None = None) -> tuple[float, float]:
         """``(rho_t, gamma_t)`` at the 1-based ``iteration`` (``state``: the run whose
         default step sizes were measured)."""
-        rho, gamma = _steps(self, state)
+        rho, gamma = run_steps(self, state, "inner_step_size", "outer_step_size")
         if not self.decreasing:
             return rho, gamma
         return rho / iteration**0.4, gamma / iteration**0.6
@@ -404,7 +404,7 @@ class SABA(Method):
             "grad_x_upper": _table(x0, m),
         }
         state = MethodState(x=x0, y=y0, extra={"v": tree_zeros_like(y0), "memory": memory})
-        _resolve_steps(self, problem, state, _single_loop_outer_step)
+        resolve_steps(self, problem, state, _single_loop_outer_step)
         if self.init_memory == "full":  # with v_0 = 0 the H v and B v rows are zero
             for i in range(n):
                 grad_y = lower_grad(problem, x0, y0, _item(problem.lower_data, i))
@@ -442,7 +442,7 @@ class SABA(Method):
         d_x = tree_add(
             _saga(memory["grad_x_upper"], j, gx_F, m), _saga(memory["cross"], i, cross_v, n)
         )
-        rho, gamma = _steps(self, state)
+        rho, gamma = run_steps(self, state, "inner_step_size", "outer_step_size")
         state.y = require_finite(tree_axpy(-rho, d_y, y), "the inner variable y")
         state.extra["v"] = require_finite(tree_axpy(-rho, d_v, v), "the linear-system variable v")
         state.x = tree_axpy(-gamma, d_x, x)
@@ -468,27 +468,5 @@ SINGLE_LOOP_RATIO = 1.0
 
 
 def _single_loop_outer_step(cal: Calibration, rho: float) -> float:
-    """``SINGLE_LOOP_RATIO * rho mu_y / L_h`` (``mu_y`` floored at ``1e-3 L_y``)."""
-    mu = max(cal.lower_min, 1e-3 * cal.lower_max)
-    return SINGLE_LOOP_RATIO * rho * mu * cal.outer_step()
-
-
-def _resolve_steps(method: Any, problem: BilevelProblem, state: MethodState, outer_rule) -> None:
-    """``state.extra["steps"] = {inner_step_size, outer_step_size}``, measuring the ones
-    left at ``None`` (:mod:`bilevel.methods._defaults`); ``outer_rule(calibration, inner)``
-    gives the default outer step."""
-    inner, outer = method.inner_step_size, method.outer_step_size
-    if inner is None or outer is None:
-        cal = calibrate_into(state, problem, state.x, state.y, outer=outer is None)
-        inner = cal.inner_step if inner is None else inner
-        outer = outer_rule(cal, inner) if outer is None else outer
-    state.extra["steps"] = {"inner_step_size": inner, "outer_step_size": outer}
-
-
-def _steps(method: Any, state: MethodState | None) -> tuple[float, float]:
-    fallback = {
-        "inner_step_size": method.inner_step_size,
-        "outer_step_size": method.outer_step_size,
-    }
-    steps = fallback if state is None else step_sizes(state, fallback)
-    return steps["inner_step_size"], steps["outer_step_size"]
+    """``SINGLE_LOOP_RATIO * rho mu_y / L_h`` (:meth:`Calibration.tracking_step`)."""
+    return cal.tracking_step(rho, SINGLE_LOOP_RATIO)

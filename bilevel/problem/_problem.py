@@ -297,10 +297,13 @@ class BilevelResult:
     x, y:
         Final outer and inner variables.
     status:
-        ``"converged"``, ``"max_iterations"``, ``"stopped"`` (by the callback) or
-        ``"diverged"``: NaN or infinite iterates or hypergradient, finite iterates past the
-        overflow scale ``sqrt(finfo(dtype).max)`` or growing geometrically (``1.2x`` at each
-        of 30 consecutive iterations, beyond ``1e6`` times the initial scale), or a
+        ``"converged"``, ``"max_iterations"``, ``"stopped"`` (by the callback),
+        ``"negative_curvature"`` (a stationary point where the lower-level Hessian
+        ``d2_yy f`` at the returned ``y`` has a negative eigenvalue, i.e. ``y`` is a saddle
+        or a maximum of ``f(x, .)`` that could not be escaped; see :func:`bilevel.solve`)
+        or ``"diverged"``: NaN or infinite iterates or hypergradient, finite iterates past
+        the overflow scale ``sqrt(finfo(dtype).max)`` or growing geometrically (``1.2x`` at
+        each of 30 consecutive iterations, beyond ``1e6`` times the initial scale), or a
         :class:`~bilevel.errors.DivergenceError` raised by the method (see
         :func:`bilevel.methods.run_method`).
     message:

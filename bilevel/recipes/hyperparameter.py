@@ -14,8 +14,11 @@ in ``[min_strength, max_strength]`` by projection. The inner problem is solved b
 ``d L_val / d theta`` comes from the implicit function theorem (conjugate gradient on the
 Hessian), so no inner iteration is differentiated. The outer optimiser is projected Adam on
 ``theta``, started from the best shared strength of a grid search, which is also the
-baseline: one strength for all features, chosen on the validation loss over the same
-range (the result records whether the grid's best is interior).
+baseline: one strength for all features, chosen on the validation loss over
+``[grid_min_strength, max_strength]`` (by default ten times wider at the bottom than the
+per-feature box ``[min_strength, max_strength]``, so the baseline gets the wider search;
+the result records whether the grid's best is interior; when it lies below
+``min_strength`` the per-feature search starts from ``min_strength``).
 
 Why per-feature strengths matter here: a single strength must both leave the 30 real
 features free and shrink the noise ones, which a small training set (20% of 569 samples
