@@ -127,11 +127,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    meta = {
+        "bilevel": str(Path(bilevel.__file__).parent),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "seeds": args.seeds,
+        "scales": args.scales,
+    }
     rows = []
     with threadpool_limits(1):
-        for method in args.methods:
-            for scale in args.scales:
-                for seed in range(args.seeds):
+        # seed by seed (all methods), saving as it goes: an interrupted run still covers
+        # every method on the first seeds
+        for scale in args.scales:
+            for seed in range(args.seeds):
+                for method in args.methods:
                     row = run_one(method, seed, scale)
                     rows.append(row)
                     print(
@@ -139,22 +149,15 @@ def main() -> None:
                         f"{row['n_iter']} iterations, {row['status']}, {row['time']:.1f} s",
                         flush=True,
                     )
+                    if args.json is not None:
+                        args.json.parent.mkdir(parents=True, exist_ok=True)
+                        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print()
     print("Relative error ||x - x*|| / ||x*|| per method and seed:")
     print(per_seed_table(rows))
     print()
     print(table(rows))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "bilevel": str(Path(bilevel.__file__).parent),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "seeds": args.seeds,
-            "scales": args.scales,
-        }
-        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         print(f"wrote {args.json}")
 
 
