@@ -12,6 +12,8 @@ Layers (see ``docs/architecture.md``):
   implicit differentiation or unrolling;
 * :mod:`bilevel.problem`, :mod:`bilevel.hypergrad`, :mod:`bilevel.methods` -- the bilevel
   problem, hypergradient estimators and outer algorithms behind :func:`bilevel.solve`;
+* :mod:`bilevel.nn` -- bilevel problems on ``nn.Module``s: hypergradients, a trainer,
+  ScaleBiO, multi-process training;
 * :mod:`bilevel.constrained` -- constrained lower levels (LV-HBA, KKT implicit
   differentiation, classical small bilevel programs);
 * :mod:`bilevel.dag` -- DAG structure learning by topological swaps (TOPO);
@@ -30,6 +32,7 @@ from bilevel import (
     implicit,
     linalg,
     methods,
+    nn,
     operators,
     optimality,
     problems,
@@ -53,6 +56,7 @@ __all__ = [
     "implicit",
     "linalg",
     "methods",
+    "nn",
     "operators",
     "optimality",
     "problems",

@@ -6,6 +6,8 @@ certificate, and the best known values of published problems (bilevel.problems.l
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -186,24 +188,151 @@ def _simple(**kwargs):
     return BilevelProblem(**base)
 
 
-def test_lower_level_infeasible_at_x0():
-    problem = _simple(lower_ineq=lambda x, y: (y**2 + x + 0.5).reshape(1))
+def _infeasible_start_problem():
+    """Bounds written as constraints (0 <= x <= 1, y >= 0); the lower level min (y - 1)^2
+    s.t. y <= 1 - x1 - x2 is infeasible unless x1 + x2 <= 1, e.g. at x0 = (1, 1). Closed
+    form: y* = 1 - x1 - x2, and F = |x - 1|^2 + y^2 is minimal on x1 + x2 = 1 (the
+    unconstrained minimiser along x1 = x2 = t, t = 2/3, has x1 + x2 > 1): x* = (1/2, 1/2),
+    y* = 0, F* = 1/2."""
+    return BilevelProblem(
+        upper=lambda x, y: ((x - 1) ** 2).sum() + y[0] ** 2,
+        lower=lambda x, y: (y[0] - 1) ** 2,
+        upper_ineq=lambda x, y: torch.cat([-x, x - 1]),
+        lower_ineq=lambda x, y: torch.stack([x[0] + x[1] + y[0] - 1, -y[0]]),
+    )
+
+
+def test_infeasible_start_is_repaired_by_the_feasibility_phase():
+    problem = _infeasible_start_problem()
+    x0, y0 = torch.ones(2, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
     with pytest.raises(LowerLevelInfeasibleError, match="infeasible at x"):
-        solve_classical(problem, torch.tensor([0.5]), torch.tensor([0.0]), **FAST)
-    with pytest.raises(LowerLevelInfeasibleError):
-        certify_lower_level(problem, torch.tensor([0.5]), torch.tensor([0.0]), n_starts=3)
+        certify_lower_level(problem, x0, y0, n_starts=3)  # the start itself is infeasible
+    res = solve_classical(problem, x0, y0, **FAST)
+    assert res.converged and res.info["start"] == "feasibility phase"
+    torch.testing.assert_close(res.x, torch.tensor([0.5, 0.5]).double(), atol=1e-6, rtol=0)
+    assert abs(float(res.y[0])) <= 1e-6
+    assert abs(res.info["upper_value"] - 0.5) <= 1e-8
+    assert res.info["certified"] and res.info["upper_violation"] <= 1e-7
     assert issubclass(LowerLevelInfeasibleError, InfeasibleError)
     assert issubclass(UnboundedLowerLevelError, UnboundedError)
 
 
-def test_unbounded_lower_level():
+def test_linear_rows_prove_infeasibility():
+    """The lower level needs x >= 3 (0 <= y <= x - 3), the upper level x <= 1: the linear
+    rows alone are infeasible, which linear programming proves (no multistart guess)."""
     problem = BilevelProblem(
+        upper=lambda x, y: (x**2).sum() + (y**2).sum(),
+        lower=lambda x, y: (y**2).sum(),
+        upper_ineq=lambda x, y: torch.stack([x[0] - 1, -x[0]]),
+        lower_ineq=lambda x, y: torch.stack([y[0] - x[0] + 3, -y[0]]),
+    )
+    with pytest.raises(LowerLevelInfeasibleError, match="no x satisfying the linear") as err:
+        solve_classical(problem, torch.zeros(1), torch.zeros(1), **FAST)
+    assert "HiGHS" in err.value.evidence and "infeasible" in err.value.evidence.lower()
+
+
+def test_nonlinear_infeasibility_names_the_smallest_violation():
+    """g = x^2 + y^2 + 1 > 0 everywhere: the feasibility phase reaches the minimum violation
+    1 (at x = y = 0) and the error names it as its evidence."""
+    problem = _simple(lower_ineq=lambda x, y: (x**2 + y**2 + 1).reshape(1))
+    with pytest.raises(LowerLevelInfeasibleError, match="no x of the upper feasible set") as e:
+        solve_classical(problem, torch.tensor([0.5]), torch.tensor([0.3]), **FAST)
+    assert "smallest lower-level constraint violation" in e.value.evidence
+    assert "is 1.000e+00 >" in e.value.evidence
+
+
+def _linear_lower(**kwargs):
+    """f = (x - 2) y: decreasing in y for every x in [-1, 1]."""
+    return BilevelProblem(
         upper=lambda x, y: (x**2).sum() + (y**2).sum(),
         lower=lambda x, y: x[0] * y[0] - 2 * y[0],
         x_bounds=(-1.0, 1.0),
+        **kwargs,
     )
-    with pytest.raises(UnboundedLowerLevelError, match="unbounded"):
-        solve_classical(problem, torch.tensor([0.0]), torch.tensor([0.0]), **FAST)
+
+
+def test_unbounded_lower_level_has_a_checked_recession_direction():
+    with pytest.raises(UnboundedLowerLevelError, match="recession direction") as err:
+        solve_classical(_linear_lower(), torch.tensor([0.0]), torch.tensor([0.0]), **FAST)
+    cert = err.value
+    assert cert.direction.shape == (1,) and cert.direction[0] > 0  # y -> +inf
+    # independent check of the certificate on the model: f(x, y + t d) = (x - 2)(y + t d)
+    x, y = float(cert.x[0]), float(cert.y[0])
+    for t, value in zip(cert.steps, cert.values):
+        assert value == pytest.approx((x - 2) * (y + t * cert.direction[0]), rel=1e-12)
+    assert cert.steps[-1] >= 1e8 and cert.values[-1] < cert.values[0] - 1e8
+
+
+def test_bounds_written_as_constraints_are_not_unbounded():
+    """The same lower level with -10 <= y <= 10 as constraints: y* = 10 for every x, so
+    F = x^2 + 100 and x* = 0, F* = 100 (x stays inside its bounds)."""
+    problem = _linear_lower(lower_ineq=lambda x, y: torch.cat([y - 10, -y - 10]))
+    res = solve_classical(problem, torch.tensor([0.0]), torch.tensor([0.0]), **FAST)
+    assert res.converged and res.info["certified"]
+    assert abs(res.info["upper_value"] - 100.0) <= 1e-8
+    assert abs(float(res.y[0]) - 10.0) <= 1e-8 and abs(float(res.x[0])) <= 1e-6
+
+
+def test_time_limit_returns_the_best_certified_point(monkeypatch):
+    """A fake clock that advances one unit per reading makes the limit deterministic: the
+    first start (x0) is solved and certified at once (anytime mode), then the limit ends the
+    round long before its 400 starts are done. The point is the closed-form solution of
+    _active_bound_problem (x* = 2, y* = 1, F* = 0.25)."""
+    from bilevel.constrained import classical
+
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(classical, "_clock", lambda: float(next(ticks)))
+    with pytest.warns(ConvergenceWarning, match="time limit of 150 s reached"):
+        res = solve_classical(
+            _active_bound_problem(),
+            torch.tensor([-3.0]),
+            torch.tensor([0.5]),
+            time_limit=150,
+            n_starts=400,
+            n_lower_starts=6,
+            n_certify=1,
+        )
+    assert res.status == "time_limit" and "best certified point" in res.message
+    assert res.info["time_limit_reached"] and res.info["certified"]
+    assert res.info["n_starts"] < 400
+    assert abs(res.info["upper_value"] - 0.25) <= 1e-10
+    assert abs(float(res.x[0]) - 2.0) <= 1e-6
+
+
+def test_time_limit_before_any_point():
+    """A limit that passes before the first local solve: status time_limit, no point."""
+    from bilevel.constrained import classical
+
+    ticks = iter(range(10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(classical, "_clock", lambda: float(next(ticks)) * 1e6)
+        with pytest.warns(ConvergenceWarning, match="returning no feasible point"):
+            res = solve_classical(
+                _active_bound_problem(),
+                torch.tensor([-3.0]),
+                torch.tensor([0.5]),
+                time_limit=1.0,
+                **FAST,
+            )
+    assert res.status == "time_limit" and not res.info["certified"]
+    assert res.info["n_starts"] == 0
+
+
+def test_time_limit_through_bilevel_solve_is_not_silent():
+    from bilevel.constrained import classical
+
+    ticks = iter(range(10**9))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(classical, "_clock", lambda: float(next(ticks)) * 1e6)
+        with pytest.warns(ConvergenceWarning):
+            res = bilevel.solve(
+                _active_bound_problem(),
+                torch.tensor([-3.0]),
+                torch.tensor([0.5]),
+                method=Classical(time_limit=1.0, **FAST),
+                maxiter=3,
+            )
+    assert res.status == "max_iterations" and res.info["time_limit_reached"]
 
 
 @pytest.mark.parametrize(
@@ -303,6 +432,8 @@ def test_invalid_arguments():
         Classical(n_certify=0)
     with pytest.raises(ValueError, match="enable at least one"):
         Classical(use_mpcc=False, use_value_function=False)
+    with pytest.raises(ValueError, match="time_limit must be a positive"):
+        Classical(time_limit=0)
     with pytest.raises(TypeError, match="tensor"):
         certify_lower_level(_simple(), [0.0], torch.zeros(1))
     with pytest.raises(ValueError, match="finite"):
@@ -354,3 +485,60 @@ def test_checkpoint_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed.converged and resumed.n_iter == straight.n_iter
     assert torch.equal(resumed.x, straight.x) and torch.equal(resumed.y, straight.y)
     assert resumed.info == straight.info
+
+
+def test_failed_local_solves_certify_nothing(monkeypatch):
+    """A multistart whose local solves all fail (SLSQP's status 4, "inequality constraints
+    incompatible", seen at degenerate x) returns its starting points; the candidate's own
+    value is then the best value found, but that is no certificate."""
+    from bilevel.constrained import classical
+
+    problem = _double_well(None)
+    x, y = torch.tensor([0.3]), torch.tensor([1.0])
+    y_best = certify_lower_level(problem, x, y, n_starts=5).y_best
+    good = certify_lower_level(problem, x, y_best, n_starts=5)
+    assert good.certified and good.n_converged >= 1
+    real = classical._solve_nlp
+
+    def failing(fn, z0, lo, hi, **kwargs):
+        res = real(fn, z0, lo, hi, maxiter=0)  # evaluates the start, takes no step
+        return dataclasses.replace(res, z=np.clip(z0, lo, hi), status=4)
+
+    monkeypatch.setattr(classical, "_solve_nlp", failing)
+    cert = certify_lower_level(problem, x, y_best, n_starts=5)
+    assert cert.n_converged == 0 and not cert.certified and cert.gap <= 1e-12
+
+
+def _toll_problem():
+    """Toll setting on two parallel arcs: arc 1 costs 1 + x (x >= 0, the toll), arc 2
+    costs 3; one unit of flow y = (y1, y2) takes the cheaper arc (the lower level is an LP,
+    its constraints written as rows, the equality as two inequalities). The leader's
+    revenue x y1 is largest at x = 2, where the arcs tie and the optimistic follower takes
+    arc 1: F* = -2."""
+    return BilevelProblem(
+        upper=lambda x, y: -x[0] * y[0],
+        lower=lambda x, y: (1 + x[0]) * y[0] + 3 * y[1],
+        upper_ineq=lambda x, y: -x,
+        lower_ineq=lambda x, y: torch.stack([y[0] + y[1] - 1, 1 - y[0] - y[1], -y[0], -y[1]]),
+    )
+
+
+def test_lp_lower_level_is_certified_exactly():
+    """At a huge toll (1e7) the follower takes arc 2 (phi = 3); the exact LP certificate
+    sees the gap of arc 1 (1 + 1e7 - 3), and certifies arc 2."""
+    problem = _toll_problem()
+    x = torch.tensor([1e7], dtype=torch.float64)
+    bad = certify_lower_level(problem, x, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert not bad.certified and bad.phi == pytest.approx(3.0, abs=1e-9)
+    assert bad.gap == pytest.approx(1e7 - 2, rel=1e-12)
+    good = certify_lower_level(problem, x, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert good.certified and abs(good.gap) <= 1e-9
+
+
+def test_toll_setting_closed_form():
+    res = solve_classical(
+        _toll_problem(), torch.zeros(1, dtype=torch.float64), torch.ones(2).double() / 2, **FAST
+    )
+    assert res.converged and res.info["certified"]
+    assert abs(res.info["upper_value"] + 2.0) <= 1e-6 and abs(float(res.x[0]) - 2.0) <= 1e-6
+    assert res.info["value_cuts"] >= 1  # the vertex cut of arc 2 bounds the toll

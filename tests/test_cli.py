@@ -119,7 +119,7 @@ def test_make_run_dir_and_files_are_exclusive(tmp_path):
         (["run", "hyper_cleaning", "--seed"], "option --seed needs a value"),
         (["run", "hyper_cleaning", "fast"], "unexpected argument 'fast'"),
         (["run", "hyper_cleaning", "--seed", "1", "--seed", "2"], "given twice"),
-        (["run", "nope"], "unknown recipe 'nope'; available: hyper_cleaning, hyperparameter"),
+        (["run", "nope"], "unknown recipe 'nope'; available: data_mixing, hyper_cleaning, hyperparameter"),
         (["run", "hyperparameter", "--config", "missing.toml"], "does not exist"),
     ],
 )

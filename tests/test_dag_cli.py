@@ -138,9 +138,13 @@ def test_fit_sachs(runner, tmp_path):
     W = read_matrix_csv(out, names)
     from bilevel.dag.datasets import load_sachs
 
-    _, B, _ = load_sachs()
+    X, B, _ = load_sachs(standardize=False)
     shd = count_accuracy(B, W)["shd"]
     assert f"SHD {shd}," in result.output
+    # the default is the raw data (the equal-variance score's assumption is about units)
+    from bilevel.dag.topo import TopoSearch
+
+    np.testing.assert_allclose(W, TopoSearch(random_state=0).fit(X).adjacency_)
 
 
 def test_output_may_not_replace_the_input_data_even_with_force(tmp_path):
@@ -175,3 +179,136 @@ def test_score_penalties_from_the_command_line(tmp_path):
     )
     assert bad.exit_code == 2
     assert "--l2" in bad.output and not bad_out.exists()
+
+
+def _small_data(tmp_path, seed=0, n=300):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4))
+    X[:, 1] += 1.5 * X[:, 0]
+    X[:, 2] -= 1.2 * X[:, 1]
+    X[:, 3] += 0.9 * X[:, 0]
+    data = tmp_path / "d.csv"
+    np.savetxt(data, X, delimiter=",", header="a,b,c,e", comments="")
+    return data
+
+
+def test_fit_json_result_with_metrics_and_stability(runner, tmp_path):
+    import json
+
+    data = _small_data(tmp_path)
+    truth = tmp_path / "t.csv"
+    truth.write_text(",a,b,c,e\na,0,1.5,0,0.9\nb,0,0,-1.2,0\nc,0,0,0,0\ne,0,0,0,0\n")
+    out, js = tmp_path / "g.csv", tmp_path / "g.json"
+    result = _ok(runner, "fit", str(data), "--out", str(out), "--json", str(js), "--truth",
+                 str(truth), "--bootstrap", "3", "--jobs", "1", "--no-progress")  # fmt: skip
+    payload = json.loads(js.read_text())
+    W = read_matrix_csv(out, ["a", "b", "c", "e"])
+    assert {(e["source"], e["target"]) for e in payload["edges"]} == {
+        ("abce"[i], "abce"[j]) for i, j in zip(*np.nonzero(W), strict=True)
+    }
+    m = payload["metrics"]
+    for key in ("shd", "shd_cpdag", "tpr", "fdr", "fpr", "nnz", "score", "converged", "time_s"):
+        assert key in m
+    assert m["shd"] == count_accuracy(read_matrix_csv(truth, list("abce")), W)["shd"]
+    assert all(0 <= e["stability"] <= 1 for e in payload["edges"])
+    assert "CPDAG-level SHD" in result.output and "bootstrap stability (3 fits)" in result.output
+    assert payload["settings"]["standardize"] is False
+
+
+def test_fit_prior_knowledge_from_the_command_line(runner, tmp_path):
+    data = _small_data(tmp_path)
+    out = tmp_path / "g.csv"
+    _ok(runner, "fit", str(data), "--out", str(out), "--forbid", "a->b", "--require", "c->e",
+        "--no-progress")  # fmt: skip
+    W = read_matrix_csv(out, list("abce"))
+    assert W[0, 1] == 0 and W[2, 3] != 0
+    _ok(runner, "fit", str(data), "--out", str(out), "--tier", "c", "--tier", "a,b",
+        "--no-progress", "--force")  # fmt: skip
+    W = read_matrix_csv(out, list("abce"))
+    assert W[0, 2] == 0 and W[1, 2] == 0  # no edge into the first tier
+    g = str(tmp_path / "h.csv")
+    _error(runner, "--require", "fit", str(data), "--out", g, "--require", "a-b")
+    _error(runner, "unknown node 'z'", "fit", str(data), "--out", g, "--forbid", "a->z")
+    _error(runner, "--tier", "fit", str(data), "--out", g, "--tier", "a", "--tier", "a")
+    _error(runner, "both required and forbidden", "fit", str(data), "--out", g, "--require",
+           "a->b", "--forbid", "a->b")  # fmt: skip
+    _error(runner, "cycle", "fit", str(data), "--out", g, "--require", "a->b,b->a")
+    _error(runner, "--prune bic", "fit", str(data), "--out", g, "--prune", "bic", "--score",
+           "mlp")  # fmt: skip
+    _error(runner, "--plot", "fit", str(data), "--out", g, "--plot", str(tmp_path / "p.xyz"))
+    assert not (tmp_path / "h.csv").exists()
+
+
+def test_standardizing_for_an_equal_variance_score_warns(runner, tmp_path):
+    data = _small_data(tmp_path)
+    result = _ok(runner, "fit", str(data), "--out", str(tmp_path / "g.csv"), "--standardize",
+                 "--no-progress")  # fmt: skip
+    assert "Warning: the 'ls' score assumes equal noise variances" in result.output
+
+
+def test_simulate_errors_name_the_options(runner, tmp_path):
+    out = ["--out", str(tmp_path / "x.csv"), "--graph-out", str(tmp_path / "y.csv")]
+    _error(runner, "--edges 50 exceeds", "simulate", *out, "-d", "5", "-s", "50")
+    _error(runner, "--graph must be ER or SF", "simulate", *out, "--graph", "BA")
+    _error(runner, "--graph SF", "simulate", *out, "--graph", "SF", "-d", "5", "-s", "40")
+    result = runner.invoke(app, ["dag", "simulate", *out, "-d", "5", "-s", "50"])
+    assert "s0" not in result.output and "graph_type" not in result.output
+
+
+def test_mlp_progress_advances_and_exit_code_on_stalled_search(runner, tmp_path, monkeypatch):
+    from bilevel.cli import _dag
+
+    seen = []
+    original = _dag._Progress.__call__
+
+    def spy(self, phase, done, total):
+        seen.append((phase, done))
+        return original(self, phase, done, total)
+
+    monkeypatch.setattr(_dag._Progress, "__call__", spy)
+    data = _small_data(tmp_path, n=120)
+    _ok(runner, "fit", str(data), "--out", str(tmp_path / "g.csv"), "--score", "mlp")
+    fits = [done for phase, done in seen if phase == "search"]
+    assert fits and fits[-1] > 1 and fits == sorted(fits)  # the counter advances
+    # a search stopped at its iteration limit: results written, warning, exit status 3
+    from bilevel.dag import topo
+
+    monkeypatch.setattr(topo.TopoSearch, "__init__", _with_max_iter(topo.TopoSearch.__init__))
+    result = runner.invoke(app, ["dag", "fit", str(data), "--out", str(tmp_path / "h.csv"),
+                                 "--no-progress"])  # fmt: skip
+    assert result.exit_code == 3, result.output
+    assert "Warning:" in result.output and (tmp_path / "h.csv").exists()
+
+
+def _with_max_iter(init):
+    def wrapped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.max_iter = 1
+        self.init = "random"
+
+    return wrapped
+
+
+def test_plot_has_a_legend_metrics_in_the_title_and_fitting_labels():
+    from bilevel.dag.plotting import plot_graph
+
+    W = np.array([[0, 1.0, 0], [0, 0, -0.5], [0, 0, 0]])
+    B = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0]])
+    fig = plot_graph(W, ["first_long_name", "b", "c"], B_true=B, title="t",
+                     stability=np.full((3, 3), 0.5))  # fmt: skip
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"correct edge", "reversed edge", "extra edge", "missing true edge"} <= set(labels)
+    assert any(label.startswith("|weight|") for label in labels)
+    assert "SHD" in ax.get_title() and "TPR" in ax.get_title()
+    # every label is inside its node circle
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    nodes = [c for c in ax.collections if c.get_zorder() == 3][0]
+    diameter_px = 2 * np.sqrt(nodes.get_sizes()[0]) / 2 * fig.dpi / 72
+    for text in ax.texts:
+        if text.get_text() in ("first_long_name", "b", "c"):
+            assert text.get_window_extent(renderer).width < diameter_px

@@ -13,7 +13,7 @@ from hypothesis import strategies as st_h
 
 from bilevel.dag._order import CholeskyOrder, greedy_order, move_perm
 from bilevel.dag.acyclicity import acyclicity, h_expm, h_logdet, h_poly
-from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic, MLPScore, make_score
+from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic, make_score
 from bilevel.dag.simulate import simulate_dag, simulate_linear_sem, simulate_parameter
 from bilevel.errors import NonFiniteError
 
@@ -390,67 +390,6 @@ def test_logistic_l1_matches_cvxpy():
         assert state.node_loss[k] <= val + 1e-9
     gap = score.kkt_gap(state)
     assert gap[np.triu_indices(4, 1)].max() < 1e-6
-
-
-# ---------------------------------------------------------------------------------------
-# MLP (tiny)
-# ---------------------------------------------------------------------------------------
-
-
-def test_mlp_score_edge_strength_and_gradient():
-    import torch
-
-    rng = np.random.default_rng(12)
-    n = 100
-    x0 = rng.normal(size=n)
-    x1 = np.sin(2 * x0) + 0.1 * rng.normal(size=n)
-    x2 = rng.normal(size=n)
-    X = np.column_stack([x0, x1, x2])
-    score = MLPScore(hidden=4, l1=0.0, l2=1e-3, max_iter=300).setup(X)
-    state = score.state(np.array([0, 1, 2]))
-    W = state.weights()
-    U = score._params[(1, frozenset([0]))][0]
-    np.testing.assert_allclose(W[0, 1], torch.linalg.vector_norm(U[:, 0]).item(), rtol=1e-12)
-    # the parent explains the child far better than the mean
-    assert state.node_loss[1] < 0.2 * 0.5 * np.var(x1)
-    G = score.gradient(state)
-    # stationarity in the fitted weights (L-BFGS converged)
-    assert G[0, 1] < 1e-6
-    # the gradient for a non-parent input (2 -> 1) by central differences
-    params = score._params[(1, frozenset([0]))]
-    Xt = torch.as_tensor(X)
-    y = Xt[:, 1]
-    g = np.zeros(4)
-    for h in range(4):
-        vals = []
-        for s in (1e-6, -1e-6):
-            Uf = torch.zeros((4, 3), dtype=torch.float64)
-            Uf[:, 0] = params[0][:, 0]
-            Uf[h, 2] = s
-            vals.append(float(score._loss([Uf, *params[1:]], Xt, y)))
-        g[h] = (vals[0] - vals[1]) / 2e-6
-    np.testing.assert_allclose(G[2, 1], np.abs(g).max(), rtol=1e-5)
-
-
-def test_mlp_score_l1_shrinks_an_irrelevant_input_and_meets_its_kkt_conditions():
-    rng = np.random.default_rng(16)
-    n = 150
-    x0 = rng.normal(size=n)
-    x2 = rng.normal(size=n)
-    x1 = np.tanh(2 * x0) + 0.1 * rng.normal(size=n)
-    X = np.column_stack([x0, x1, x2])
-    score = MLPScore(hidden=4, l1=0.02, l2=1e-3, max_iter=500).setup(X)
-    state = score.state(np.array([0, 2, 1]))
-    W = state.weights()
-    assert W[0, 1] > 0.5 and W[2, 1] < 0.02  # far below any threshold
-    gap = score.kkt_gap(state)
-    # subgradient conditions of the fitted first-layer weights (allowed pairs)
-    assert max(gap[0, 1], gap[2, 1], gap[0, 2]) < 1e-5
-    # the objective is the sum of the node objectives, L1 included
-    U = score._params[(1, frozenset([0, 2]))][0]
-    p = score._params[(1, frozenset([0, 2]))]
-    smooth = float(score._loss(p, score._Xt[:, [0, 2]], score._Xt[:, 1]))
-    np.testing.assert_allclose(state.node_loss[2], smooth + 0.02 * float(U.abs().sum()))
 
 
 # ---------------------------------------------------------------------------------------

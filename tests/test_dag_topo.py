@@ -11,7 +11,8 @@ import pytest
 
 from bilevel.dag.baselines import sortnregress
 from bilevel.dag.metrics import count_accuracy, is_dag
-from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic, MLPScore
+from bilevel.dag.nonlinear import MLPScore
+from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic
 from bilevel.dag.simulate import simulate_dag, simulate_linear_sem, simulate_parameter
 from bilevel.dag.topo import TopoSearch, topological_order
 from bilevel.errors import ConvergenceWarning, NonFiniteError

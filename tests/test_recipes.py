@@ -181,9 +181,11 @@ def test_hpo_hypergradient_matches_central_finite_difference():
 
 
 def test_registry():
-    assert set(RECIPES) == {"hyperparameter", "hyper_cleaning", "svm_hyperparameters"}
+    assert set(RECIPES) == {
+        "hyperparameter", "hyper_cleaning", "svm_hyperparameters", "reweighting", "data_mixing"
+    }
     assert get_recipe("hyper-cleaning") is RECIPES["hyper_cleaning"]
-    with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: hyper_cleaning"):
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'; available: data_mixing, hyper_cleaning"):
         get_recipe("nope")
     for recipe in RECIPES.values():
         assert recipe.summary

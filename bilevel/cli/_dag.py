@@ -6,9 +6,11 @@ command                                             does
 ``bilevel dag fit DATA.csv --out graph.csv``        TOPO (:class:`bilevel.dag.topo.TopoSearch`)
 ``[--plot graph.png] [--score ls|nv|logistic|mlp]`` on the columns of ``DATA.csv``; writes the
 ``[--w-threshold 0.3] [--standardize] [--seed 0]``  weighted adjacency (rows: cause, columns:
-``[--truth true.csv] [--force]``                    effect) with the node names, and the plot
+``[--truth true.csv] [--json result.json]``         effect) with the node names, the plot and
+``[--require A->B] [--forbid B->A] [--tier A,B]``   a JSON edge list with the metrics; prior
+``[--bootstrap 50 --jobs -1] [--force]``            knowledge, bootstrap edge stability
 ``bilevel dag fit --sachs --out graph.csv``         the bundled Sachs observational data
-                                                    (standardized), scored against the
+                                                    (raw intensities), scored against the
                                                     18-edge consensus network
 ``bilevel dag simulate --out data.csv``             linear-SEM (or MLP-SEM) data from a random
 ``--graph-out true.csv [--nodes 10 --edges 20]``    ER/SF DAG, and its true weighted graph
@@ -17,12 +19,14 @@ command                                             does
 A CSV file has a header row of node names if its first row is not all numbers (or say so with
 ``--header/--no-header``); without one, nodes are named ``X0, X1, ...``. Output files are never
 overwritten unless ``--force`` is given. Progress goes to stderr, results to stdout. Invalid
-input exits with status 2 and a one-line ``Error:`` message.
+input exits with status 2 and a one-line ``Error:`` message naming the option; a search that
+stopped at its iteration limit exits with status 3 after writing its results.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 import typing
@@ -44,7 +48,8 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
-SCORES = ("ls", "nv", "logistic", "mlp")
+EXIT_NOT_CONVERGED = 3
+SCORES = ("ls", "nv", "logistic", "gam", "gam-nv", "mlp")
 
 
 class CLIInputError(ValueError):
@@ -160,33 +165,47 @@ def _check_new(path: Path | None, force: bool) -> None:
 
 
 class _Progress:
-    """A tqdm counter of outer iterations on stderr, fed by the estimator's callback."""
+    """tqdm bars on stderr, one per phase of the fit (initial order, search, pruning,
+    bootstrap), fed by :class:`~bilevel.dag.topo.TopoSearch`'s ``progress`` hook; the search
+    bar counts model fits (or outer iterations), so it advances with the work."""
+
+    LABELS = {
+        "init": "initial order",
+        "search": "TOPO search",
+        "prune": "pruning",
+        "bootstrap": "bootstrap fits",
+    }
 
     def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bars: dict = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(desc="TOPO swaps", unit="it", disable=not enabled, leave=False)
-
-    def __call__(self, record: dict) -> None:
-        self.bar.set_postfix(
-            restart=record.get("restart"), score=f"{float(record['score']):.6g}", refresh=False
-        )
-        self.bar.update(1)
+        bar = self.bars.get(phase)
+        if bar is None:
+            unit = "fit" if phase in ("search", "bootstrap") else "step"
+            bar = self.bars[phase] = tqdm(
+                desc=self.LABELS.get(phase, phase), total=total, unit=unit, leave=False
+            )
+        bar.update(done - bar.n)
 
     def close(self) -> None:
-        self.bar.close()
+        for bar in self.bars.values():
+            bar.close()
 
 
-def _fit_topo(X: np.ndarray, score: Any, w_threshold: float, seed: int, progress: bool):
+def _fit_topo(X: np.ndarray, options: dict, prior: dict, progress: bool):
     from bilevel.dag.topo import TopoSearch
 
     bar = _Progress(progress)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            est = TopoSearch(
-                score=score, w_threshold=w_threshold, random_state=seed, callback=bar
-            ).fit(X)
+            est = TopoSearch(**options, progress=bar).fit(X, **prior)
     finally:
         bar.close()
     for w in caught:
@@ -195,6 +214,90 @@ def _fit_topo(X: np.ndarray, score: Any, w_threshold: float, seed: int, progress
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return est
+
+
+def _parse_edges(specs: list[str], names: list[str], option: str) -> list[tuple[int, int]]:
+    """``"A->B"`` (node names or 0-based indices) -> index pairs, errors naming ``option``."""
+    index = {name: k for k, name in enumerate(names)}
+    edges = []
+    for spec in specs:
+        for part in spec.split(","):
+            if not part.strip():
+                continue
+            if "->" not in part:
+                raise CLIInputError(f"{option} {part!r}: write an edge as CAUSE->EFFECT")
+            ends = [_node(x.strip(), index, len(names), option) for x in part.split("->", 1)]
+            if ends[0] == ends[1]:
+                raise CLIInputError(f"{option} {part!r}: a node cannot be its own parent")
+            edges.append((ends[0], ends[1]))
+    return edges
+
+
+def _node(text: str, index: dict, d: int, option: str) -> int:
+    if text in index:
+        return index[text]
+    if text.isdigit() and int(text) < d:
+        return int(text)
+    raise CLIInputError(f"{option}: unknown node {text!r}; the nodes are {', '.join(index)}")
+
+
+def _parse_tiers(specs: list[str], names: list[str]) -> np.ndarray | None:
+    """``--tier A,B --tier C``: tier 0 holds A and B, tier 1 C; unlisted nodes go last."""
+    if not specs:
+        return None
+    index = {name: k for k, name in enumerate(names)}
+    tiers = np.full(len(names), len(specs), dtype=int)
+    seen: set[int] = set()
+    for t, spec in enumerate(specs):
+        for part in spec.split(","):
+            if not part.strip():
+                continue
+            k = _node(part.strip(), index, len(names), "--tier")
+            if k in seen:
+                raise CLIInputError(f"--tier: node {names[k]!r} is in two tiers")
+            seen.add(k)
+            tiers[k] = t
+    return tiers
+
+
+def _scaling_warnings(X_fit: np.ndarray, W: np.ndarray, score: str, standardized: bool) -> list[str]:
+    """When the data's scaling makes the chosen score unreliable, say so."""
+    from bilevel.dag.diagnostics import var_sortability
+
+    out = []
+    equal_variance = score in ("ls", "gam", "mlp")
+    if equal_variance and standardized:
+        out.append(
+            f"the {score!r} score assumes equal noise variances, which standardizing the "
+            "columns breaks: the order it finds is not identified (Reisach et al. 2021); "
+            "prefer --no-standardize or --score nv"
+        )
+    if W.any():
+        vs = var_sortability(X_fit, W)
+        if equal_variance and vs >= 0.9 and not standardized:
+            out.append(
+                f"var-sortability of the learned graph is {vs:.2f}: its edges follow the "
+                "columns' marginal variances, so rescaling a variable (a change of units) "
+                "could change the graph"
+            )
+    sd = X_fit.std(axis=0)
+    ratio = float(sd.max() / sd.min())
+    if equal_variance and not standardized and ratio > 100:
+        out.append(
+            f"column standard deviations differ by a factor {ratio:.3g}: the {score!r} score "
+            "compares residual variances in these units"
+        )
+    return out
+
+
+def _edges_json(W: np.ndarray, names: list[str], stability: np.ndarray | None) -> list[dict]:
+    out = []
+    for i, j in zip(*np.nonzero(W), strict=True):
+        rec = {"source": names[i], "target": names[j], "weight": float(W[i, j])}
+        if stability is not None:
+            rec["stability"] = float(stability[i, j])
+        out.append(rec)
+    return out
 
 
 @app.command("fit")
@@ -215,12 +318,21 @@ def fit(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the learned graph (PNG, PDF, SVG).")
     ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Also write a JSON result: the edge list (weights, bootstrap stability), the "
+            "metrics and the settings.",
+        ),
+    ] = None,
     sachs: Annotated[
         bool,
         typer.Option(
-            "--sachs",
-            help="Use the bundled Sachs et al. (2005) observational data (853 x 11) instead of "
-            "DATA and score the result against its 18-edge consensus network.",
+            "--sachs/--no-sachs",
+            help="Use the bundled Sachs et al. (2005) observational data (853 x 11, raw "
+            "intensities unless --standardize) instead of DATA and score the result against "
+            "its 18-edge consensus network.",
         ),
     ] = False,
     truth: Annotated[
@@ -228,7 +340,7 @@ def fit(
         typer.Option(
             "--truth",
             help="CSV adjacency matrix of the true graph (as written by `simulate`): print "
-            "SHD, TPR, FDR.",
+            "SHD, CPDAG-level SHD, TPR, FDR.",
             exists=True,
             dir_okay=False,
         ),
@@ -238,7 +350,9 @@ def fit(
         typer.Option(
             "--score",
             help="ls: least squares (equal noise variances); nv: Gaussian likelihood with "
-            "non-equal variances; logistic: binary data; mlp: one MLP per node.",
+            "non-equal variances; logistic: binary data; gam: additive splines (equal "
+            "variances); gam-nv: additive splines, one noise variance per node (scale-free); "
+            "mlp: one MLP per node (nonlinear, equal variances).",
         ),
     ] = "ls",
     l1: Annotated[
@@ -247,19 +361,47 @@ def fit(
     ] = None,
     l2: Annotated[
         float | None,
-        typer.Option("--l2", help="L2 penalty of the score (ls, logistic, mlp)."),
+        typer.Option("--l2", help="L2 penalty of the score (ls, logistic, gam, mlp)."),
     ] = None,
     w_threshold: Annotated[
         float, typer.Option("--w-threshold", help="Drop edges with |weight| below this.")
     ] = 0.3,
+    prune: Annotated[
+        str,
+        typer.Option(
+            "--prune",
+            help="auto, bic (backward BIC elimination per node before the threshold) or none.",
+        ),
+    ] = "auto",
+    require: Annotated[
+        list[str] | None,
+        typer.Option("--require", help="Required edge CAUSE->EFFECT (names or 0-based indices; "
+                     "repeat or separate by commas)."),
+    ] = None,
+    forbid: Annotated[
+        list[str] | None,
+        typer.Option("--forbid", help="Forbidden edge CAUSE->EFFECT (repeatable)."),
+    ] = None,
+    tier: Annotated[
+        list[str] | None,
+        typer.Option("--tier", help="Comma-separated nodes of the next tier (repeat, earliest "
+                     "first); no edge points to an earlier tier; unlisted nodes come last."),
+    ] = None,
+    bootstrap: Annotated[
+        int,
+        typer.Option("--bootstrap", min=0, help="Bootstrap refits for edge stability."),
+    ] = 0,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", help="joblib workers for --bootstrap (-1: all).")
+    ] = None,
     standardize: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--standardize/--no-standardize",
-            help="Scale each column to zero mean and unit variance first (default: no for "
-            "DATA, yes for --sachs).",
+            help="Scale each column to zero mean and unit variance first (breaks the equal-"
+            "variance assumption of ls, gam and mlp).",
         ),
-    ] = None,
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the search.")] = 0,
     header: Annotated[
         bool | None,
@@ -269,17 +411,26 @@ def fit(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing output files.")
+        bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
     ] = False,
     progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress counter.")
+        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
     ] = True,
+    quiet: Annotated[
+        bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bars or notes.")
+    ] = False,
 ) -> None:
-    """Learn a DAG from data with TOPO and write its weighted adjacency matrix."""
-    from bilevel.dag.metrics import count_accuracy, is_dag
+    """Learn a DAG from data with TOPO and write its weighted adjacency matrix.
+
+    Exit status: 0 on success, 2 for invalid input, 3 when the search stopped before a
+    local optimum (the results are still written, with a warning).
+    """
+    from bilevel.dag.metrics import count_accuracy, is_dag, shd_cpdag
 
     if score not in SCORES:
         _fail(f"--score must be one of {', '.join(SCORES)}, got {score!r}")
+    if prune not in ("auto", "bic", "none"):
+        _fail(f"--prune must be auto, bic or none, got {prune!r}")
     from bilevel.dag.scores import make_score
 
     penalties = {k: v for k, v in (("l1", l1), ("l2", l2)) if v is not None}
@@ -289,43 +440,66 @@ def fit(
         _fail(f"--score {score} with {', '.join(f'--{k}' for k in penalties)}: {err}")
     if not (math.isfinite(w_threshold) and w_threshold >= 0):
         _fail(f"--w-threshold must be a nonnegative number, got {w_threshold}")
+    if prune == "bic" and not score_obj.supports_pruning:
+        _fail(f"--prune bic needs --score ls, nv or gam without --l1, got --score {score}")
     if sachs == (data is not None):
         _fail("give either a DATA file or --sachs (exactly one)")
-    if plot is not None and plot.resolve() == out.resolve():
-        _fail("--out and --plot must be different files")
-    if data is not None and any(
-        p is not None and p.resolve() == data.resolve() for p in (out, plot)
-    ):
+    outputs = [p for p in (out, plot, json_out) if p is not None]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        _fail("--out, --plot and --json must be different files")
+    if data is not None and any(p.resolve() == data.resolve() for p in outputs):
         _fail("the output files must differ from the DATA file (even with --force)")
-    _check_new(out, force)
-    _check_new(plot, force)
+    if plot is not None and plot.suffix.lower().lstrip(".") not in _plot_formats():
+        _fail(f"--plot: unsupported format {plot.suffix!r}; use one of .png, .pdf, .svg")
+    for path in outputs:
+        _check_new(path, force)
+    progress = progress and not quiet
 
     B_true = None
     try:
         if sachs:
             from bilevel.dag.datasets import load_sachs
 
-            X, B_true, names = load_sachs(standardize=standardize is not False)
+            X, B_true, names = load_sachs(standardize=False)
             source = "Sachs et al. (2005), 853 observational cells"
         else:
             X, names = read_data_csv(data, header)
             source = str(data)
-            if standardize:
-                std = X.std(axis=0)
-                if np.any(std == 0):
-                    const = [names[k] for k in np.flatnonzero(std == 0)]
-                    raise CLIInputError(f"constant column(s) {const} cannot be standardized")
-                X = (X - X.mean(axis=0)) / std
+        if standardize:
+            std = X.std(axis=0)
+            if np.any(std == 0):
+                const = [names[k] for k in np.flatnonzero(std == 0)]
+                raise CLIInputError(f"constant column(s) {const} cannot be standardized")
+            X = (X - X.mean(axis=0)) / std
         if truth is not None:
             B_true = read_matrix_csv(truth, names)
+        prior = {
+            "required": _parse_edges(require or [], names, "--require"),
+            "forbidden": _parse_edges(forbid or [], names, "--forbid"),
+            "tiers": _parse_tiers(tier or [], names),
+        }
+        from bilevel.dag.prior import prior_knowledge
+
+        prior_knowledge(len(names), **prior)
     except (CLIInputError, OSError) as exc:
         _fail(str(exc))
+    except ValueError as exc:  # contradictory prior knowledge
+        _fail(f"--require/--forbid/--tier: {exc}")
 
     n, d = X.shape
-    _info(f"{source}: {n} samples, {d} variables; TOPO with the {score!r} score")
+    if not quiet:
+        _info(f"{source}: {n} samples, {d} variables; TOPO with the {score!r} score")
+    options = {
+        "score": score_obj,
+        "w_threshold": w_threshold,
+        "random_state": seed,
+        "prune": prune,
+        "n_bootstrap": bootstrap,
+        "n_jobs": jobs,
+    }
     start = time.perf_counter()
     try:
-        est = _fit_topo(X, score_obj, w_threshold, seed, progress)
+        est = _fit_topo(X, options, prior, progress)
     except ValueError as exc:  # bad data for the score: NaN, constant column, n < d, ...
         _fail(str(exc))
     elapsed = time.perf_counter() - start
@@ -333,30 +507,94 @@ def fit(
     if not is_dag(W):  # the estimator guarantees it; never write a cyclic graph silently
         _fail("internal error: the learned graph is not acyclic")
 
-    write_matrix_csv(out, W, names, force)
+    metrics: dict[str, Any] = {
+        "edges": int((W != 0).sum()),
+        "score": float(est.score_),
+        "outer_iterations": int(est.n_iter_),
+        "converged": bool(est.converged_),
+        "kkt_violation": float(est.kkt_violation_),
+        "time_s": elapsed,
+    }
     lines = [
-        f"edges: {int((W != 0).sum())}",
+        f"edges: {metrics['edges']}",
         f"score: {float(est.score_):.8g}",
         f"outer iterations: {est.n_iter_}",
         f"time: {elapsed:.2f} s",
     ]
+    from bilevel.dag.diagnostics import var_sortability
+
     if B_true is not None:
         acc = count_accuracy(B_true, W)
+        metrics.update(acc)
         truth_name = "the 18-edge consensus network" if sachs else str(truth)
-        lines.append(
+        line = (
             f"against {truth_name}: SHD {acc['shd']}, TPR {acc['tpr']:.3f}, "
             f"FDR {acc['fdr']:.3f}, FPR {acc['fpr']:.3f}, {acc['nnz']} predicted edges"
         )
+        if is_dag(B_true):
+            metrics["shd_cpdag"] = shd_cpdag(B_true, W)
+            metrics["var_sortability_truth"] = var_sortability(X, B_true)
+            line += f"; CPDAG-level SHD {metrics['shd_cpdag']}"
+        lines.append(line)
+    if W.any():
+        metrics["var_sortability"] = var_sortability(X, W)
+    stability = est.edge_stability_
+    if stability is not None:
+        stable = [
+            f"{names[i]}->{names[j]} {stability[i, j]:.2f}"
+            for i, j in zip(*np.nonzero(W), strict=True)
+        ]
+        lines.append(f"bootstrap stability ({bootstrap} fits): " + ", ".join(stable))
+        metrics["n_bootstrap"] = bootstrap
+    for message in _scaling_warnings(X, W, score, standardize):
+        _info(f"Warning: {message}")
+
+    write_matrix_csv(out, W, names, force)
     written = [str(out)]
+    if json_out is not None:
+        payload = {
+            "nodes": names,
+            "edges": _edges_json(W, names, stability),
+            "order": [names[k] for k in est.order_],
+            "metrics": metrics,
+            "settings": {
+                "data": source,
+                "score": repr(score_obj),
+                "w_threshold": w_threshold,
+                "prune": prune,
+                "standardize": standardize,
+                "seed": seed,
+                "required": [[names[i], names[j]] for i, j in prior["required"]],
+                "forbidden": [[names[i], names[j]] for i, j in prior["forbidden"]],
+                "tiers": None if prior["tiers"] is None else prior["tiers"].tolist(),
+            },
+        }
+        if stability is not None:
+            payload["stability"] = [
+                {"source": names[i], "target": names[j], "frequency": float(stability[i, j])}
+                for i, j in zip(*np.nonzero(stability), strict=True)
+            ]
+        text = json.dumps(payload, indent=2, allow_nan=False)
+        with _open_new(json_out, force) as f:
+            f.write(text + "\n")
+        written.append(str(json_out))
     if plot is not None:
         from bilevel.dag.plotting import plot_graph
 
         title = f"TOPO ({score}) on {'Sachs' if sachs else Path(source).name}"
-        plot_graph(W, names, B_true=B_true, title=title, path=plot)
+        plot_graph(W, names, B_true=B_true, title=title, path=plot, stability=stability)
         written.append(str(plot))
     for line in lines:
         typer.echo(line)
     typer.echo(f"written: {', '.join(written)}")
+    if not est.converged_:
+        raise typer.Exit(EXIT_NOT_CONVERGED)
+
+
+def _plot_formats() -> set[str]:
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return set(FigureCanvasBase.get_supported_filetypes())
 
 
 # --------------------------------------------------------------------------------------
@@ -380,7 +618,7 @@ def simulate(
     sem: Annotated[str, typer.Option("--sem", help="linear, or mlp (nonlinear).")] = "linear",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     force: Annotated[
-        bool, typer.Option("--force", help="Overwrite existing output files.")
+        bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
     ] = False,
 ) -> None:
     """Simulate SEM data from a random DAG (header X0, X1, ...) and write its true graph."""
@@ -397,6 +635,16 @@ def simulate(
         _fail(f"--sem must be 'linear' or 'mlp', got {sem!r}")
     if sem == "mlp" and noise != "gauss":
         _fail("--sem mlp supports only --noise gauss")
+    if graph not in ("ER", "SF"):
+        _fail(f"--graph must be ER or SF, got {graph!r}")
+    if noise not in ("gauss", "exp", "gumbel", "uniform"):
+        _fail(f"--noise must be gauss, exp, gumbel or uniform, got {noise!r}")
+    if graph == "ER" and edges > nodes * (nodes - 1) // 2:
+        _fail(f"--edges {edges} exceeds the {nodes * (nodes - 1) // 2} possible edges of "
+              f"--nodes {nodes}")  # fmt: skip
+    if graph == "SF" and not 1 <= round(edges / nodes) < nodes:
+        _fail(f"--graph SF attaches round(--edges / --nodes) edges per node, which must be in "
+              f"[1, --nodes); got --edges {edges}, --nodes {nodes}")  # fmt: skip
     _check_new(out, force)
     _check_new(graph_out, force)
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ Topological Swaps", ICML 2023):
 * :class:`TopoSearch`: scikit-learn-style estimator (``fit(X)``, ``adjacency_``, ``order_``,
   ``score_``, ``n_iter_``); ``fit(X, init=W)`` post-processes any acyclic ``W`` or order;
 * scores: :class:`LeastSquares` (Cholesky inner solver updated per swap; L1/L2 variants),
-  :class:`GaussianNV`, :class:`Logistic`, :class:`MLPScore`; acyclicity functions
+  :class:`GaussianNV`, :class:`Logistic`, nonlinear :class:`AdditiveScore` and :class:`MLPScore`; acyclicity functions
   :func:`h_logdet`, :func:`h_expm`, :func:`h_poly`;
 * simulation (:func:`simulate_dag`, :func:`simulate_parameter`, :func:`simulate_linear_sem`,
   :func:`simulate_nonlinear_sem`), metrics (:func:`count_accuracy`, :func:`is_dag`),
@@ -18,13 +18,15 @@ Topological Swaps", ICML 2023):
 
 from __future__ import annotations
 
-from bilevel.dag.acyclicity import acyclicity, h_expm, h_logdet, h_poly
+from bilevel.dag.acyclicity import acyclicity, first_layer_acyclicity, h_expm, h_logdet, h_poly
 from bilevel.dag.baselines import empty_graph, sortnregress
 from bilevel.dag.datasets import load_sachs
 from bilevel.dag.diagnostics import r2_coefficients, r2_sortability, sortability, var_sortability
-from bilevel.dag.metrics import count_accuracy, is_dag
+from bilevel.dag.metrics import count_accuracy, cpdag, is_dag, shd_cpdag
 from bilevel.dag.plotting import plot_graph
-from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic, MLPScore, Score, make_score
+from bilevel.dag.nonlinear import AdditiveScore, MLPScore
+from bilevel.dag.prior import PriorKnowledge, prior_knowledge
+from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic, Score, make_score
 from bilevel.dag.simulate import (
     simulate_dag,
     simulate_linear_sem,
@@ -34,15 +36,19 @@ from bilevel.dag.simulate import (
 from bilevel.dag.topo import TopoSearch, topological_order
 
 __all__ = [
+    "AdditiveScore",
     "GaussianNV",
     "LeastSquares",
     "Logistic",
     "MLPScore",
+    "PriorKnowledge",
     "Score",
     "TopoSearch",
     "acyclicity",
     "count_accuracy",
+    "cpdag",
     "empty_graph",
+    "first_layer_acyclicity",
     "h_expm",
     "h_logdet",
     "h_poly",
@@ -50,12 +56,14 @@ __all__ = [
     "load_sachs",
     "make_score",
     "plot_graph",
+    "prior_knowledge",
     "r2_coefficients",
     "r2_sortability",
     "simulate_dag",
     "simulate_linear_sem",
     "simulate_nonlinear_sem",
     "simulate_parameter",
+    "shd_cpdag",
     "sortability",
     "sortnregress",
     "topological_order",

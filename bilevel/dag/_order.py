@@ -136,19 +136,26 @@ class GenericOrder:
     """Score of a topological order for scores that fit one model per node.
 
     ``fit_node(j, parents)`` returns ``(loss_j, coef)`` where ``coef`` is the column of edge
-    strengths from ``parents`` to ``j``; results are memoised in ``cache``.
+    strengths from ``parents`` to ``j``; results are memoised in ``cache``. The parents of a
+    node are its predecessors, restricted to ``allowed[:, j]`` when given (forbidden edges).
+    With ``warm=True`` a refit also gets the node's current parent set,
+    ``fit_node(j, parents, warm=previous_parents)``, for warm starts.
     """
 
     def __init__(
         self,
         order: np.ndarray,
-        fit_node: Callable[[int, np.ndarray], tuple[float, np.ndarray]],
+        fit_node: Callable[..., tuple[float, np.ndarray]],
         cache: dict | None = None,
         _fits: list | None = None,
+        allowed: np.ndarray | None = None,
+        warm: bool = False,
     ):
         self.order = np.asarray(order, dtype=np.intp).copy()
         self.fit_node = fit_node
         self.cache = {} if cache is None else cache
+        self.allowed = allowed
+        self.warm = warm
         if _fits is None:
             _fits = [self._fit(self.order[k], self.order[:k]) for k in range(len(self.order))]
         self.fits = _fits
@@ -158,23 +165,32 @@ class GenericOrder:
     def total(self) -> float:
         return float(self.node_loss.sum())
 
-    def _fit(self, j: int, parents: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def _fit(self, j: int, parents: np.ndarray, previous=None) -> tuple[float, np.ndarray, np.ndarray]:
+        if self.allowed is not None:
+            parents = parents[self.allowed[parents, j]]
         key = (int(j), frozenset(parents.tolist()))
         hit = self.cache.get(key)
         if hit is None:
             ps = np.sort(parents)
-            loss, coef = self.fit_node(int(j), ps)
+            if self.warm and previous is not None:
+                loss, coef = self.fit_node(int(j), ps, warm=previous[1])
+            else:
+                loss, coef = self.fit_node(int(j), ps)
             hit = (float(loss), ps, np.asarray(coef, dtype=float))
             self.cache[key] = hit
         return hit
 
     def copy(self) -> GenericOrder:
-        return GenericOrder(self.order, self.fit_node, self.cache, list(self.fits))
+        return GenericOrder(
+            self.order, self.fit_node, self.cache, list(self.fits), self.allowed, self.warm
+        )
 
     def _block_fits(self, a: int, b: int, perm: np.ndarray) -> list:
         new = self.order.copy()
         new[a : b + 1] = new[a : b + 1][perm]
-        return [self._fit(new[k], new[:k]) for k in range(a, b + 1)]
+        return [
+            self._fit(new[k], new[:k], self.fits[a + perm[k - a]]) for k in range(a, b + 1)
+        ]
 
     def move_losses(self, a: int, b: int, perm: np.ndarray) -> np.ndarray:
         return np.array([f[0] for f in self._block_fits(a, b, perm)])

@@ -13,7 +13,9 @@ pick candidate swaps (Deng et al., ICML 2023).
 * ``expm`` (NOTEARS, Zheng et al. 2018): ``h(A) = tr exp(A) - d``, ``grad = exp(A)^T``.
 * ``poly`` (Yu et al. 2019): ``h(A) = tr (I + A/d)^d - d``, ``grad = ((I + A/d)^{d-1})^T``.
 
-:func:`acyclicity` composes them with ``A = |W|`` or ``A = W * W`` and applies the chain rule.
+:func:`acyclicity` composes them with ``A = |W|`` or ``A = W * W`` and applies the chain rule;
+:func:`first_layer_acyclicity` with the adjacency of a nonlinear model (NOTEARS-MLP), ``A_ij =
+sum_h U_j[h, i]^2`` over the first-layer weights from ``i`` in the network of ``j``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from typing import Literal
 import numpy as np
 import scipy.linalg as sla
 
-__all__ = ["ACYCLICITY_FUNCTIONS", "acyclicity", "h_expm", "h_logdet", "h_poly"]
+__all__ = [
+    "ACYCLICITY_FUNCTIONS",
+    "acyclicity",
+    "first_layer_acyclicity",
+    "h_expm",
+    "h_logdet",
+    "h_poly",
+]
 
 
 def _check_square(A: np.ndarray) -> np.ndarray:
@@ -102,3 +111,24 @@ def acyclicity(
         h, G = ACYCLICITY_FUNCTIONS[kind](W * W)
         return h, 2.0 * W * G
     raise ValueError(f"transform must be 'abs' or 'square', got {transform!r}")
+
+
+def first_layer_acyclicity(
+    U: np.ndarray, kind: Literal["logdet", "expm", "poly"] = "logdet"
+) -> tuple[float, np.ndarray]:
+    """Acyclicity of per-node networks through their first layers, and its gradient.
+
+    ``U[j]`` (shape ``(hidden, d)``) is the first layer of the network of node ``j`` over all
+    ``d`` inputs. With ``A_ij = sum_h U[j, h, i]^2`` (zero exactly when ``j`` does not
+    depend on ``i``), returns ``h(A)`` and ``dh/dU[j, h, i] = 2 U[j, h, i] [grad_A h(A)]_ij``.
+    """
+    U = np.asarray(U, dtype=float)
+    if U.ndim != 3 or U.shape[0] != U.shape[2]:
+        raise ValueError(f"U must have shape (d, hidden, d), got {U.shape}")
+    if not np.all(np.isfinite(U)):
+        raise ValueError("U holds NaN or infinite values")
+    if kind not in ACYCLICITY_FUNCTIONS:
+        raise ValueError(f"kind must be one of {sorted(ACYCLICITY_FUNCTIONS)}, got {kind!r}")
+    A = np.einsum("jhi,jhi->ij", U, U)
+    h, G = ACYCLICITY_FUNCTIONS[kind](A)
+    return h, 2.0 * U * G.T[:, None, :]

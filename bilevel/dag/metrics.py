@@ -13,6 +13,14 @@ DAGMA, TOPO and most of the literature report:
   counted once.
 
 Denominators of zero are replaced by one (a rate of 0 rather than NaN).
+
+Observational data identify a DAG only up to its Markov equivalence class, represented by
+its CPDAG (completed partially directed acyclic graph, or essential graph): the skeleton, with
+the edges directed that have the same direction in every member of the class.
+:func:`cpdag` builds it from the v-structures and Meek's orientation rules R1-R3 (Meek 1995,
+which are complete when no background knowledge is added), and :func:`shd_cpdag` counts the
+unordered pairs whose status (no edge, ``i -> j``, ``j -> i``, undirected) differs between
+two CPDAGs -- the SHD of two CPDAGs as in pcalg's ``shd``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from graphlib import CycleError, TopologicalSorter
 
 import numpy as np
 
-__all__ = ["count_accuracy", "is_dag"]
+__all__ = ["count_accuracy", "cpdag", "is_dag", "shd_cpdag"]
 
 
 def _square(W: np.ndarray, name: str) -> np.ndarray:
@@ -106,3 +114,61 @@ def count_accuracy(B_true: np.ndarray, B_est: np.ndarray) -> dict[str, float]:
         "fpr": (reverse + false_pos) / max(n_neg, 1),
         "nnz": n_pred,
     }
+
+
+def cpdag(B: np.ndarray) -> np.ndarray:
+    """CPDAG of the DAG ``B`` as a boolean matrix: ``C[i, j] and not C[j, i]`` is a directed
+    edge ``i -> j``, ``C[i, j] and C[j, i]`` an undirected one.
+
+    Keeps the edges of the v-structures ``a -> c <- b`` (``a``, ``b`` non-adjacent) directed,
+    makes every other edge undirected, then applies Meek's rules until none applies:
+    R1 ``a -> b - c``, ``a``, ``c`` non-adjacent: ``b -> c``; R2 ``a -> c -> b`` and ``a - b``:
+    ``a -> b``; R3 ``a - c -> b``, ``a - d -> b``, ``c``, ``d`` non-adjacent, ``a - b``:
+    ``a -> b``.
+    """
+    A = _square(B, "B") != 0
+    if not is_dag(A):
+        raise ValueError("B is not a DAG; only a DAG has a CPDAG")
+    d = A.shape[0]
+    adj = A | A.T
+    directed = np.zeros_like(A)
+    for c in range(d):
+        pa = np.flatnonzero(A[:, c])
+        for x in range(len(pa)):
+            for y in range(x + 1, len(pa)):
+                a, b = pa[x], pa[y]
+                if not adj[a, b]:
+                    directed[a, c] = directed[b, c] = True
+    undirected = adj & ~directed & ~directed.T
+    changed = True
+    while changed:
+        changed = False
+        for a, b in np.argwhere(np.triu(undirected)):
+            for u, v in ((a, b), (b, a)):
+                if not undirected[u, v]:
+                    continue
+                into_u = np.flatnonzero(directed[:, u])
+                # R1: w -> u - v with w, v non-adjacent
+                r1 = np.any(~adj[into_u, v] & (into_u != v))
+                # R2: u -> w -> v
+                r2 = np.any(directed[u] & directed[:, v])
+                # R3: u - w1 -> v and u - w2 -> v with w1, w2 non-adjacent
+                w = np.flatnonzero(undirected[u] & directed[:, v])
+                r3 = len(w) >= 2 and bool(np.any(~adj[np.ix_(w, w)] & ~np.eye(len(w), dtype=bool)))
+                if r1 or r2 or r3:
+                    directed[u, v] = True
+                    undirected[u, v] = undirected[v, u] = False
+                    changed = True
+                    break
+    return directed | undirected
+
+
+def shd_cpdag(B_true: np.ndarray, B_est: np.ndarray) -> int:
+    """SHD between the CPDAGs of two DAGs: the number of unordered pairs ``{i, j}`` whose
+    status (absent, ``i -> j``, ``j -> i``, undirected) differs. Zero exactly when the two
+    DAGs are Markov equivalent."""
+    C1, C2 = cpdag(B_true), cpdag(B_est)
+    if C1.shape != C2.shape:
+        raise ValueError(f"B_true has shape {C1.shape} but B_est has shape {C2.shape}")
+    diff = (C1 != C2) | (C1.T != C2.T)
+    return int(np.triu(diff, 1).sum())

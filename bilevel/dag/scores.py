@@ -13,8 +13,11 @@ configuration object; :meth:`Score.setup` binds data and returns a *bound* copy 
 * ``kkt_gap(state)``: entrywise distance of ``0`` from the subdifferential of ``F`` in
   ``W_ij`` (``|G_ij|`` for smooth scores; ``|G_ij + l1 sign W_ij|`` or ``max(|G_ij| - l1, 0)``
   with an L1 term);
-* ``objective(W)``: ``F`` at an arbitrary weight matrix (not for the MLP score, which is a
-  function of the networks, not of ``W``).
+* ``objective(W)``: ``F`` at an arbitrary weight matrix (not for the nonlinear scores, which
+  are functions of the fitted models, not of ``W``);
+* ``acyclicity_matrix(state)``: the nonnegative ``A`` whose acyclicity gradient ranks the
+  candidate swaps (``|W|``; the squared first-layer norms for the MLP score);
+* ``auto_order()``: the initial order of ``init="auto"`` (``None``: the variance order).
 
 Scores
 ------
@@ -37,11 +40,24 @@ objective, intercepts ``b`` unpenalised and profiled out::
     F(W) = min_b 1/n sum_{s,j} [log(1 + exp(m_sj)) - x_sj m_sj] + l1 ||W||_1 + l2/2 ||W||_F^2,
     m = X W + 1 b^T
 
-:class:`MLPScore` (nonlinear), one sigmoid MLP per node with first-layer weights masked to the
-parents; the edge strength ``W_ij`` is the Euclidean norm of the first-layer weights from
-``i`` in the network of ``j``::
+:class:`~bilevel.dag.nonlinear.AdditiveScore` (``"gam"``) and
+:class:`~bilevel.dag.nonlinear.MLPScore` (``"mlp"``) are the nonlinear least-squares scores
+(:mod:`bilevel.dag.nonlinear`).
 
-    F = sum_j 1/(2n) ||x_j - f_j(X)||^2 + l1 ||U_j||_1 + l2/2 (||U_j||_F^2 + ||a_j||^2)
+Prior knowledge
+---------------
+:meth:`Score.constrain` restricts every node fit to the *allowed* parents among the
+predecessors (forbidden edges are never fitted) and exempts *required* parents from the L1
+penalty (for least squares and Gaussian NV by partialling them out of the Gram matrix, which
+is exact: minimising over the unpenalised weights ``w_R`` first leaves the same penalised
+problem in the others with ``G' = G_OO - G_OR G_RR^{-1} G_RO``, ``c' = c_O - G_OR G_RR^{-1}
+c_R``). With forbidden edges the least-squares scores fit each node by a linear solve instead
+of reading the Cholesky factor.
+
+Pruning
+-------
+:func:`bic_backward` selects, for a node and its predecessors, the parents of a sparse refit by
+backward elimination on the Bayesian information criterion ``n log(RSS/n) + k log n``.
 
 Least-squares-type scores centre the columns of ``X`` (equivalent to unpenalised intercepts).
 """
@@ -59,7 +75,7 @@ from scipy.special import expit
 from bilevel.dag._order import CholeskyOrder, GenericOrder, greedy_order
 from bilevel.errors import ConvergenceWarning, NonFiniteError
 
-__all__ = ["GaussianNV", "LeastSquares", "Logistic", "MLPScore", "Score", "make_score"]
+__all__ = ["GaussianNV", "LeastSquares", "Logistic", "Score", "bic_backward", "make_score"]
 
 
 def validate_data(X: Any) -> np.ndarray:
@@ -145,6 +161,132 @@ class Score:
     def greedy_order(self) -> np.ndarray:
         raise NotImplementedError
 
+    def auto_order(self) -> np.ndarray | None:
+        """Initial order for ``init="auto"``: the greedy order where supported, else None."""
+        return self.greedy_order() if self.supports_greedy else None
+
+    def acyclicity_matrix(self, state) -> np.ndarray:
+        """Nonnegative matrix whose acyclicity gradient ranks candidate swaps: ``|W*(pi)|``."""
+        return np.abs(state.weights())
+
+    #: whether :meth:`prune_node` exists (BIC refit of a node on its predecessors)
+    supports_pruning: bool = False
+
+    def constrain(self, allowed: np.ndarray | None, required: np.ndarray | None) -> None:
+        """Prior knowledge for the node fits of this bound score: ``allowed[i, j]`` (``i`` may
+        be a parent of ``j``; ``None``: all) and ``required[i, j]`` (unpenalised parent)."""
+        d = self._X.shape[1]
+        self._allowed = None if allowed is None or allowed.all() else np.asarray(allowed, bool)
+        self._required = (
+            np.zeros((d, d), dtype=bool) if required is None else np.asarray(required, bool)
+        )
+        self._cache = {}
+
+    def _allowed_of(self, j: int, ps: np.ndarray) -> np.ndarray:
+        allowed = getattr(self, "_allowed", None)
+        return ps if allowed is None else ps[allowed[ps, j]]
+
+    def _required_of(self, j: int, ps: np.ndarray) -> np.ndarray:
+        req = getattr(self, "_required", None)
+        return np.zeros(len(ps), dtype=bool) if req is None else req[ps, j]
+
+
+def bic_backward(
+    G: np.ndarray,
+    c: np.ndarray,
+    syy: float,
+    n: int,
+    groups: list[np.ndarray],
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
+    """Backward elimination of groups of regressors by the Bayesian information criterion.
+
+    In Gram form (``G = Z^T Z / n`` positive definite, ``c = Z^T y / n``, ``syy = y^T y / n``)
+    the least-squares fit on the columns ``S`` has ``beta = G_SS^{-1} c_S`` and
+    ``RSS / n = syy - c_S^T beta``. Starting from all groups, the group ``g`` (not in ``keep``)
+    whose removal increases ``BIC = n log(RSS / n) + (#columns) log n`` least is removed while
+    that increase is negative; removing ``g`` raises ``RSS / n`` by
+    ``beta_g^T [(G_SS^{-1})_gg]^{-1} beta_g`` and ``G_SS^{-1}`` is downdated by its Schur
+    complement, so each step costs ``O(|S|^2)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over ``groups``: the groups kept.
+    """
+    m = len(groups)
+    kept = np.ones(m, dtype=bool)
+    if m == 0:
+        return kept
+    keep = np.zeros(m, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    sizes = np.array([len(g) for g in groups])
+    cols = np.concatenate(groups)
+    Ginv = np.linalg.inv(G[np.ix_(cols, cols)])
+    cc = c[cols]
+    owner = np.repeat(np.arange(m), sizes)
+    beta = Ginv @ cc
+    rss = max(float(syy - cc @ beta), 1e-300)
+    logn = np.log(n)
+    singletons = bool(np.all(sizes == 1))
+    while True:
+        cand = np.flatnonzero(kept & ~keep)
+        if len(cand) == 0:
+            return kept
+        if singletons:  # owner is the identity on the kept columns: one vectorised pass
+            loc = np.searchsorted(owner, cand)
+            deltas = beta[loc] ** 2 / np.diag(Ginv)[loc]
+        else:
+            deltas = np.empty(len(cand))
+            for t, g in enumerate(cand):
+                idx = np.flatnonzero(owner == g)
+                deltas[t] = beta[idx] @ np.linalg.solve(Ginv[np.ix_(idx, idx)], beta[idx])
+        change = n * np.log1p(np.maximum(deltas, 0.0) / rss) - sizes[cand] * logn
+        best = int(np.argmin(change))
+        if change[best] >= 0:
+            return kept
+        t = int(cand[best])
+        idx = owner == t
+        rest = ~idx
+        Ginv = Ginv[np.ix_(rest, rest)] - Ginv[np.ix_(rest, idx)] @ np.linalg.solve(
+            Ginv[np.ix_(idx, idx)], Ginv[np.ix_(idx, rest)]
+        )
+        cc, owner = cc[rest], owner[rest]
+        beta = Ginv @ cc
+        rss += float(max(deltas[best], 0.0))
+        kept[t] = False
+
+
+def _gram_prune(S: np.ndarray, l2: float, n: int, j: int, ps: np.ndarray, keep: np.ndarray):
+    """BIC backward elimination of single regressors in the Gram matrix ``S`` (ridge ``l2``)
+    for node ``j``; returns the kept parents and their refitted weights."""
+    if len(ps) == 0:
+        return ps, np.zeros(0)
+    G = S[np.ix_(ps, ps)] + l2 * np.eye(len(ps))
+    c = S[ps, j]
+    sel = bic_backward(G, c, float(S[j, j]), n, [np.array([t]) for t in range(len(ps))], keep)
+    return ps[sel], np.linalg.solve(G[np.ix_(sel, sel)], c[sel])
+
+
+def _partial_out(G: np.ndarray, c: np.ndarray, syy: float, req: np.ndarray):
+    """Profile the unpenalised weights ``w_R`` (``req``) out of ``q(w) = syy - 2 c^T w +
+    w^T G w``: returns ``G', c', syy'`` of the other weights and ``w -> full weights``."""
+    if not req.any():
+        return G, c, syy, lambda w: w
+    R, O = np.flatnonzero(req), np.flatnonzero(~req)
+    GRR, GRO = G[np.ix_(R, R)], G[np.ix_(R, O)]
+    A = np.linalg.solve(GRR, np.column_stack([GRO, c[R]]))
+    Gp = G[np.ix_(O, O)] - GRO.T @ A[:, :-1]
+    cp = c[O] - GRO.T @ A[:, -1]
+    syyp = syy - c[R] @ A[:, -1]
+
+    def back(wO: np.ndarray) -> np.ndarray:
+        w = np.zeros(len(c))
+        w[O] = wO
+        w[R] = A[:, -1] - A[:, :-1] @ wO
+        return w
+
+    return Gp, cp, syyp, back
+
 
 # --------------------------------------------------------------------------------------
 # Gaussian least-squares family
@@ -188,10 +330,11 @@ class LeastSquares(Score):
                     "identifiable; use l2 > 0"
                 )
         self._cache: dict = {}
+        self._allowed = None
 
     @property
     def cheap_moves(self) -> bool:
-        return float(self.l1) == 0
+        return float(self.l1) == 0 and getattr(self, "_allowed", None) is None
 
     def _node_fn(self, D: np.ndarray) -> np.ndarray:
         return 0.5 * (D - self._l2)
@@ -200,38 +343,55 @@ class LeastSquares(Score):
         S, l1, l2 = self._S, self._l1, self._l2
         if len(ps) == 0:
             return 0.5 * S[j, j], np.zeros(0)
-        from sklearn.linear_model import lars_path_gram
-
-        # elastic net = lasso with Gram S_pp + l2 I; LARS stops exactly at alpha = l1
-        n = self._n
         Gt = S[np.ix_(ps, ps)] + l2 * np.eye(len(ps))
         c = S[ps, j]
-        _, _, coefs = lars_path_gram(
-            Xy=n * c,
-            Gram=n * Gt,
-            n_samples=n,
-            alpha_min=l1,
-            method="lasso",
-            max_iter=100 * len(ps),
-        )
-        w = coefs[:, -1].copy()
-        w[np.abs(w) <= 1e-12 * max(1.0, np.abs(w).max())] = 0.0
-        # polish: solve the stationarity equations on the active set and signs LARS found
-        act = w != 0
-        if act.any():
-            sgn = np.sign(w[act])
-            wa = np.linalg.solve(Gt[np.ix_(act, act)], c[act] - l1 * sgn)
-            if np.all(np.sign(wa) == sgn):
-                w[act] = wa
+        if l1 == 0:
+            w = np.linalg.solve(Gt, c)
+        else:
+            from sklearn.linear_model import lars_path_gram
+
+            # required parents are unpenalised: profile them out, then an elastic net (a
+            # lasso with Gram G' = S_pp + l2 I, partialled); LARS stops exactly at alpha = l1
+            n = self._n
+            Gp, cp, _, back = _partial_out(Gt, c, S[j, j], self._required_of(j, ps))
+            wo = np.zeros(len(cp))
+            if len(cp):
+                _, _, coefs = lars_path_gram(
+                    Xy=n * cp,
+                    Gram=n * Gp,
+                    n_samples=n,
+                    alpha_min=l1,
+                    method="lasso",
+                    max_iter=100 * len(cp),
+                )
+                wo = coefs[:, -1].copy()
+                wo[np.abs(wo) <= 1e-12 * max(1.0, np.abs(wo).max())] = 0.0
+                # polish: solve the stationarity equations on the active set and signs found
+                act = wo != 0
+                if act.any():
+                    sgn = np.sign(wo[act])
+                    wa = np.linalg.solve(Gp[np.ix_(act, act)], cp[act] - l1 * sgn)
+                    if np.all(np.sign(wa) == sgn):
+                        wo[act] = wa
+            w = back(wo)
         Spp = S[np.ix_(ps, ps)]
         loss = 0.5 * (S[j, j] - 2 * S[ps, j] @ w + w @ Spp @ w)
-        loss += l1 * np.abs(w).sum() + 0.5 * l2 * (w @ w)
+        loss += l1 * np.abs(w[~self._required_of(j, ps)]).sum() + 0.5 * l2 * (w @ w)
         return float(loss), w
 
     def state(self, order: np.ndarray):
-        if self._l1 == 0:
+        if self._l1 == 0 and getattr(self, "_allowed", None) is None:
             return CholeskyOrder(self._St, order, self._node_fn)
-        return GenericOrder(order, self._fit_node, self._cache)
+        return GenericOrder(order, self._fit_node, self._cache, allowed=self._allowed)
+
+    @property
+    def supports_pruning(self) -> bool:
+        return float(self.l1) == 0
+
+    def prune_node(self, j: int, ps: np.ndarray, keep: np.ndarray):
+        """Parents of ``j`` among ``ps`` after :func:`bic_backward` (``keep`` always kept)
+        and their refitted weights."""
+        return _gram_prune(self._S, self._l2, self._n, j, ps, keep)
 
     def _residual_grad(self, W: np.ndarray) -> np.ndarray:
         return -(self._S - self._S @ W) + self._l2 * W
@@ -294,10 +454,19 @@ class GaussianNV(Score):
         if ev[0] <= 1e-12 * ev[-1]:
             raise ValueError("X has (numerically) collinear columns; the Gaussian score diverges")
         self._cache: dict = {}
+        self._allowed = None
 
     @property
     def cheap_moves(self) -> bool:
+        return float(self.l1) == 0 and getattr(self, "_allowed", None) is None
+
+    @property
+    def supports_pruning(self) -> bool:
         return float(self.l1) == 0
+
+    def prune_node(self, j: int, ps: np.ndarray, keep: np.ndarray):
+        """As :meth:`LeastSquares.prune_node` (the same regressions)."""
+        return _gram_prune(self._S, 0.0, self._n, j, ps, keep)
 
     @staticmethod
     def _node_fn(D: np.ndarray) -> np.ndarray:
@@ -310,8 +479,16 @@ class GaussianNV(Score):
         from sklearn.linear_model import lars_path_gram
 
         G, c, sjj = S[np.ix_(ps, ps)], S[ps, j], S[j, j]
+        if l1 == 0:
+            w = np.linalg.solve(G, c)
+            return 0.5 * float(np.log(sjj - c @ w)), w
+        # required parents are unpenalised: profile them out (exact, module docstring)
+        G, c, sjj, back = _partial_out(G, c, sjj, self._required_of(j, ps))
+        if len(c) == 0:
+            w = back(np.zeros(0))
+            return 0.5 * float(np.log(sjj)), w
         _, _, coefs = lars_path_gram(
-            Xy=n * c, Gram=n * G, n_samples=n, method="lasso", max_iter=100 * len(ps)
+            Xy=n * c, Gram=n * G, n_samples=n, method="lasso", max_iter=100 * len(c)
         )
         # variables leaving the active set sit at ~1e-19 instead of 0 at a breakpoint
         coefs[np.abs(coefs) <= 1e-12 * max(1.0, np.abs(coefs).max())] = 0.0
@@ -337,12 +514,12 @@ class GaussianNV(Score):
                     f = value(w)
                     if f < best_f:
                         best_f, best_w = f, w
-        return float(best_f), best_w
+        return float(best_f), back(best_w)
 
     def state(self, order: np.ndarray):
-        if self._l1 == 0:
+        if self._l1 == 0 and getattr(self, "_allowed", None) is None:
             return CholeskyOrder(self._S, order, self._node_fn)
-        return GenericOrder(order, self._fit_node, self._cache)
+        return GenericOrder(order, self._fit_node, self._cache, allowed=self._allowed)
 
     def _grad(self, W: np.ndarray) -> np.ndarray:
         M = self._S - self._S @ W  # X^T R / n
@@ -377,9 +554,15 @@ class GaussianNV(Score):
 
 
 def _logistic_fit(
-    Z: np.ndarray, y: np.ndarray, l1: float, l2: float, intercept: bool, b0: float | None = None
+    Z: np.ndarray,
+    y: np.ndarray,
+    l1: float | np.ndarray,
+    l2: float,
+    intercept: bool,
+    b0: float | None = None,
 ) -> tuple[float, np.ndarray, float]:
-    """``min_{w, b} 1/n sum logloss(Z w + b, y) + l1 |w|_1 + l2/2 |w|^2``; returns (f, w, b)."""
+    """``min_{w, b} 1/n sum logloss(Z w + b, y) + sum_i l1_i |w_i| + l2/2 |w|^2``; returns
+    (f, w, b) (``l1`` a scalar or one weight per column)."""
     n, p = Z.shape
     if intercept:
         Zi = np.hstack([Z, np.ones((n, 1))])
@@ -403,7 +586,7 @@ def _logistic_fit(
     if q == 0:
         f, _ = smooth(v)
         return float(f), np.zeros(0), 0.0
-    if l1 == 0:
+    if np.all(np.asarray(l1) == 0):
         # damped Newton; the objective is strongly convex in w when l2 > 0
         f, g = smooth(v)
         for _ in range(200):
@@ -438,7 +621,7 @@ def _logistic_fit(
         v = np.concatenate([u - z, x[2 * p :]])
         f, g = smooth(v)
         gw = g[:p]
-        f += l1 * np.sum(u + z)
+        f += float(np.sum(l1 * (u + z)))
         return f, np.concatenate([gw + l1, -gw + l1, g[p:]])
 
     x0 = np.concatenate([np.maximum(v[:p], 0), np.maximum(-v[:p], 0), v[p:]])
@@ -486,14 +669,17 @@ class Logistic(Score):
         self._intercepts: dict = {}
 
     def _fit_node(self, j: int, ps: np.ndarray):
+        l1 = np.where(self._required_of(j, ps), 0.0, self._l1)  # required parents: no L1
         f, w, b = _logistic_fit(
-            self._X[:, ps], self._X[:, j], self._l1, self._l2, bool(self.fit_intercept)
+            self._X[:, ps], self._X[:, j], l1, self._l2, bool(self.fit_intercept)
         )
         self._intercepts[(j, frozenset(ps.tolist()))] = b
         return f, w
 
     def state(self, order: np.ndarray):
-        return GenericOrder(order, self._fit_node, self._cache)
+        return GenericOrder(
+            order, self._fit_node, self._cache, allowed=getattr(self, "_allowed", None)
+        )
 
     def _intercepts_of(self, state) -> np.ndarray:
         return np.array(
@@ -545,180 +731,37 @@ class Logistic(Score):
         return float(f + self._l1 * np.abs(W).sum() + 0.5 * self._l2 * np.sum(W * W))
 
 
-# --------------------------------------------------------------------------------------
-# Nonlinear: one MLP per node
-# --------------------------------------------------------------------------------------
+SCORE_NAMES = ("ls", "nv", "logistic", "gam", "gam-nv", "mlp")
 
 
-class MLPScore(Score):
-    """One sigmoid MLP per node; edge strength = norm of the first-layer weights.
+def _score_classes() -> dict[str, Any]:
+    from bilevel.dag.nonlinear import AdditiveScore, MLPScore
 
-    ``f_j(x) = a_j^T sigmoid(U_j x_{pa(j)} + c_j) + b_j`` with ``hidden`` units, fitted in
-    float64 by L-BFGS-B (scipy, gradients by torch autograd) on::
-
-        1/(2n) ||x_j - f_j(X)||^2 + l1 ||U_j||_1 + l2/2 (||U_j||^2 + ||a_j||^2)
-
-    (the L1 term through the split ``U = U+ - U-``, ``U+- >= 0``, so unused inputs get exact
-    zeros). ``W_ij = ||U_j[:, i]||_2``. Fits are deterministic: the initial weights are drawn
-    from a generator seeded by ``(random_state, j, parents)``. The problem is non-convex, so
-    "the" inner optimum is a local one (as in the paper), and each fit costs a few hundred
-    L-BFGS-B steps: meant for small graphs (tens of nodes at most).
-    """
-
-    def __init__(
-        self,
-        hidden: int = 10,
-        l1: float = 0.01,
-        l2: float = 0.01,
-        max_iter: int = 300,
-        random_state: int = 0,
-    ):
-        self.hidden = hidden
-        self.l1 = l1
-        self.l2 = l2
-        self.max_iter = max_iter
-        self.random_state = random_state
-
-    def _bind(self, X: np.ndarray) -> None:
-        import torch
-
-        self._l1 = _check_penalty("l1", self.l1)
-        self._l2 = _check_penalty("l2", self.l2)
-        if int(self.hidden) < 1:
-            raise ValueError(f"hidden must be >= 1, got {self.hidden}")
-        self._X = X
-        self._Xt = torch.as_tensor(X, dtype=torch.float64)
-        self._cache: dict = {}
-        self._params: dict = {}
-
-    def _loss(self, params, Xp, y):
-        """Smooth part of the node objective (squared error and L2)."""
-        import torch
-
-        U, c, a, b = params
-        out = torch.sigmoid(Xp @ U.T + c) @ a + b
-        return 0.5 * torch.mean((y - out) ** 2) + 0.5 * self._l2 * (
-            torch.sum(U * U) + torch.sum(a * a)
-        )
-
-    def _fit_node(self, j: int, ps: np.ndarray):
-        import torch
-
-        y = self._Xt[:, j]
-        if len(ps) == 0:
-            r = y - y.mean()
-            self._params[(j, frozenset())] = None
-            return float(0.5 * torch.mean(r * r)), np.zeros(0)
-        seed = [int(self.random_state), int(j), *map(int, ps)]
-        g = np.random.default_rng(seed)
-        h, p = int(self.hidden), len(ps)
-        U0 = g.normal(0, 1 / np.sqrt(p), h * p)
-        x0 = np.concatenate(
-            [
-                np.maximum(U0, 0),
-                np.maximum(-U0, 0),
-                np.zeros(h),
-                g.normal(0, 1 / np.sqrt(h), h),
-                [float(y.mean())],
-            ]
-        )
-        Xp = self._Xt[:, torch.as_tensor(ps)]
-        l1 = self._l1
-
-        def unpack(v):
-            up, um, c, a, b = torch.split(v, [h * p, h * p, h, h, 1])
-            return [(up - um).reshape(h, p), c, a, b[0]], up, um
-
-        def fun(x):
-            v = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-            params, up, um = unpack(v)
-            loss = self._loss(params, Xp, y) + l1 * torch.sum(up + um)
-            (grad,) = torch.autograd.grad(loss, v)
-            return float(loss.detach()), grad.numpy()
-
-        bounds = [(0.0, None)] * (2 * h * p) + [(None, None)] * (2 * h + 1)
-        res = minimize(
-            fun,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=bounds,
-            options={"maxiter": int(self.max_iter), "ftol": 1e-12, "gtol": 1e-8, "maxcor": 20},
-        )
-        params, _, _ = unpack(torch.as_tensor(res.x, dtype=torch.float64))
-        with torch.no_grad():
-            loss = float(self._loss(params, Xp, y)) + l1 * float(torch.sum(torch.abs(params[0])))
-            strength = torch.linalg.vector_norm(params[0], dim=0).numpy().copy()
-        self._params[(j, frozenset(ps.tolist()))] = params
-        return loss, strength
-
-    def state(self, order: np.ndarray):
-        return GenericOrder(order, self._fit_node, self._cache)
-
-    def _first_layer_grads(self, state):
-        """Per node: (full first-layer weights U (h, d), gradient of the smooth loss in U);
-        ``None`` for sources."""
-        import torch
-
-        d = self._X.shape[1]
-        out = {}
-        for k, (_, ps, _) in enumerate(state.fits):
-            j = int(state.order[k])
-            params = self._params[(j, frozenset(ps.tolist()))]
-            if params is None:
-                out[j] = None
-                continue
-            U = torch.zeros((params[0].shape[0], d), dtype=torch.float64)
-            U[:, torch.as_tensor(ps)] = params[0]
-            U.requires_grad_(True)
-            loss = self._loss([U, *params[1:]], self._Xt, self._Xt[:, j])
-            (gU,) = torch.autograd.grad(loss, U)
-            out[j] = (U.detach().numpy(), gU.numpy())
-        return out
-
-    def _source_gain(self, j: int) -> np.ndarray:
-        # a source has no network; use the linear first-order gain |<x_i, r_j>| / n
-        r = self._X[:, j] - self._X[:, j].mean()
-        g = np.abs(self._X.T @ r) / len(r)
-        g[j] = 0.0
-        return g
-
-    def gradient(self, state) -> np.ndarray:
-        """``G[i, j] = max_h |dL_j / dU_j[h, i]|``: the largest first-order gain of a
-        first-layer weight from ``i`` in the network of ``j`` (all inputs included, unused ones
-        with zero weight); for a source node, which has no network, the linear gain
-        ``|x_i^T (x_j - mean)| / n``."""
-        d = self._X.shape[1]
-        G = np.zeros((d, d))
-        for j, val in self._first_layer_grads(state).items():
-            G[:, j] = self._source_gain(j) if val is None else np.abs(val[1]).max(axis=0)
-        return G
-
-    def kkt_gap(self, state) -> np.ndarray:
-        """Largest violation over the first-layer weights from ``i`` in the network of ``j``
-        of ``0 in dL/dU + l1 d|U|``."""
-        d = self._X.shape[1]
-        gap = np.zeros((d, d))
-        l1 = self._l1
-        for j, val in self._first_layer_grads(state).items():
-            if val is None:
-                gap[:, j] = np.maximum(self._source_gain(j) - l1, 0.0)
-                continue
-            U, gU = val
-            e = np.where(U != 0, np.abs(gU + l1 * np.sign(U)), np.maximum(np.abs(gU) - l1, 0.0))
-            gap[:, j] = e.max(axis=0)
-        return gap
-
-
-SCORES = {"ls": LeastSquares, "nv": GaussianNV, "logistic": Logistic, "mlp": MLPScore}
+    return {
+        "ls": LeastSquares,
+        "nv": GaussianNV,
+        "logistic": Logistic,
+        "gam": AdditiveScore,
+        "gam-nv": lambda **kw: AdditiveScore(equal_variances=False, **kw),
+        "mlp": MLPScore,
+    }
 
 
 def make_score(score: str | Score, **params: Any) -> Score:
-    """A score object from a name (``"ls"``, ``"nv"``, ``"logistic"``, ``"mlp"``) or itself."""
+    """A score object from a name (``"ls"``, ``"nv"``, ``"logistic"``, ``"gam"``, ``"gam-nv"``
+    (additive, one noise variance per node), ``"mlp"``) or itself."""
     if isinstance(score, Score):
         if params:
             raise ValueError("score parameters are given with a Score instance")
         return copy.deepcopy(score)
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {sorted(SCORES)} or a Score, got {score!r}")
-    return SCORES[score](**params)
+    if score not in SCORE_NAMES:
+        raise ValueError(f"score must be one of {sorted(SCORE_NAMES)} or a Score, got {score!r}")
+    return _score_classes()[score](**params)
+
+
+def __getattr__(name: str) -> Any:  # MLPScore lived here before bilevel.dag.nonlinear
+    if name == "MLPScore":
+        from bilevel.dag.nonlinear import MLPScore
+
+        return MLPScore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

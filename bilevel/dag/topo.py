@@ -54,6 +54,7 @@ import numpy as np
 
 from bilevel.dag._order import move_perm
 from bilevel.dag.acyclicity import ACYCLICITY_FUNCTIONS
+from bilevel.dag.prior import PriorKnowledge, prior_knowledge
 from bilevel.dag.scores import Score, make_score, validate_data
 from bilevel.errors import ConvergenceWarning
 
@@ -95,6 +96,26 @@ def _reachability(W: np.ndarray) -> np.ndarray:
         P = Pn
 
 
+def _bootstrap_fit(
+    params: dict, X: np.ndarray, seed: int, prior: PriorKnowledge
+) -> tuple[np.ndarray, bool]:
+    """One bootstrap refit (a joblib task): the support of ``adjacency_`` on resampled rows,
+    and whether its search converged (the caller warns once for all)."""
+    rng = np.random.default_rng(seed)
+    Xb = X[rng.integers(X.shape[0], size=X.shape[0])]
+    est = TopoSearch(**{**params, "random_state": seed})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(Xb, **prior.as_kwargs())
+    return (est.adjacency_ != 0).astype(float), bool(est.converged_)
+
+
+#: ``search="auto"`` uses the wide search up to this many nodes: its final pass scores
+#: ``3 d (d - 1) / 2`` moves, each a QR of up to ``d x d`` (d = 200 ER4: 850 000 moves, 93 % of
+#: a 200 s fit, for the same SHD 0 after BIC pruning as the paper's search in 19 s)
+WIDE_MAX_D = 100
+
+
 def _default_sizes(d: int) -> tuple[int, int]:
     """Candidate-set sizes of the official code for linear models."""
     full = d * (d - 1) // 2
@@ -127,8 +148,9 @@ class TopoSearch:
         uses of the large set), swaps only. ``"wide"``: no limit on large searches, then all
         forbidden pairs with swap and two insertion moves before stopping; a final wide pass
         scores ``3 d (d - 1) / 2`` moves. ``"auto"``: ``"wide"`` when moves are scored from a
-        Cholesky factor (least squares and Gaussian NV without L1), ``"paper"`` when each
-        move refits models (L1 penalties, logistic, MLP).
+        Cholesky factor (least squares and Gaussian NV without L1) and ``d <= 100``,
+        ``"paper"`` otherwise (each move refits models: L1 penalties, logistic, GAM, MLP; or
+        the final wide pass would dominate the time).
     size_small, size_large : int or None
         Candidate-set sizes; ``None`` uses the official code's defaults
         (``~1.5 d`` and ``~sqrt(d) (d - 1) log10(d)``, capped at ``d (d - 1) / 2``).
@@ -153,7 +175,37 @@ class TopoSearch:
         Called with a dict ``{"restart", "iteration", "score", "stage", "n_moves", "time"}``
         after every outer iteration (progress bars, logging).
     random_state : int, numpy Generator or None
-        Seeds ``init="random"`` and the restarts.
+        Seeds ``init="random"``, the restarts and the bootstrap samples.
+    prune : {"auto", "bic", "none"}
+        How ``adjacency_`` is read from ``W*(order_)``. ``"bic"``: for every node, backward
+        elimination of its predecessors on the Bayesian information criterion
+        (:func:`~bilevel.dag.scores.bic_backward`; whole spline blocks for the additive
+        score), a refit on the kept parents, then the threshold. The unpenalised
+        least-squares fit on *all* predecessors gives every non-parent a coefficient of
+        standard error ``sigma / sqrt(n v)`` (``v`` its residual variance given the other
+        predecessors, small for hubs), so on dense graphs a fixed threshold alone keeps
+        spurious edges (d = 200 ER4: 65 of them). ``"none"``: threshold ``W*(order_)``.
+        ``"auto"``: ``"bic"`` for the scores without an L1 term that support it (least
+        squares, Gaussian NV, additive), else ``"none"``.
+    n_bootstrap : int
+        After the fit, refit on ``n_bootstrap`` resamples of the rows (with replacement, same
+        settings and prior knowledge, no further bootstrap) and report in
+        ``edge_stability_`` how often each edge was found.
+    n_jobs : int or None
+        joblib workers for the bootstrap fits (``None``: one; ``-1``: all cores).
+    progress : callable or None
+        ``progress(phase, done, total)`` as work advances, for progress bars: phases
+        ``"init"`` (initial order), ``"search"`` (``done`` counts model fits for the scores
+        that fit models per node, outer iterations otherwise; ``total`` None), ``"prune"``
+        (nodes, of ``d``) and ``"bootstrap"`` (fits, of ``n_bootstrap``).
+
+    Prior knowledge
+    ---------------
+    :meth:`fit` takes ``required`` and ``forbidden`` edges and ``tiers``. The search only
+    visits orders in which every required edge and every pair of tiers point forward (an
+    initial order is first made to satisfy them, keeping its relative order as far as
+    possible), node fits never use a forbidden parent, required parents are not penalised
+    (L1) and never pruned or thresholded away.
 
     Attributes
     ----------
@@ -180,6 +232,9 @@ class TopoSearch:
         with ``n_restarts`` this refers to the search that produced the result.
     history_ : list of dict
         The callback records.
+    edge_stability_ : (d, d) ndarray or None
+        With ``n_bootstrap > 0``: fraction of bootstrap fits whose ``adjacency_`` has the
+        edge ``i -> j``; else None.
     n_features_in_ : int
     """
 
@@ -200,6 +255,10 @@ class TopoSearch:
         verbose: bool = False,
         callback: Callable[[dict], Any] | None = None,
         random_state: int | np.random.Generator | None = None,
+        prune: str = "auto",
+        n_bootstrap: int = 0,
+        n_jobs: int | None = None,
+        progress: Callable[[str, int, int | None], Any] | None = None,
     ):
         self.score = score
         self.w_threshold = w_threshold
@@ -216,6 +275,10 @@ class TopoSearch:
         self.verbose = verbose
         self.callback = callback
         self.random_state = random_state
+        self.prune = prune
+        self.n_bootstrap = n_bootstrap
+        self.n_jobs = n_jobs
+        self.progress = progress
 
     # ---- scikit-learn parameter protocol ------------------------------------------------
     @classmethod
@@ -260,6 +323,10 @@ class TopoSearch:
         thr = float(self.w_threshold)
         if not (np.isfinite(thr) and thr >= 0):
             raise ValueError(f"w_threshold must be finite and >= 0, got {self.w_threshold}")
+        if self.prune not in ("auto", "bic", "none"):
+            raise ValueError(f"prune must be 'auto', 'bic' or 'none', got {self.prune!r}")
+        if not isinstance(self.n_bootstrap, (int, np.integer)) or self.n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be a nonnegative integer, got {self.n_bootstrap!r}")
         for name in ("n_restarts", "max_iter"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < (0 if name == "n_restarts" else 1):
@@ -288,7 +355,16 @@ class TopoSearch:
         return {"small": small, "large": max(large, small), "n_large": n_large}
 
     # ---- fit ------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None, init: np.ndarray | None = None) -> TopoSearch:
+    def fit(
+        self,
+        X: Any,
+        y: Any = None,
+        init: np.ndarray | None = None,
+        *,
+        required: Any = None,
+        forbidden: Any = None,
+        tiers: Any = None,
+    ) -> TopoSearch:
         """Learn a DAG from data ``X`` of shape ``(n_samples, n_nodes)``.
 
         Parameters
@@ -299,6 +375,12 @@ class TopoSearch:
         init : None, (d,) permutation or (d, d) acyclic weight matrix
             Post-processing: start from this order, or from a topological order of the
             support of this ``W``. ``None`` uses the ``init`` hyperparameter.
+        required, forbidden : None, (d, d) boolean matrix or iterable of (i, j) pairs
+            Edges ``i -> j`` that must be in / must not be in the graph.
+        tiers : None or (d,) integers
+            Tier of every node: an edge may not go from a later tier to an earlier one (the
+            order puts all of tier ``t`` before tier ``t + 1``); edges inside a tier are
+            free.
 
         Notes
         -----
@@ -312,21 +394,43 @@ class TopoSearch:
         X = validate_data(X)
         d = X.shape[1]
         cfg = self._check_params(d)
+        prior = prior_knowledge(d, required=required, forbidden=forbidden, tiers=tiers)
         # every step works on small dense blocks, where multi-threaded BLAS only adds
         # synchronisation (as scikit-learn's KMeans, limit it while fitting)
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-            return self._fit(X, d, cfg, init)
-        with threadpool_limits(limits=1, user_api="blas"):
-            return self._fit(X, d, cfg, init)
+            self._fit(X, d, cfg, init, prior)
+        else:
+            with threadpool_limits(limits=1, user_api="blas"):
+                self._fit(X, d, cfg, init, prior)
+        self.edge_stability_ = None
+        if int(self.n_bootstrap) > 0:
+            self.edge_stability_ = self._bootstrap(X, prior)
+        return self
 
-    def _fit(self, X: np.ndarray, d: int, cfg: dict, init: Any) -> TopoSearch:
+    def _report(self, phase: str, done: int, total: int | None) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+    def _fit(self, X: np.ndarray, d: int, cfg: dict, init: Any, prior: PriorKnowledge):
         rng = np.random.default_rng(self.random_state)
         score = make_score(self.score).setup(X)
+        score.constrain(prior.allowed, prior.required)
+        score._prior = prior
         self.n_features_in_ = d
+        self._prior = prior
 
-        order0 = self._initial_order(score, d, init, rng)
+        self._report("init", 0, 1)
+        order0 = prior.repair(self._initial_order(score, d, init, rng))
+        self._report("init", 1, 1)
+        fits = [0]
+
+        def on_fit() -> None:
+            fits[0] += 1
+            self._report("search", fits[0], None)
+
+        score._on_fit = on_fit if self.progress is not None else None
         t0 = time.perf_counter()
         self.history_: list[dict] = []
         self.n_iter_ = 0
@@ -339,9 +443,10 @@ class TopoSearch:
             for _ in range(kicks):
                 a, b = rng.choice(d, size=2, replace=False)
                 order[[a, b]] = order[[b, a]]
-            cand, conv = self._local_search(score, order, cfg, restart=r, t0=t0)
+            cand, conv = self._local_search(score, prior.repair(order), cfg, restart=r, t0=t0)
             if cand.total < best.total - 1e-12 * max(1.0, abs(best.total)):
                 best, converged = cand, conv
+        score._on_fit = None
 
         W = best.weights()
         self.raw_adjacency_ = W
@@ -349,10 +454,55 @@ class TopoSearch:
         self.score_ = float(best.total)
         self.kkt_violation_ = float(self._kkt_violation(score, best))
         self.converged_ = bool(converged)
-        A = W.copy()
-        A[np.abs(A) < float(self.w_threshold)] = 0.0
+        prune = self.prune
+        if prune == "auto":
+            prune = "bic" if score.supports_pruning else "none"
+        if prune == "bic":
+            if not score.supports_pruning:
+                raise ValueError(f"prune='bic' is not available for {score!r}")
+            A = np.zeros_like(W)
+            for k, j in enumerate(self.order_):
+                ps = self.order_[:k]
+                if prior.allowed is not None:
+                    ps = ps[prior.allowed[ps, j]]
+                ps = np.sort(ps)
+                kept, w = score.prune_node(int(j), ps, prior.required[ps, j])
+                A[kept, j] = w
+                self._report("prune", k + 1, d)
+        else:
+            A = W.copy()
+        A[(np.abs(A) < float(self.w_threshold)) & ~prior.required] = 0.0
         self.adjacency_ = A
         return self
+
+    def _bootstrap(self, X: np.ndarray, prior: PriorKnowledge) -> np.ndarray:
+        """Edge frequencies over ``n_bootstrap`` refits on resampled rows (joblib)."""
+        from joblib import Parallel, delayed
+
+        nb = int(self.n_bootstrap)
+        rng = np.random.default_rng(self.random_state)
+        seeds = rng.integers(2**32, size=nb)
+        params = self.get_params()
+        params.update(n_bootstrap=0, callback=None, progress=None, verbose=False)
+        tasks = (
+            delayed(_bootstrap_fit)(params, X, int(seed), prior) for seed in seeds.tolist()
+        )
+        total = np.zeros((X.shape[1], X.shape[1]))
+        self._report("bootstrap", 0, nb)
+        results = Parallel(n_jobs=self.n_jobs, return_as="generator")(tasks)
+        stalled = 0
+        for b, (B, conv) in enumerate(results, start=1):
+            total += B
+            stalled += not conv
+            self._report("bootstrap", b, nb)
+        if stalled:
+            warnings.warn(
+                f"{stalled} of {nb} bootstrap searches stopped at max_iter={self.max_iter} "
+                "before a local optimum",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return total / nb
 
     def _initial_order(self, score: Score, d: int, init: Any, rng) -> np.ndarray:
         if init is not None:
@@ -370,7 +520,10 @@ class TopoSearch:
             return topological_order(init)
         method = self.init
         if method == "auto":
-            method = "greedy" if score.supports_greedy else "varsort"
+            auto = score.auto_order()
+            if auto is not None:
+                return np.asarray(auto, dtype=np.intp)
+            method = "varsort"
         if method == "greedy":
             if not score.supports_greedy:
                 raise ValueError(f"init='greedy' is not available for {type(score).__name__}")
@@ -379,13 +532,27 @@ class TopoSearch:
             return np.argsort(score._X.var(axis=0), kind="stable").astype(np.intp)
         return rng.permutation(d).astype(np.intp)
 
-    def _grad_h(self, W: np.ndarray) -> np.ndarray:
-        _, G = ACYCLICITY_FUNCTIONS[self.acyclicity](np.abs(W))
+    def _grad_h(self, A: np.ndarray) -> np.ndarray:
+        """``grad h(A)`` at the nonnegative matrix ``A`` from the score (``|W|``, or the
+        squared first-layer norms of the MLP score)."""
+        _, G = ACYCLICITY_FUNCTIONS[self.acyclicity](A)
         return G
+
+    def _valid(self, block: np.ndarray) -> bool:
+        prior = getattr(self, "_prior", None)
+        return prior is None or prior.valid(block)
+
+    def _gap(self, score: Score, state) -> np.ndarray:
+        """KKT gaps, zero on the forbidden pairs (not variables of the problem)."""
+        gap = score.kkt_gap(state)
+        prior = getattr(self, "_prior", None)
+        if prior is not None and prior.allowed is not None:
+            gap = np.where(prior.allowed, gap, 0.0)
+        return gap
 
     def _kkt_violation(self, score: Score, state) -> float:
         W = state.weights()
-        gap = score.kkt_gap(state)
+        gap = self._gap(score, state)
         reach = _reachability(W)
         free = ~reach.T  # (i, j): no path j -> i, so i -> j closes no cycle
         np.fill_diagonal(free, False)
@@ -395,11 +562,14 @@ class TopoSearch:
         """Score moves for candidate pairs; return improving (delta, a, b, perm) tuples."""
         out = []
         loss = state.node_loss
+        valid = self._valid
         for i, j in pairs:
             a, b = int(pos[j]), int(pos[i])
             old = loss[a : b + 1].sum()
             for kind in kinds:
                 perm = move_perm(kind, b - a)
+                if not valid(state.order[a : b + 1][perm]):
+                    continue
                 delta = state.move_losses(a, b, perm).sum() - old
                 if delta < -tol:
                     out.append((float(delta), a, b, perm))
@@ -408,7 +578,7 @@ class TopoSearch:
     def _kkt_moves(self, score: Score, state, pos, tol, limit: int | None = None):
         """Moves that repair KKT violations; each one is guaranteed to lower ``F``."""
         W = state.weights()
-        gap = score.kkt_gap(state)
+        gap = self._gap(score, state)
         reach = _reachability(W)
         rev = pos[:, None] > pos[None, :]
         viol = rev & ~reach.T & (gap > float(self.kkt_tol))
@@ -425,6 +595,8 @@ class TopoSearch:
             anc = reach[block, i].copy()
             anc[-1] = True  # i itself
             perm = np.concatenate([np.flatnonzero(anc), np.flatnonzero(~anc)])
+            if not self._valid(block[perm]):
+                continue
             delta = state.move_losses(a, b, perm).sum() - state.node_loss[a : b + 1].sum()
             if delta < -tol:
                 moves.append((float(delta), a, b, perm))
@@ -433,7 +605,9 @@ class TopoSearch:
     def _local_search(self, score: Score, order: np.ndarray, cfg: dict, restart: int, t0: float):
         state = score.state(order)
         d = len(order)
-        wide = self.search == "wide" or (self.search == "auto" and score.cheap_moves)
+        wide = self.search == "wide" or (
+            self.search == "auto" and score.cheap_moves and d <= WIDE_MAX_D
+        )
         large_used = 0
         it = 0
         converged = False
@@ -444,9 +618,8 @@ class TopoSearch:
             if d < 2:
                 converged = True
                 break
-            W = state.weights()
-            gap = score.kkt_gap(state)
-            Gh = self._grad_h(W)
+            gap = self._gap(score, state)
+            Gh = self._grad_h(score.acyclicity_matrix(state))
             rev = pos[:, None] > pos[None, :]
             mask = rev & (gap > float(self.grad_tol))
             ii, jj = np.nonzero(mask)

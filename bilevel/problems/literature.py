@@ -51,7 +51,8 @@ class LiteratureProblem:
     upper_ineq, lower_ineq:
         ``G(x, y) <= 0`` and ``g(x, y) <= 0`` (1-D tensors) or ``None``.
     x_bounds, y_bounds:
-        ``(lower, upper)`` tuples of floats, one per variable (``None`` when ``n_x = 0``).
+        ``(lower, upper)`` tuples of floats, one per variable; ``None`` when ``n_x = 0``, or
+        when the source writes its bounds as constraints (:mod:`bilevel.problems.bolib`).
     F_star, f_star:
         Best known upper and lower values (``f_star`` is ``None`` when it depends on which
         of several optimal ``x`` is taken).
@@ -59,6 +60,9 @@ class LiteratureProblem:
         A best known solution as listed by the source (rounded), or ``None``.
     x0:
         Starting point, the centre of ``X`` unless the lower level is infeasible there.
+    y0:
+        Starting lower-level point listed by the source (default: the centre of ``Y``, or
+        zeros when ``Y`` is unbounded).
     source:
         Where ``F_star`` comes from.
     note:
@@ -78,7 +82,7 @@ class LiteratureProblem:
     upper_ineq: Fn | None
     lower_ineq: Fn | None
     x_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None
-    y_bounds: tuple[tuple[float, ...], tuple[float, ...]]
+    y_bounds: tuple[tuple[float, ...], tuple[float, ...]] | None
     F_star: float
     f_star: float | None
     x_star: tuple[float, ...] | None
@@ -87,6 +91,7 @@ class LiteratureProblem:
     source: str = ""
     note: str = ""
     F_verified: float | None = None
+    y0: tuple[float, ...] | None = None
 
     @property
     def F_reference(self) -> float:
@@ -99,7 +104,9 @@ class LiteratureProblem:
         xb = None
         if self.x_bounds is not None:
             xb = tuple(torch.tensor(b, dtype=_T) for b in self.x_bounds)
-        yb = tuple(torch.tensor(b, dtype=_T) for b in self.y_bounds)
+        yb = None
+        if self.y_bounds is not None:
+            yb = tuple(torch.tensor(b, dtype=_T) for b in self.y_bounds)
         return BilevelProblem(
             upper=self.upper,
             lower=self.lower,
@@ -110,8 +117,8 @@ class LiteratureProblem:
         )
 
     def start(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Starting point ``(x0, y0)``: ``x0`` as listed (default: centre of ``X``) and the
-        centre of ``Y``."""
+        """Starting point ``(x0, y0)``: ``x0`` as listed (default: centre of ``X``) and ``y0``
+        as listed (default: centre of ``Y``, zeros without bounds)."""
         if self.x0 is not None:
             x0 = torch.tensor(self.x0, dtype=_T)
         elif self.x_bounds is None:
@@ -119,6 +126,10 @@ class LiteratureProblem:
         else:
             lo, hi = (torch.tensor(b, dtype=_T) for b in self.x_bounds)
             x0 = (lo + hi) / 2
+        if self.y0 is not None:
+            return x0, torch.tensor(self.y0, dtype=_T)
+        if self.y_bounds is None:
+            return x0, torch.zeros(self.n_y, dtype=_T)
         lo, hi = (torch.tensor(b, dtype=_T) for b in self.y_bounds)
         return x0, (lo + hi) / 2
 

@@ -18,6 +18,10 @@ recipe                  experiment
 ``svm_hyperparameters`` one C per training sample of a squared-hinge linear SVM
                         (breast_cancer) by LV-HBA (constrained lower level) vs a
                         cross-validated single C
+``data_mixing``         mixture weights of Markov token sources for a small transformer
+                        language model by ScaleBiO (:mod:`bilevel.nn`)
+``reweighting``         per-example weights (or a Meta-Weight-Net) for an MLP trained on
+                        digits with noisy or long-tailed labels (:mod:`bilevel.nn`)
 ======================  ===================================================================
 
 Each recipe has a frozen config dataclass (:class:`HyperparameterConfig`,
@@ -34,26 +38,40 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bilevel.recipes import hyper_cleaning, hyperparameter, svm_hyperparameters
+from bilevel.recipes import (
+    data_mixing,
+    hyper_cleaning,
+    hyperparameter,
+    reweighting,
+    svm_hyperparameters,
+)
 from bilevel.recipes._config import ConfigError, RecipeConfig
+from bilevel.recipes.data_mixing import DataMixingConfig, DataMixingResult
 from bilevel.recipes.hyper_cleaning import HyperCleaningConfig, HyperCleaningResult
 from bilevel.recipes.hyperparameter import HyperparameterConfig, HyperparameterResult
+from bilevel.recipes.reweighting import ReweightingConfig, ReweightingResult
 from bilevel.recipes.svm_hyperparameters import SVMHyperparametersConfig, SVMHyperparametersResult
 
 __all__ = [
     "RECIPES",
     "ConfigError",
+    "DataMixingConfig",
+    "DataMixingResult",
     "HyperCleaningConfig",
     "HyperCleaningResult",
     "HyperparameterConfig",
     "HyperparameterResult",
     "Recipe",
     "RecipeConfig",
+    "ReweightingConfig",
+    "ReweightingResult",
     "SVMHyperparametersConfig",
     "SVMHyperparametersResult",
+    "data_mixing",
     "get_recipe",
     "hyper_cleaning",
     "hyperparameter",
+    "reweighting",
     "svm_hyperparameters",
 ]
 
@@ -118,6 +136,20 @@ RECIPES: dict[str, Recipe] = {
         "(constrained lower level) vs a cross-validated single C",
         config_cls=SVMHyperparametersConfig,
         runner=svm_hyperparameters.run,
+    ),
+    "reweighting": Recipe(
+        name="reweighting",
+        summary="learning to reweight noisy labels (Meta-Weight-Net style) of an MLP on digits "
+        "with bilevel.nn (per-example weights or a weighting network)",
+        config_cls=ReweightingConfig,
+        runner=reweighting.run,
+    ),
+    "data_mixing": Recipe(
+        name="data_mixing",
+        summary="learning the mixture of token sources for a small transformer language model "
+        "(ScaleBiO, first-order min-max) vs uniform mixing",
+        config_cls=DataMixingConfig,
+        runner=data_mixing.run,
     ),
 }
 
