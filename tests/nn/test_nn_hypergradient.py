@@ -217,7 +217,7 @@ def test_neumann_default_step_estimates_the_largest_hessian_eigenvalue() -> None
     exact = float(torch.linalg.eigvalsh(H).abs().max())
     fm = FunctionalModel(model, hp)
     f = fm.bind(weighted_ce, (X, y))
-    stationarity = lambda th, la: torch.func.grad(f)(th, la)  # noqa: E731
+    stationarity = lambda th, la: torch.func.grad(f)(th, la)
     full = _largest_eigenvalue(stationarity, fm.theta(), fm.lam(), None, H.shape[0])
     assert full == pytest.approx(exact, rel=1e-8)
     few = _largest_eigenvalue(stationarity, fm.theta(), fm.lam(), None, 20)
