@@ -14,7 +14,7 @@ the wall time per run. Targets (issue 11): 1e-4 for AID and ITD, 1e-2 for the ot
 
 Usage::
 
-    python benchmarks/defaults.py [--seeds 10] [--scales 1 100] [--methods aid itd ...]
+    python benchmarks/defaults.py [--seeds 10] [--scales 1 100] [--methods aid itd ...] [--quick]
                                   [--json benchmarks/results/defaults.json (default)]
 """
 
@@ -122,10 +122,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 100.0])
     parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--quick", action="store_true", help="2 seeds, scale 1 only")
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results" / "defaults.json"
     )
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.scales = 2, [1.0]
     torch.set_num_threads(1)
     meta = {
         "bilevel": str(Path(bilevel.__file__).parent),
