@@ -198,3 +198,44 @@ def test_python_dash_m_bilevel():
     )
     assert proc.returncode == 0, proc.stderr
     assert "hyper_cleaning" in proc.stdout
+
+
+def test_a_run_with_convergence_warnings_exits_3(monkeypatch, tmp_path, runner):
+    """Nothing silent: a recipe run that emits a ConvergenceWarning (here injected into the
+    hyperparameter recipe's runner) still prints and saves its results, records the warning
+    in result.json, and exits with code 3 instead of 0."""
+    import dataclasses
+    import warnings
+
+    from bilevel.cli import _app
+    from bilevel.errors import ConvergenceWarning
+    from bilevel.recipes import RECIPES
+
+    recipe = RECIPES["hyperparameter"]
+    real = recipe.runner
+
+    def warning_runner(config, progress=False):
+        result = real(config, progress=progress)
+        warnings.warn("inner solver stopped at maxiter", ConvergenceWarning, stacklevel=1)
+        return result
+
+    monkeypatch.setitem(
+        RECIPES, "hyperparameter", dataclasses.replace(recipe, runner=warning_runner)
+    )
+    result = _invoke(
+        runner,
+        "run",
+        "hyperparameter",
+        "--size",
+        "fast",
+        "--outer-steps",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert result.exit_code == _app.EXIT_NOT_CONVERGED == 3, result.output
+    assert "test_accuracy" in result.output
+    (saved,) = tmp_path.glob("hyperparameter-*/result.json")
+    assert json.loads(saved.read_text())["convergence_warnings"] == [
+        "inner solver stopped at maxiter"
+    ]

@@ -6,12 +6,14 @@ import json
 import time
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from bilevel.cli import _output
+from bilevel.errors import ConvergenceWarning
 from bilevel.recipes import RECIPES, ConfigError, Recipe, RecipeConfig, get_recipe
 
 app = typer.Typer(
@@ -23,6 +25,10 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
+#: A run that completed but emitted a :class:`~bilevel.errors.ConvergenceWarning` (no
+#: convergence, negative curvature, an inaccurate root...): its results are still printed
+#: and saved, with the warnings in ``result.json``.
+EXIT_NOT_CONVERGED = 3
 
 
 def _fail(message: str) -> typing.NoReturn:
@@ -189,8 +195,16 @@ def execute(
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     typer.echo(f"running {recipe.name} ({config.size} size)", err=True)
     wall = time.perf_counter()
-    result = recipe.runner(config, progress=progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        result = recipe.runner(config, progress=progress)
     wall = time.perf_counter() - wall
+    problems = []
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            problems.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     metrics = result.metrics()
     typer.echo(f"{recipe.name}: final metrics")
     typer.echo(_output.format_metrics(metrics))
@@ -199,7 +213,10 @@ def execute(
         typer.echo(f"{recipe.name}: verdict")
         for line in summary():
             typer.echo(f"  {line}")
+    for message in problems:
+        typer.echo(f"Warning: {message}", err=True)
     if output_dir is None:
+        _exit_if_not_converged(recipe, problems)
         return None
     run_dir = _output.make_run_dir(output_dir, recipe.name, started)
     payload = {
@@ -208,6 +225,7 @@ def execute(
         "options_given": sources if sources is not None else {"options": options},
         "wall_time_s": wall,
         **result.to_dict(),
+        "convergence_warnings": problems,
         "versions": _output.versions(),
     }
     _output.write_json(run_dir / "result.json", payload)
@@ -219,7 +237,19 @@ def execute(
         result.reference_lines(),
     )
     typer.echo(f"results written to {_output.relative(run_dir)}/ (result.json, convergence.png)")
+    _exit_if_not_converged(recipe, problems)
     return run_dir
+
+
+def _exit_if_not_converged(recipe: Recipe, problems: list[str]) -> None:
+    """Exit with ``EXIT_NOT_CONVERGED`` when the run emitted convergence warnings."""
+    if problems:
+        typer.echo(
+            f"{recipe.name}: {len(problems)} convergence warning(s); exit code "
+            f"{EXIT_NOT_CONVERGED}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
 @app.command(
