@@ -6,7 +6,7 @@ Non-convergence is never silent: iterative routines emit :class:`ConvergenceWarn
 
 from __future__ import annotations
 
-__all__ = ["BilevelError", "ClosureError", "ConvergenceWarning"]
+__all__ = ["BilevelError", "ClosureError", "ConvergenceWarning", "InaccurateRootError"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -32,3 +32,8 @@ class DivergenceError(BilevelError):
 
 class NonFiniteError(ValueError):
     """An input (tensor, right-hand side, ...) holds NaN or infinite values."""
+
+
+class InaccurateRootError(BilevelError):
+    """A solver decorated with :func:`bilevel.implicit.custom_root` returned a point whose
+    optimality residual is above the tolerance (with ``on_inaccurate="raise"``)."""

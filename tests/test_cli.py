@@ -183,6 +183,9 @@ def test_list_and_demo(runner):
     result = _invoke(runner, "demo", "--fast")
     assert result.exit_code == 0, result.output
     assert "grid_val_loss" in result.output and "test_accuracy" in result.output
+    assert "hyperparameter: verdict" in result.output and "validation loss: per-feature" in (
+        result.output
+    )
 
 
 def test_python_dash_m_bilevel():
@@ -218,3 +221,44 @@ def test_a_result_with_extra_plots_writes_them_into_the_run_folder(tmp_path, cap
     run_dir = execute(recipe, {"size": "fast", "outer_steps": 1, "tune_baseline": False}, tmp_path, False)
     assert sorted(p.name for p in run_dir.iterdir()) == ["convergence.png", "extra.png", "result.json"]
     assert "(result.json, convergence.png, extra.png)" in capsys.readouterr().out
+
+
+def test_a_run_with_convergence_warnings_exits_3(monkeypatch, tmp_path, runner):
+    """Nothing silent: a recipe run that emits a ConvergenceWarning (here injected into the
+    hyperparameter recipe's runner) still prints and saves its results, records the warning
+    in result.json, and exits with code 3 instead of 0."""
+    import dataclasses
+    import warnings
+
+    from bilevel.cli import _app
+    from bilevel.errors import ConvergenceWarning
+    from bilevel.recipes import RECIPES
+
+    recipe = RECIPES["hyperparameter"]
+    real = recipe.runner
+
+    def warning_runner(config, progress=False):
+        result = real(config, progress=progress)
+        warnings.warn("inner solver stopped at maxiter", ConvergenceWarning, stacklevel=1)
+        return result
+
+    monkeypatch.setitem(
+        RECIPES, "hyperparameter", dataclasses.replace(recipe, runner=warning_runner)
+    )
+    result = _invoke(
+        runner,
+        "run",
+        "hyperparameter",
+        "--size",
+        "fast",
+        "--outer-steps",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert result.exit_code == _app.EXIT_NOT_CONVERGED == 3, result.output
+    assert "test_accuracy" in result.output
+    (saved,) = tmp_path.glob("hyperparameter-*/result.json")
+    assert json.loads(saved.read_text())["convergence_warnings"] == [
+        "inner solver stopped at maxiter"
+    ]

@@ -113,9 +113,35 @@ def test_hpo_beats_the_grid_on_validation(hpo):
     assert all(
         cfg.min_strength * (1 - 1e-9) <= s <= cfg.max_strength * (1 + 1e-9) for s in hpo.strengths
     )
-    assert len(hpo.strengths) == 30
+    assert len(hpo.strengths) == 30 + cfg.noise_features
     assert 0.9 <= hpo.test_accuracy <= 1.0 and 0.9 <= hpo.grid_test_accuracy <= 1.0
     assert json.loads(json.dumps(hpo.to_dict(), allow_nan=False))["metrics"]["val_loss"] > 0
+
+
+def test_default_demo_shows_which_approach_wins():
+    """The settings of `make demo` (60 noise features, 20% training data): the per-feature
+    strengths win on validation loss, test loss and test accuracy, the grid's best shared
+    strength is interior to its grid, the noise features get larger strengths than the
+    real ones, and the summary says so in words."""
+    result = RECIPES["hyperparameter"]({})
+    m = result.metrics()
+    assert result.grid_interior and m["grid_best_interior"] == 1.0
+    assert result.val_loss < result.grid_val_loss
+    assert result.test_loss < result.grid_test_loss
+    assert result.test_accuracy > result.grid_test_accuracy
+    assert m["noise_strength_median"] > 5 * m["real_strength_median"]
+    summary = result.summary()
+    assert "interior to its grid" in summary[0]
+    assert [line.endswith("per-feature strengths wins") for line in summary[2:]] == [True] * 3
+
+
+def test_summary_reports_a_grid_optimum_on_its_edge():
+    config = HyperparameterConfig(
+        size="fast", grid_min_strength=1.0, min_strength=1.0, outer_steps=1, grid_size=3
+    )
+    result = hp.run(config)
+    assert not result.grid_interior and result.grid_strength == pytest.approx(1.0)
+    assert "ON THE EDGE of its grid [1, 1000]" in result.summary()[0]
 
 
 def _newton_val_loss(theta, data, init):

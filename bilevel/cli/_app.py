@@ -6,12 +6,14 @@ import json
 import time
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from bilevel.cli import _output
+from bilevel.errors import ConvergenceWarning
 from bilevel.recipes import RECIPES, ConfigError, Recipe, RecipeConfig, get_recipe
 
 app = typer.Typer(
@@ -23,7 +25,11 @@ app = typer.Typer(
 )
 
 EXIT_USAGE = 2
-EXIT_NOT_CONVERGED = 3  # a recipe reporting ``converged: False`` (after its results are saved)
+#: A run that completed but emitted a :class:`~bilevel.errors.ConvergenceWarning` (no
+#: convergence, negative curvature, an inaccurate root...) or reports ``converged: False``
+#: in its metrics: its results are still printed and saved, with the warnings in
+#: ``result.json``.
+EXIT_NOT_CONVERGED = 3
 
 
 def _fail(message: str) -> typing.NoReturn:
@@ -192,13 +198,28 @@ def execute(
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     typer.echo(f"running {recipe.name} ({config.size} size)", err=True)
     wall = time.perf_counter()
-    result = recipe.runner(config, progress=progress)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        result = recipe.runner(config, progress=progress)
     wall = time.perf_counter() - wall
+    problems = []
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            problems.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     metrics = result.metrics()
     typer.echo(f"{recipe.name}: final metrics")
     typer.echo(_output.format_metrics(metrics))
+    summary = getattr(result, "summary", None)
+    if summary is not None:
+        typer.echo(f"{recipe.name}: verdict")
+        for line in summary():
+            typer.echo(f"  {line}")
+    for message in problems:
+        typer.echo(f"Warning: {message}", err=True)
     if output_dir is None:
-        _exit_if_not_converged(recipe, metrics)
+        _exit_if_not_converged(recipe, metrics, problems)
         return None
     run_dir = _output.make_run_dir(output_dir, recipe.name, started)
     payload = {
@@ -207,6 +228,7 @@ def execute(
         "options_given": sources if sources is not None else {"options": options},
         "wall_time_s": wall,
         **result.to_dict(),
+        "convergence_warnings": problems,
         "versions": _output.versions(),
     }
     _output.write_json(run_dir / "result.json", payload)
@@ -221,13 +243,21 @@ def execute(
     if hasattr(result, "extra_plots"):  # recipe-specific figures (e.g. distilled images)
         written += [Path(p).name for p in result.extra_plots(run_dir)]
     typer.echo(f"results written to {_output.relative(run_dir)}/ ({', '.join(written)})")
-    _exit_if_not_converged(recipe, metrics)
+    _exit_if_not_converged(recipe, metrics, problems)
     return run_dir
 
 
-def _exit_if_not_converged(recipe: Recipe, metrics: dict[str, Any]) -> None:
+def _exit_if_not_converged(recipe: Recipe, metrics: dict[str, Any], problems: list[str]) -> None:
+    """Exit with ``EXIT_NOT_CONVERGED`` when the run emitted convergence warnings or its
+    metrics say ``converged: False``."""
     if metrics.get("converged") is False:
-        typer.echo(f"Warning: {recipe.name} did not converge (metrics: converged = False)", err=True)
+        problems = [*problems, "metrics: converged = False"]
+    if problems:
+        typer.echo(
+            f"{recipe.name}: did not converge ({len(problems)} warning(s)); exit code "
+            f"{EXIT_NOT_CONVERGED}",
+            err=True,
+        )
         raise typer.Exit(EXIT_NOT_CONVERGED)
 
 
@@ -285,7 +315,8 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Per-feature L2 hyperparameter optimisation (breast_cancer) with a progress bar."""
+    """Per-feature L2 hyperparameter optimisation (breast_cancer plus noise features) with a
+    progress bar, against a grid search over one shared strength."""
     recipe = RECIPES["hyperparameter"]
     typer.echo(recipe.summary, err=True)
     execute(recipe, {"size": "fast" if fast else "default"}, output_dir, progress=True)

@@ -5,8 +5,13 @@
 reads a JSON instance (``.json``), an Arslan-Detienne knapsack file (anything else) or,
 when no such file exists, the bundled published instance of that name (``bilevel robust
 instances``), prints one line per iteration (lower/upper bound and gap) and the result
-(with the published optimum for a bundled instance); ``--out`` writes the result as JSON
-and never overwrites an existing file.
+(with the published optimum for a bundled instance); ``--out`` writes the result as strict
+JSON (numbers or ``null`` for missing values: never ``NaN`` or infinities) and never
+overwrites an existing file. Exit status: 0 when the solve finished (``optimal``, or
+``heuristic`` for Neur2RO), 1 for an infeasible or unbounded instance, 2 for bad input, and
+3 when a limit stopped it first (``time_limit``, ``max_iterations``, ``stalled``): the
+result is then not proven optimal, and when no first-stage decision could be evaluated
+the objective is reported as not evaluated.
 
 ``bilevel robust instances [--type T] [--h H]`` lists the bundled published instances
 with their branch-and-price optima.
@@ -44,6 +49,9 @@ app.add_typer(generate_app, name="generate")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: The solve stopped at a limit (time, iterations, stalled) before proving optimality.
+EXIT_INCOMPLETE = 3
+INCOMPLETE = ("time_limit", "max_iterations", "stalled")
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typing.NoReturn:
@@ -189,7 +197,19 @@ def solve_command(
     typer.echo(f"status     {result.status}")
     if result.info.get("message"):
         typer.echo(f"message    {result.info['message']}")
-    typer.echo(f"objective  {_fmt(result.objective)} (exact worst case of x, {problem.sense})")
+    if math.isfinite(result.objective):
+        typer.echo(f"objective  {_fmt(result.objective)} (exact worst case of x, {problem.sense})")
+    elif result.x is None:
+        typer.echo("objective  none (no first-stage decision found)")
+    else:
+        bounds = result.info.get("objective_bounds")
+        within = ""
+        if isinstance(bounds, list | tuple) and len(bounds) == 2:
+            within = f"; it lies in [{_fmt(float(bounds[0]))}, {_fmt(float(bounds[1]))}]"
+        typer.echo(
+            "objective  not evaluated (the limit stopped the exact worst-case evaluation of "
+            f"x{within})"
+        )
     typer.echo(
         f"bounds     [{_fmt(result.lower_bound)}, {_fmt(result.upper_bound)}]  "
         f"gap {_fmt(result.gap)}"
@@ -210,13 +230,18 @@ def solve_command(
         payload["instance"] = str(instance)
         try:
             with out.open("x", encoding="utf-8") as fh:
-                json.dump(payload, fh, indent=1)
+                json.dump(payload, fh, indent=1, allow_nan=False)
                 fh.write("\n")
         except FileExistsError:
             _fail(f"{out} exists; refusing to overwrite it")
         typer.echo(f"wrote {out}")
     if result.status in ("infeasible", "unbounded"):
         raise typer.Exit(EXIT_FAILURE)
+    if result.status in INCOMPLETE:
+        typer.echo(
+            f"stopped by a limit ({result.status}): the result is not proven optimal", err=True
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 @app.command("instances")

@@ -44,6 +44,13 @@ class Hypergradient:
     aux: dict[str, Any] | None = None
 
 
+def _check_step(name: str, step_size: float) -> None:
+    """``step_size`` must be a positive finite number (``ValueError`` naming it)."""
+    from bilevel.methods._validation import check_positive  # (methods import this module)
+
+    check_positive(name, step_size=step_size)
+
+
 def _upper(problem: BilevelProblem, batch: Batch) -> Callable[[PyTree, PyTree], torch.Tensor]:
     return lambda x, y: problem.upper_value(x, y, batch)
 
@@ -107,14 +114,18 @@ def neumann(
     ``f(x, .)``). The ``k = 0`` term and the factor ``eta`` are part of the series (the
     official stocBiO code omits both, which biases the estimate). With minibatch arguments
     each product uses the same batch; pass fresh batches per call for stochasticity.
+    ``aux["v"]`` holds ``v``.
     """
     if steps < 0:
         raise ValueError(f"neumann: steps must be >= 0, got {steps}")
+    _check_step("neumann", step_size)
     gx_F, gy_F, hvp, cross = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
     v, info = neumann_solve(hvp, gy_F, alpha=step_size, maxiter=steps + 1, tol=0.0, warn=False)
     grad = tree_sub(gx_F, cross(v))
     # steps products with H (steps + 1 terms; the first is b itself) and one with B
-    return Hypergradient(grad=grad, y=y, grad_calls=1, hvp_calls=steps + 1, linear_solve=info)
+    return Hypergradient(
+        grad=grad, y=y, grad_calls=1, hvp_calls=steps + 1, linear_solve=info, aux={"v": v}
+    )
 
 
 def _gd_step(
@@ -146,6 +157,7 @@ def unrolled(
         raise ValueError(
             f"unrolled: need 0 <= truncate <= steps, got steps={steps}, truncate={truncate}"
         )
+    _check_step("unrolled", step_size)
     step = _gd_step(problem, lower_batch, step_size)
     tracked = steps if truncate is None else truncate
     with torch.no_grad():
@@ -182,6 +194,7 @@ def forward(
     :func:`torch.vmap`), then returns ``grad_x F + Z_T^T grad_y F``. Memory is independent
     of ``T`` and linear in ``dim x``: for few outer variables.
     """
+    _check_step("forward", step_size)
     step = _gd_step(problem, lower_batch, step_size)
     x_flat, raveler = ravel(x)
 
@@ -233,6 +246,7 @@ def penalty(
     """
     if not multiplier > 0:
         raise ValueError(f"penalty: multiplier must be positive, got {multiplier}")
+    _check_step("penalty", step_size)
     upper, lower = _upper(problem, upper_batch), _lower(problem, lower_batch)
 
     def scaled_penalised(x_: PyTree, y_: PyTree) -> torch.Tensor:

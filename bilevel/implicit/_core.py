@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,16 +25,18 @@ from typing import Any
 import torch
 from torch.autograd import forward_ad
 
-from bilevel.errors import ClosureError
+from bilevel.errors import ClosureError, ConvergenceWarning, InaccurateRootError
 from bilevel.linalg import LinearSolver, get_solver
 from bilevel.tree import (
     PyTree,
     check_finite,
     check_same_structure,
     check_tensor_leaves,
+    is_functorch_wrapped,
     tree_flatten,
     tree_leaves,
     tree_map,
+    tree_norm,
     tree_sub,
     tree_unflatten,
 )
@@ -296,6 +300,9 @@ class _RootProblem:
     aux_spec: Any = None
     aux_tensor_mask: tuple[bool, ...] = ()
     aux_static: list[list[Any]] = field(default_factory=list)
+    residual_tol: float | None = None
+    on_inaccurate: str = "warn"
+    init_residual: float | None = None
 
 
 class _ImplicitRoot(torch.autograd.Function):
@@ -325,6 +332,8 @@ class _ImplicitRoot(torch.autograd.Function):
                 raise FloatingPointError(
                     "custom_root: the solver returned a solution with NaN or inf entries"
                 )
+        if problem.residual_tol is not None:
+            _check_residual(problem, init, sol, args)
         inputs = {id(x) for x in flat}
         sol_leaves = [x.clone() if id(x) in inputs else x for x in sol_leaves]
         aux_leaves, aux_spec = tree_flatten(aux)
@@ -404,10 +413,44 @@ class _ImplicitRoot(torch.autograd.Function):
         return _stack(results)
 
 
+def _residual_floor(sol: PyTree) -> float:
+    """Absolute floor of the root check: ``sqrt(eps)`` of the solution's dtype."""
+    return math.sqrt(torch.finfo(tree_leaves(sol)[0].dtype).eps)
+
+
+def _check_residual(
+    problem: _RootProblem, init: PyTree, sol: PyTree, args: Sequence[PyTree]
+) -> None:
+    """Warn or raise when ``||F(sol, *args)|| > max(residual_tol ||F(init, *args)||,
+    sqrt(eps))`` (one evaluation of ``F``, two under :func:`torch.vmap`)."""
+    with torch.no_grad():
+        residual = float(tree_norm(problem.optimality_fn(sol, *args)))
+        reference = problem.init_residual
+        if reference is None:  # under vmap, the batched check could not give a number
+            reference = float(tree_norm(problem.optimality_fn(init, *args)))
+    threshold = max(problem.residual_tol * reference, _residual_floor(sol))
+    if residual <= threshold:
+        return
+    message = (
+        f"custom_root: the solver returned an inaccurate root: ||optimality_fn(sol, *args)|| "
+        f"= {residual:.3e} > {threshold:.3e} = max(residual_tol {problem.residual_tol:g} x "
+        f"the residual {reference:.3e} at init, sqrt(eps)); the implicit gradient assumes a "
+        "root and is wrong by about as much. Solve more accurately (more iterations, a "
+        "tighter tolerance), or pass residual_tol=None to skip this check."
+    )
+    if problem.on_inaccurate == "raise":
+        raise InaccurateRootError(message)
+    if problem.on_inaccurate == "warn":
+        warnings.warn(message, ConvergenceWarning, stacklevel=5)
+
+
 def _check_closure(
     optimality_fn: OptimalityFn, init: PyTree, args: tuple[PyTree, ...], check_closure: bool
-) -> None:
-    """Evaluate ``F(init, *args)`` on detached inputs: shape check and closed-over grads."""
+) -> float | None:
+    """Evaluate ``F(init, *args)`` on detached inputs: shape check and closed-over grads.
+
+    Returns ``||F(init, *args)||`` (the scale of the root check), or ``None`` when it is
+    not a plain number (inside :func:`torch.vmap`)."""
     detached_init = tree_map(torch.Tensor.detach, init)
     detached_args = tree_map(torch.Tensor.detach, args)
     with torch.enable_grad():
@@ -416,9 +459,12 @@ def _check_closure(
     check_same_structure(
         init, value, "the solution (init)", "the output of the optimality function"
     )
-    if not check_closure:
-        return
     leaves = tree_leaves(value)
+    norm = None
+    if not any(is_functorch_wrapped(v) for v in leaves):
+        norm = float(tree_norm(tree_map(torch.Tensor.detach, value)))
+    if not check_closure:
+        return norm
     reverse = torch.is_grad_enabled() and any(v.requires_grad for v in leaves)
     forward = any(forward_ad.unpack_dual(v).tangent is not None for v in leaves)
     if reverse or forward:
@@ -432,6 +478,7 @@ def _check_closure(
             "optimality function, detach it if no gradient is wanted, or disable this "
             "check with check_closure=False."
         )
+    return norm
 
 
 def _bind_positional(
@@ -456,6 +503,8 @@ def custom_root(
     solve: str | LinearSolver = "gmres",
     has_aux: bool = False,
     check_closure: bool = True,
+    residual_tol: float | None = 1e-3,
+    on_inaccurate: str = "warn",
 ) -> Callable[[Solver], Solver]:
     """Decorator: differentiate a solver through its optimality condition.
 
@@ -490,13 +539,39 @@ def custom_root(
         Under :func:`torch.vmap`, non-tensor leaves of ``aux`` become lists over the batch.
     check_closure:
         Raise when ``optimality_fn`` closes over a tensor that requires grad.
+    residual_tol:
+        Root check on the solver's output: with ``r(z) = ||optimality_fn(z, *args)||``
+        (Euclidean norm over the pytree), the solution is accepted when
+        ``r(sol) <= max(residual_tol * r(init), sqrt(eps))`` (``eps`` of the solution's
+        dtype), i.e. when the solver reduced the residual of its starting point by the
+        factor ``residual_tol`` or reached it to about half the working precision. The
+        check costs one evaluation of ``optimality_fn`` (``r(init)`` comes from the shape
+        check every call makes anyway; under :func:`torch.vmap` it is re-evaluated per
+        element). ``None`` disables it.
+    on_inaccurate:
+        What a failed root check does: ``"warn"`` (default, a
+        :class:`~bilevel.errors.ConvergenceWarning`), ``"raise"``
+        (:class:`~bilevel.errors.InaccurateRootError`) or ``"ignore"``.
 
     Notes
     -----
     The gradient with respect to ``init`` is zero (the solution does not depend on it).
-    Second-order derivatives through the decorated solver are not supported.
+    Second-order derivatives through the decorated solver are not supported. The implicit
+    gradient is that of the exact root: a residual ``r`` at the returned point perturbs it
+    by about ``||A^{-1}|| r``, which is why the root is checked.
     """
     solve_fn = get_solver(solve)
+    if residual_tol is not None and not (
+        isinstance(residual_tol, int | float) and math.isfinite(residual_tol) and residual_tol > 0
+    ):
+        raise ValueError(
+            f"custom_root: residual_tol must be a positive finite number or None, got "
+            f"{residual_tol!r}"
+        )
+    if on_inaccurate not in ("warn", "raise", "ignore"):
+        raise ValueError(
+            f"custom_root: on_inaccurate must be 'warn', 'raise' or 'ignore', got {on_inaccurate!r}"
+        )
 
     def decorator(solver: Solver) -> Solver:
         @functools.wraps(solver)
@@ -511,7 +586,7 @@ def custom_root(
                 raise ValueError("custom_root: init must contain at least one tensor")
             for i, a in enumerate(args):
                 check_tensor_leaves(a, f"custom_root: argument {i + 1} of the solver")
-            _check_closure(optimality_fn, init, args, check_closure)
+            init_residual = _check_closure(optimality_fn, init, args, check_closure)
             args_leaves, args_spec = tree_flatten(args)
             problem = _RootProblem(
                 solver=solver,
@@ -521,6 +596,9 @@ def custom_root(
                 n_init=len(init_leaves),
                 init_spec=init_spec,
                 args_spec=args_spec,
+                residual_tol=residual_tol,
+                on_inaccurate=on_inaccurate,
+                init_residual=init_residual,
             )
             out = _ImplicitRoot.apply(problem, *init_leaves, *args_leaves)
             sol = tree_unflatten(list(out[: problem.n_sol]), problem.sol_spec)
@@ -549,6 +627,8 @@ def custom_fixed_point(
     solve: str | LinearSolver = "gmres",
     has_aux: bool = False,
     check_closure: bool = True,
+    residual_tol: float | None = 1e-3,
+    on_inaccurate: str = "warn",
 ) -> Callable[[Solver], Solver]:
     """Decorator: differentiate a solver whose output satisfies ``x = T(x, *args)``.
 
@@ -560,4 +640,11 @@ def custom_fixed_point(
     def optimality_fn(x: PyTree, *args: Any) -> PyTree:
         return tree_sub(fixed_point_fn(x, *args), x)
 
-    return custom_root(optimality_fn, solve=solve, has_aux=has_aux, check_closure=check_closure)
+    return custom_root(
+        optimality_fn,
+        solve=solve,
+        has_aux=has_aux,
+        check_closure=check_closure,
+        residual_tol=residual_tol,
+        on_inaccurate=on_inaccurate,
+    )

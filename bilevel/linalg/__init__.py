@@ -14,6 +14,9 @@ solver         for                                             cost per iteratio
 ``neumann``    ``rho(I - alpha A) < 1`` (e.g. SPD, small alpha) 1 matvec
 ``dense``      small ``n``: forms ``A`` and factorises it       ``n`` matvecs, once
 =============  ==============================================  ========================
+
+:func:`lanczos` estimates the extreme eigenvalues of a symmetric ``A`` (smoothness and
+strong-convexity constants, negative-curvature checks) from a few matrix-vector products.
 """
 
 from __future__ import annotations
@@ -32,17 +35,22 @@ from bilevel.linalg._solvers import (
     neumann,
     normal_cg,
 )
+from bilevel.linalg._spectrum import Spectrum, hessian_matvec, hessian_spectrum, lanczos
 
 __all__ = [
     "SOLVERS",
     "LinearSolveInfo",
     "LinearSolver",
+    "Spectrum",
     "bicgstab",
     "cg",
     "default_tol",
     "dense",
     "get_solver",
     "gmres",
+    "hessian_matvec",
+    "hessian_spectrum",
+    "lanczos",
     "materialize",
     "neumann",
     "normal_cg",

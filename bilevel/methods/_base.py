@@ -4,6 +4,7 @@ progress bar and checkpoint/resume."""
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import math
 import os
@@ -16,7 +17,9 @@ from typing import Any
 import torch
 
 from bilevel.errors import ConvergenceWarning, DivergenceError, NonFiniteError
+from bilevel.linalg import Spectrum
 from bilevel.problem import BilevelProblem, BilevelResult
+from bilevel.solvers._curvature import MAX_ESCAPES, curvature, escape, is_negative
 from bilevel.tree import PyTree, check_finite, check_tensor_leaves, tree_map, tree_norm
 
 
@@ -48,12 +51,23 @@ class Method:
     stochastic = False
     #: Whether the method handles constraints and bounds (``BilevelProblem.is_constrained``).
     handles_constraints = False
+    #: Whether the method uses gradients only: its default step sizes and the final
+    #: curvature check then use gradient differences instead of Hessian-vector products.
+    hessian_free = False
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         return MethodState(x=x0, y=y0)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         raise NotImplementedError(f"{type(self).__name__} must define step")
+
+    def after_escape(self, problem: BilevelProblem, state: MethodState) -> None:
+        """Called by :func:`run_method` after it moved ``state.y`` off negative curvature
+        of the lower level: a step size measured at the start, where the curvature may
+        have been quite different, is measured again (it only ever shrinks)."""
+        from bilevel.methods._defaults import remeasure_inner_step
+
+        remeasure_inner_step(self, problem, state)
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
         """Method-specific diagnostics for :attr:`BilevelResult.info` (e.g. a certified
@@ -237,6 +251,30 @@ def _attach_streams(extra: Any, problem: BilevelProblem) -> None:
     elif isinstance(extra, (list, tuple)):
         for value in extra:
             _attach_streams(value, problem)
+
+
+def _lower_curvature(
+    problem: BilevelProblem, method: Method, x: PyTree, y: PyTree
+) -> Spectrum | None:
+    """:func:`bilevel.solvers.curvature` of ``f(x, .)`` at ``y`` (gradient differences for a
+    Hessian-free method); ``None`` where the check does not apply: minibatches (one
+    sampled Hessian says little) or a constrained lower level (the second-order condition
+    is then on the reduced Hessian)."""
+    if problem.upper_data is not None or problem.lower_data is not None:
+        return None
+    if _has_lower_constraints(problem):
+        return None
+    x = _detach(x)
+
+    def fn(y_: PyTree) -> torch.Tensor:
+        return problem.lower_value(x, y_)
+
+    matvec = None
+    if method.hessian_free:
+        from bilevel.methods._defaults import Oracle
+
+        matvec = Oracle(exact=False).hessian(fn, _detach(y))
+    return curvature(fn, y, matvec)
 
 
 #: Geometric-growth divergence rule of :func:`run_method` (see :class:`_GrowthMonitor`).
@@ -512,6 +550,7 @@ def run_method(
     }
     start_iteration = 0
     elapsed_before = 0.0
+    escapes = 0  # escapes from lower-level negative curvature (checkpointed)
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         saved = torch.load(checkpoint, weights_only=False)
         state, history, start_iteration = saved["state"], saved["history"], saved["iteration"]
@@ -520,6 +559,7 @@ def run_method(
             # residual: its gradient norms meant nothing there, the resumed column is NaN
             history[lower_key] = [math.nan] * len(history.pop("lower_grad_norm"))
         elapsed_before = saved["elapsed"]
+        escapes = saved.get("escapes", 0)
         # fast-forward the minibatch streams first: replaying them may draw random numbers
         _attach_streams(state.extra, problem)
         torch.set_rng_state(saved["rng"])
@@ -589,16 +629,50 @@ def run_method(
         if callback is not None and callback(iteration, state):
             status, message = "stopped", f"callback stopped the run at iteration {iteration}"
             break
+        done = False
+        if not method.stochastic and norm <= tol:
+            # a stationary point of the outer problem at a lower-level saddle or maximum
+            # is no solution: escape it (perturb y along the negative curvature and go on)
+            spectrum = _lower_curvature(problem, method, state.x, state.y)
+            if is_negative(spectrum) and escapes < MAX_ESCAPES:
+                escapes += 1
+                state.y = escape(functools.partial(problem.lower_value, state.x), state.y, spectrum)
+                method.after_escape(problem, state)
+            elif is_negative(spectrum):
+                status, message = (
+                    "negative_curvature",
+                    _curvature_message(spectrum, iteration, escapes),
+                )
+                done = True
+            else:
+                status, message = "converged", f"hypergradient norm {norm:.3e} <= tol {tol:.1e}"
+                done = True
         if checkpoint is not None and iteration % checkpoint_every == 0:
             _save_checkpoint(
-                checkpoint, state, history, iteration, elapsed_before + time.perf_counter() - t0
+                checkpoint,
+                state,
+                history,
+                iteration,
+                elapsed_before + time.perf_counter() - t0,
+                escapes,
             )
-        if not method.stochastic and norm <= tol:
-            status, message = "converged", f"hypergradient norm {norm:.3e} <= tol {tol:.1e}"
+        if done:
             break
     if bar is not None:
         bar.close()
-    if status in ("max_iterations", "diverged") and not method.stochastic:
+    info = method.result_info(problem, state)
+    if status != "diverged":
+        spectrum = _lower_curvature(problem, method, state.x, state.y)
+        if spectrum is not None:
+            info["lower_min_curvature"] = spectrum.smallest
+            info["negative_curvature_escapes"] = escapes
+        if is_negative(spectrum) and status != "negative_curvature":
+            message = f"{message}; {_curvature_message(spectrum, iteration, escapes)}"
+            if method.stochastic or status != "max_iterations":
+                warnings.warn(f"{method.name}: {message}", ConvergenceWarning, stacklevel=3)
+    if status in ("max_iterations", "diverged", "negative_curvature") and not (
+        method.stochastic and status != "negative_curvature"
+    ):
         warnings.warn(f"{method.name}: {message}", ConvergenceWarning, stacklevel=3)
     return BilevelResult(
         x=state.x,
@@ -607,12 +681,26 @@ def run_method(
         message=message,
         n_iter=iteration,
         history=history,
-        info=method.result_info(problem, state),
+        info=info,
+    )
+
+
+def _curvature_message(spectrum: Spectrum, iteration: int, escapes: int) -> str:
+    return (
+        f"the lower-level Hessian d2_yy f(x, y) has a negative eigenvalue "
+        f"{spectrum.smallest:.3e} at the returned y (largest {spectrum.largest:.3e}, "
+        f"iteration {iteration}, after {escapes} escape(s) along negative curvature): y is a "
+        "saddle point or a maximum of f(x, .), not a lower-level solution"
     )
 
 
 def _save_checkpoint(
-    path: str | os.PathLike[str], state: MethodState, history: dict, iteration: int, elapsed: float
+    path: str | os.PathLike[str],
+    state: MethodState,
+    history: dict,
+    iteration: int,
+    elapsed: float,
+    escapes: int = 0,
 ) -> None:
     """Write atomically (temporary file + rename) so an interrupted save never corrupts it."""
     tmp = f"{os.fspath(path)}.tmp"
@@ -623,6 +711,7 @@ def _save_checkpoint(
             "iteration": iteration,
             "elapsed": elapsed,
             "rng": torch.get_rng_state(),
+            "escapes": escapes,
         },
         tmp,
     )

@@ -72,6 +72,16 @@ def solve(
         iterations beyond ``1e6`` times their initial scale) ends with status
         ``"diverged"`` and the same warning. The history records ``lower_grad_norm`` or,
         when the lower level is constrained, ``lower_kkt_residual``.
+
+        Second-order check: at a point meeting ``tol`` (and at the end of every run, when
+        the lower level is unconstrained and deterministic) the curvature of ``f(x, .)`` at
+        the returned ``y`` is checked by Lanczos (20 Hessian-vector products, gradient
+        differences for the Hessian-free methods; :mod:`bilevel.solvers._curvature`). A
+        saddle or maximum of the lower level is escaped (``y`` moved along the negative
+        curvature, the run continues, at most 3 times); if it remains, the status is
+        ``"negative_curvature"`` with a :class:`~bilevel.errors.ConvergenceWarning`.
+        ``result.info`` records ``lower_min_curvature`` and
+        ``negative_curvature_escapes``.
     callback:
         ``callback(iteration, state)``, called after every outer iteration; returning
         ``True`` stops the run (status ``"stopped"``).
@@ -84,7 +94,13 @@ def solve(
         iterations (atomically); with ``resume=True`` an existing checkpoint is loaded and the
         run continues from it, producing the same iterates as an uninterrupted run.
     **options:
-        Hyperparameters of the method (see its docstring), e.g. ``inner_steps=20``.
+        Hyperparameters of the method (see its docstring), e.g. ``inner_steps=20``. Step
+        sizes left out (``None``) are chosen at the start from smoothness constants
+        measured at ``(x0, y0)`` with a few Hessian-vector products
+        (:mod:`bilevel.methods._defaults`), and the deterministic methods AID, ITD and
+        V-PBGD then adapt their outer step by a line search
+        (:mod:`bilevel.methods._linesearch`); ``result.info["step_sizes"]`` records what
+        was used. Explicit step sizes are used as given.
     """
     if isinstance(method, Method):
         if options:

@@ -22,6 +22,12 @@ def check_positive(method: str, allow_zero: bool = False, **values: Any) -> None
             raise ValueError(f"{method}: {name} must be a {kind} finite number, got {value!r}")
 
 
+def check_step_sizes(method: str, allow_zero: bool = False, **values: Any) -> None:
+    """:func:`check_positive` for the values that are not ``None`` (``None``: a step size
+    chosen automatically at the start of the run)."""
+    check_positive(method, allow_zero, **{k: v for k, v in values.items() if v is not None})
+
+
 def check_count(method: str, minimum: int, **values: Any) -> None:
     """Raise ``ValueError`` unless every value is an integer ``>= minimum``."""
     for name, value in values.items():

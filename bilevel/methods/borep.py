@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from bilevel.methods._base import Method, MethodState, require_finite
+from bilevel.methods._defaults import calibrate_into, run_steps, step_info
 from bilevel.methods._oracles import (
     Linearisation,
     batch_streams,
@@ -21,7 +23,7 @@ from bilevel.methods._oracles import (
     lower_grad,
     upper_grads,
 )
-from bilevel.methods._validation import check_positive
+from bilevel.methods._validation import check_step_sizes
 from bilevel.problem import BilevelProblem
 from bilevel.tree import (
     PyTree,
@@ -32,6 +34,10 @@ from bilevel.tree import (
     tree_sub,
     tree_zeros_like,
 )
+
+#: Default step: gradient-step scale ``SINGLE_LOOP_RATIO * gamma mu_y / L_h`` (half of
+#: SOBA's: the momentum average lags, and at the full ratio some quadratics oscillate).
+SINGLE_LOOP_RATIO = 0.75
 
 
 def _project(tree: PyTree, center: PyTree | None, radius: float | None) -> PyTree:
@@ -83,15 +89,18 @@ class BOREP(Method):
     Parameters (defaults, sources)
     ------------------------------
     outer_step_size:
-        ``eta = 0.01`` (library default, as :class:`SOBA`'s outer step; the authors' RNN
-        hyper-parameter-optimisation script uses ``1e-4``); ``0`` freezes ``x``.
+        ``eta``: the length of every ``x`` step (the authors' RNN hyper-parameter-optimisation
+        script uses ``1e-4``); ``0`` freezes ``x``. ``None`` (default; formerly ``0.01``):
+        scale-aware clipped steps (this library's default, see below).
     momentum:
         ``beta = 0.9`` (authors' code, ``--beta 0.90``); in ``[0, 1)``.
     inner_step_size:
-        ``alpha = 0.1`` for every SGD step on ``y`` (library default, as :class:`SOBA`;
-        the authors' script uses ``2e-3`` for an RNN); needs ``alpha < 2 / L_y``.
+        ``alpha`` for every SGD step on ``y`` (the authors' script uses ``2e-3`` for an
+        RNN); needs ``alpha < 2 / L_y``. ``None`` (default; formerly ``0.1``): ``1 / L_y``
+        measured at ``(x0, y0)`` (:mod:`bilevel.methods._defaults`).
     linear_step_size:
-        ``gamma = 0.01`` (authors' code, ``--nu 1e-2``); needs ``gamma < 2 / L_y``.
+        ``gamma`` (authors' code, ``--nu 1e-2``); needs ``gamma < 2 / L_y``. ``None``
+        (default; formerly ``0.01``): ``1 / L_y``.
     refine_steps:
         ``100`` SGD steps of initialization refinement (the paper's subroutine at ``x_0``;
         the paper uses a longer epoch-SGD run, the authors' code none beyond the first
@@ -109,6 +118,19 @@ class BOREP(Method):
     decreasing:
         ``False``; ``True`` for ``eta_t = eta / sqrt(t)``.
 
+    Default outer step (``outer_step_size=None``): with ``L_h`` the curvature of ``h`` and
+    ``L_y >= mu_y`` those of ``f``, all measured at the start, the step length is::
+
+        eta_t = min(r_t, c ||m_t||),   c = SINGLE_LOOP_RATIO * gamma mu_y / L_h,
+        r_t = c ||D_1||  (divided by sqrt(t) with decreasing=True)
+
+    i.e. far from a stationary point (``||m_t|| > ||D_1||``, e.g. in a region of larger
+    smoothness) a normalized step of length at most ``r_t``, the length of the first
+    step; near one a gradient step ``c m_t`` of the size :class:`SOBA`'s default takes,
+    slow enough for ``y`` and ``z`` (which contract by about ``1 - gamma mu_y`` per
+    iteration) to track their moving targets. Unlike a constant ``eta``, this step shrinks
+    with ``m_t``, so deterministic runs converge instead of cycling at distance ``O(eta)``.
+
     Oracle calls: ``refine_steps`` gradients at init; per iteration 1 upper gradient
     (``grad F``), ``N`` lower gradients every ``I`` iterations, 2 products (``H z``, ``B z``).
 
@@ -123,10 +145,10 @@ class BOREP(Method):
     2000 iterations.
     """
 
-    outer_step_size: float = 0.01
+    outer_step_size: float | None = None
     momentum: float = 0.9
-    inner_step_size: float = 0.1
-    linear_step_size: float = 0.01
+    inner_step_size: float | None = None
+    linear_step_size: float | None = None
     refine_steps: int = 100
     period: int = 3
     update_steps: int = 3
@@ -137,9 +159,12 @@ class BOREP(Method):
     stochastic = True
 
     def __post_init__(self) -> None:
-        check_positive(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
-        check_positive(self.name, inner_step_size=self.inner_step_size)
-        check_positive(self.name, linear_step_size=self.linear_step_size)
+        check_step_sizes(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
+        check_step_sizes(
+            self.name,
+            inner_step_size=self.inner_step_size,
+            linear_step_size=self.linear_step_size,
+        )
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"borep: momentum must be in [0, 1), got {self.momentum}")
         if self.refine_steps < 0 or self.update_steps < 0:
@@ -154,25 +179,47 @@ class BOREP(Method):
             if radius is not None and not radius > 0:
                 raise ValueError(f"borep: {what} must be positive or None, got {radius}")
 
-    def step_size(self, iteration: int) -> float:
-        """``eta_t`` at the 1-based ``iteration``."""
+    def step_size(self, iteration: int, eta: float | None = None) -> float:
+        """``eta_t`` at the 1-based ``iteration`` (``eta``: the run's ``eta``, or its clip
+        radius ``r`` with the default step)."""
+        eta = self.outer_step_size if eta is None else eta
         if self.decreasing:
-            return self.outer_step_size / math.sqrt(iteration)
-        return self.outer_step_size
+            return eta / math.sqrt(iteration)
+        return eta
 
     def _sgd(
-        self, problem: BilevelProblem, x: PyTree, y: PyTree, steps: int, stream, radius
+        self, problem: BilevelProblem, x: PyTree, y: PyTree, steps: int, stream, radius, alpha
     ) -> PyTree:
         center = y
         for _ in range(steps):
-            y = tree_axpy(-self.inner_step_size, lower_grad(problem, x, y, stream.next()), y)
+            y = tree_axpy(-alpha, lower_grad(problem, x, y, stream.next()), y)
             y = _project(y, center, radius)
         return require_finite(y, "the inner variable y")
 
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
+
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
+        steps = {
+            "outer_step_size": self.outer_step_size,
+            "inner_step_size": self.inner_step_size,
+            "linear_step_size": self.linear_step_size,
+        }
+        if None in steps.values():
+            cal = calibrate_into(state, problem, x0, y0, outer=self.outer_step_size is None)
+            for what in ("inner_step_size", "linear_step_size"):
+                if steps[what] is None:
+                    steps[what] = cal.inner_step
+            if self.outer_step_size is None:
+                steps["gradient_step"] = cal.tracking_step(
+                    steps["linear_step_size"], SINGLE_LOOP_RATIO
+                )
+        state.extra["steps"] = steps
         _, lower = batch_streams(problem, state)
-        state.y = self._sgd(problem, x0, y0, self.refine_steps, lower, None)
+        state.y = self._sgd(
+            problem, x0, y0, self.refine_steps, lower, None, steps["inner_step_size"]
+        )
         state.grad_calls += self.refine_steps
         state.extra["z"] = tree_zeros_like(y0)
         state.extra["m"] = tree_zeros_like(x0)
@@ -180,20 +227,28 @@ class BOREP(Method):
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         upper, lower = batch_streams(problem, state)
+        alpha, gamma = run_steps(self, state, "inner_step_size", "linear_step_size")
         x, y, z, m = state.x, state.y, state.extra["z"], state.extra["m"]
         if (iteration - 1) % self.period == 0:
-            y = self._sgd(problem, x, y, self.update_steps, lower, self.lower_radius)
+            y = self._sgd(problem, x, y, self.update_steps, lower, self.lower_radius, alpha)
             state.grad_calls += self.update_steps
         lin = Linearisation(problem, x, y, lower.next())
         gx_F, gy_F = upper_grads(problem, x, y, upper.next())
-        z = tree_axpy(-self.linear_step_size, tree_sub(lin.hvp(z), gy_F), z)
+        z = tree_axpy(-gamma, tree_sub(lin.hvp(z), gy_F), z)
         z = require_finite(_project(z, None, self.linear_radius), "the linear-system variable z")
         d = tree_sub(gx_F, lin.cross(z))
         m = tree_add(tree_scale(self.momentum, m), tree_scale(1.0 - self.momentum, d))
         m = require_finite(m, "the momentum m")
         norm = float(tree_norm(m))
+        steps = state.extra.get("steps", {})
+        if "gradient_step" in steps:  # the default: clipped gradient steps
+            c = steps["gradient_step"]
+            radius = state.extra.setdefault("radius", c * float(tree_norm(d)))
+            eta = min(self.step_size(iteration, radius), c * norm)
+        else:
+            eta = self.step_size(iteration, run_steps(self, state, "outer_step_size")[0])
         if norm > 0:
-            x = tree_axpy(-self.step_size(iteration) / norm, m, x)
+            x = tree_axpy(-eta / norm, m, x)
         state.x, state.y = x, y
         state.extra["z"], state.extra["m"] = z, m
         state.hypergrad = d

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from bilevel.methods._base import Method, MethodState, require_finite
+from bilevel.methods._defaults import calibrate_into, run_steps, step_info
 from bilevel.methods._oracles import batch_streams, grad, track
-from bilevel.methods._validation import check_positive
+from bilevel.methods._validation import check_positive, check_step_sizes
 from bilevel.problem import BilevelProblem
 from bilevel.tree import (
     PyTree,
@@ -42,6 +43,9 @@ from bilevel.tree import (
     tree_unflatten,
     tree_zeros_like,
 )
+
+#: Default outer step ``SINGLE_LOOP_RATIO * tau_v mu_y / L_h``, as :class:`SOBA`'s.
+SINGLE_LOOP_RATIO = 1.0
 
 
 def _block(tree: PyTree, i: int) -> PyTree:
@@ -145,11 +149,16 @@ class BSVRB(Method):
     batch_size:
         ``B = 1`` minibatch per sampled block and level (library default).
     outer_step_size:
-        ``eta = 0.01`` (library default, as :class:`SOBA`); ``0`` freezes ``x``.
+        ``eta``; ``0`` freezes ``x``. ``None`` (default; formerly ``0.01``):
+        ``SINGLE_LOOP_RATIO * tau_v mu_y / L_h`` as :class:`SOBA`'s default, with ``mu_y``
+        the smallest curvature of the blocks' ``f_i`` and ``L_h`` that of
+        ``h = (1/m) sum_i h_i``, measured at ``(x0, y0)`` (:mod:`bilevel.methods._defaults`).
     inner_step_size:
-        ``tau_y = 0.1`` (library default, as :class:`SOBA`); needs ``tau_y < 2 / L_y``.
+        ``tau_y``; needs ``tau_y < 2 / L_y``. ``None`` (default; formerly ``0.1``):
+        ``1 / L_y``, ``L_y`` the largest curvature of the blocks' ``f_i(x0, .)`` at ``y0``.
     linear_step_size:
-        ``tau_v = 0.1`` (library default); needs ``tau_v < 2 / L_y``.
+        ``tau_v``; needs ``tau_v < 2 / L_y``. ``None`` (default; formerly ``0.1``):
+        ``1 / L_y``.
     inner_momentum, linear_momentum:
         ``beta_y = beta_v = 0.9`` in ``(0, 1]``: weight of the new sample in the MSVR
         estimators (the official run scripts' ``alpha = 0.9``). ``1`` with ``I = m`` is plain
@@ -184,9 +193,9 @@ class BSVRB(Method):
 
     blocks_per_iter: int | None = None
     batch_size: int = 1
-    outer_step_size: float = 0.01
-    inner_step_size: float = 0.1
-    linear_step_size: float = 0.1
+    outer_step_size: float | None = None
+    inner_step_size: float | None = None
+    linear_step_size: float | None = None
     inner_momentum: float = 0.9
     linear_momentum: float = 0.9
     outer_momentum: float = 0.9
@@ -197,9 +206,12 @@ class BSVRB(Method):
     stochastic = True
 
     def __post_init__(self) -> None:
-        check_positive(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
-        check_positive(self.name, inner_step_size=self.inner_step_size)
-        check_positive(self.name, linear_step_size=self.linear_step_size)
+        check_step_sizes(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
+        check_step_sizes(
+            self.name,
+            inner_step_size=self.inner_step_size,
+            linear_step_size=self.linear_step_size,
+        )
         for what in ("inner_momentum", "linear_momentum", "outer_momentum"):
             value = getattr(self, what)
             if not 0.0 < value <= 1.0:
@@ -260,6 +272,31 @@ class BSVRB(Method):
             out = tuple(tree_scale(1.0 / len(samples), a) for a in out)
         return out
 
+    def _resolve_steps(self, problem: BilevelProblem, state: MethodState, m: int) -> None:
+        """``state.extra["steps"]``, measured where ``None``. The mean lower objective
+        ``(1/m) sum_i f_i`` has Hessian ``blockdiag(H_i) / m``: its extreme eigenvalues
+        times ``m`` are those over the blocks."""
+        steps = {
+            "outer_step_size": self.outer_step_size,
+            "inner_step_size": self.inner_step_size,
+            "linear_step_size": self.linear_step_size,
+        }
+        if None in steps.values():
+            cal = calibrate_into(
+                state, problem, state.x, state.y, outer=self.outer_step_size is None
+            )
+            for what in ("inner_step_size", "linear_step_size"):
+                if steps[what] is None:
+                    steps[what] = cal.inner_step / m
+            if steps["outer_step_size"] is None:  # with the blocks' mu_y = m * lower_min
+                steps["outer_step_size"] = m * cal.tracking_step(
+                    steps["linear_step_size"], SINGLE_LOOP_RATIO
+                )
+        state.extra["steps"] = steps
+
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
+
     # ------------------------------------------------------------------ method
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
@@ -271,6 +308,7 @@ class BSVRB(Method):
                     f"shape {tuple(leaf.shape)}"
                 )
         state = MethodState(x=x0, y=y0)
+        self._resolve_steps(problem, state, m)
         v = tree_zeros_like(y0)
         us, ws, ds = [], [], []
         for i in range(m):
@@ -328,15 +366,18 @@ class BSVRB(Method):
         ex["x_prev"], ex["y_prev"], ex["v_prev"] = x, y, v
         u = ex["u"] = _set_blocks(u, blocks, new_u)
         w = ex["w"] = _set_blocks(w, blocks, new_w)
-        y_next = tree_axpy(-self.inner_step_size, u, y)
-        v_next = _project_blocks(tree_axpy(-self.linear_step_size, w, v), self.linear_bound)
+        eta, tau_y, tau_v = run_steps(
+            self, state, "outer_step_size", "inner_step_size", "linear_step_size"
+        )
+        y_next = tree_axpy(-tau_y, u, y)
+        v_next = _project_blocks(tree_axpy(-tau_v, w, v), self.linear_bound)
         if not self.update_all_blocks and I < m:
             y_next = _set_blocks(y, blocks, [_block(y_next, i) for i in blocks.tolist()])
             v_next = _set_blocks(v, blocks, [_block(v_next, i) for i in blocks.tolist()])
         state.y = require_finite(y_next, "the inner variable y")
         ex["v"] = require_finite(v_next, "the linear-system variable v")
         ex["z"] = z
-        state.x = require_finite(tree_axpy(-self.outer_step_size, z, x), "the outer variable x")
+        state.x = require_finite(tree_axpy(-eta, z, x), "the outer variable x")
         state.hypergrad = z
         state.grad_calls += 4 * I * self.batch_size
         state.hvp_calls += 4 * I * self.batch_size

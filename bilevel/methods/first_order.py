@@ -27,10 +27,17 @@ Conventions shared by the four classes:
   epoch); the two lower-level gradients in a difference ``grad_x f(x, y) - grad_x f(x, z)``
   share one minibatch. The methods are the deterministic algorithms run on minibatches (no
   variance reduction, no decaying step sizes), so ``tol`` should then be 0.
+* **Default step sizes.** Steps left at ``None`` (the default) are set at the start from
+  constants measured at ``(x0, y0)`` by :mod:`bilevel.methods._defaults`, with gradient
+  differences only (no Hessian-vector product is ever called): inner steps ``1 / L`` with
+  ``L`` the curvature of the objective the inner loop descends (``f``, or ``F/lambda_0 +
+  f``, ``sigma_0 F + f``), outer steps from the curvature ``L_h`` of ``h`` (see each
+  class). Explicit step sizes give exactly the iterations of the formulas below.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,8 +45,15 @@ from typing import Any
 import torch
 
 from bilevel.methods._base import Method, MethodState, require_finite
+from bilevel.methods._defaults import calibrate_into, resolve_steps, run_steps, step_info
+from bilevel.methods._linesearch import LineSearch
 from bilevel.methods._oracles import batch_streams, init_with_streams, next_batches
-from bilevel.methods._validation import check_count, check_positive, check_projection
+from bilevel.methods._validation import (
+    check_count,
+    check_positive,
+    check_projection,
+    check_step_sizes,
+)
 from bilevel.problem import BilevelProblem
 from bilevel.tree import PyTree, tree_axpy, tree_map, tree_norm, tree_sub, tree_vdot
 
@@ -172,26 +186,28 @@ class F2SA(Method):
     Defaults: ``T = 10``, ``lambda_0 = 1`` (both as benchopt); ``delta = 1`` (with exact
     gradients ``lambda_max`` is then reached within the default ``maxiter``); ``lambda_max = 100`` (a bias of order 1% of the scale of ``grad h``). Step
     sizes must suit the problem: ``beta < 2 / (L_F / lambda_0 + L_y)`` for the first
-    ``y``-steps, ``alpha <= 1 / L_h``.
+    ``y``-steps, ``alpha <= 1 / L_h``. Left at ``None`` (the default; formerly ``0.1``
+    and ``0.01``) they are exactly these: ``beta = 1 / L``, ``L`` the curvature of
+    ``F / lambda_0 + f`` in ``y`` at ``(x0, y0)``, and ``alpha = 1 / L_h`` (``L_h`` the
+    curvature of ``h`` at ``x0``; ``grad L_lambda`` is Lipschitz with about that constant
+    for every ``lambda``).
     """
 
     inner_steps: int = 10
-    inner_step_size: float = 0.1
-    outer_step_size: float = 0.01
+    inner_step_size: float | None = None
+    outer_step_size: float | None = None
     lambda_init: float = 1.0
     lambda_increment: float = 1.0
     lambda_max: float = 100.0
     name: str = field(default="f2sa", init=False)
+    hessian_free = True
 
     def __post_init__(self) -> None:
         check_count("F2SA", 1, inner_steps=self.inner_steps)
-        check_positive(
-            "F2SA",
-            inner_step_size=self.inner_step_size,
-            outer_step_size=self.outer_step_size,
-            lambda_init=self.lambda_init,
-            lambda_max=self.lambda_max,
+        check_step_sizes(
+            "F2SA", inner_step_size=self.inner_step_size, outer_step_size=self.outer_step_size
         )
+        check_positive("F2SA", lambda_init=self.lambda_init, lambda_max=self.lambda_max)
         check_positive("F2SA", allow_zero=True, lambda_increment=self.lambda_increment)
         if self.lambda_max < self.lambda_init:
             raise ValueError(
@@ -201,9 +217,14 @@ class F2SA(Method):
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = MethodState(x=x0, y=y0, extra={"z": _copy(y0), "lambda": float(self.lambda_init)})
         batch_streams(problem, state)
+        _resolve_steps(self, problem, state, upper_weight=1.0 / self.lambda_init)
         return state
 
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
+
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        beta, alpha = run_steps(self, state, "inner_step_size", "outer_step_size")
         lam = state.extra["lambda"]
         x, y, z = state.x, state.y, state.extra["z"]
         for _ in range(self.inner_steps):
@@ -211,13 +232,13 @@ class F2SA(Method):
             grad_y, grad_z = _penalised_inner_grads(
                 problem, x, y, z, 1.0 / lam, upper_batch, lower_batch
             )
-            y = tree_axpy(-self.inner_step_size, grad_y, y)
-            z = tree_axpy(-self.inner_step_size, grad_z, z)
+            y = tree_axpy(-beta, grad_y, y)
+            z = tree_axpy(-beta, grad_z, z)
         require_finite(y, "the inner variable y")
         require_finite(z, "the lower-level variable z")
         upper_batch, lower_batch = next_batches(problem, state)
         direction = _penalty_direction(problem, x, y, z, lam, upper_batch, lower_batch)
-        state.x = tree_axpy(-self.outer_step_size, direction, x)
+        state.x = tree_axpy(-alpha, direction, x)
         state.y = y
         state.extra["z"] = z
         state.extra["lambda"] = min(lam + self.lambda_increment, self.lambda_max)
@@ -269,14 +290,16 @@ class Penalty(Method):
     Defaults: ``sigma_0 = 1``, ``rho = 0.9``, ``sigma_min = 1e-3`` (``lambda`` up to 1000),
     ``tau = 1e-3``, at most ``inner_steps = 100`` per inner loop. The inner step needs
     ``beta < 2 / (sigma_0 L_F + L_y)``; the outer one ``alpha <= 1 / L_psi`` (about the
-    smoothness of ``h``). ``project_x`` and
+    smoothness of ``h``). Left at ``None`` (the default; formerly ``0.1`` and ``0.01``):
+    ``beta = 1 / L`` with ``L`` the curvature of ``sigma_0 F + f`` in ``y`` at
+    ``(x0, y0)``, and ``alpha = 1 / L_h``. ``project_x`` and
     ``project_y`` (e.g. from :mod:`bilevel.operators.projections`) restrict ``x`` and ``y``
     to closed convex sets, as in the paper; ``None`` means unconstrained.
     """
 
     inner_steps: int = 100
-    inner_step_size: float = 0.1
-    outer_step_size: float = 0.01
+    inner_step_size: float | None = None
+    outer_step_size: float | None = None
     inner_tol: float = 1e-3
     sigma_init: float = 1.0
     sigma_decay: float = 0.9
@@ -284,13 +307,15 @@ class Penalty(Method):
     project_x: Projection | None = None
     project_y: Projection | None = None
     name: str = field(default="penalty", init=False)
+    hessian_free = True
 
     def __post_init__(self) -> None:
         check_count("Penalty", 1, inner_steps=self.inner_steps)
+        check_step_sizes(
+            "Penalty", inner_step_size=self.inner_step_size, outer_step_size=self.outer_step_size
+        )
         check_positive(
             "Penalty",
-            inner_step_size=self.inner_step_size,
-            outer_step_size=self.outer_step_size,
             sigma_init=self.sigma_init,
             sigma_decay=self.sigma_decay,
             sigma_min=self.sigma_min,
@@ -312,7 +337,11 @@ class Penalty(Method):
         y0 = _project(self.project_y, y0)
         state = MethodState(x=x0, y=y0, extra={"z": _copy(y0), "sigma": float(self.sigma_init)})
         batch_streams(problem, state)
+        _resolve_steps(self, problem, state, upper_weight=self.sigma_init)
         return state
+
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
 
     def _inner_loop(
         self,
@@ -324,7 +353,8 @@ class Penalty(Method):
         with_upper: bool,
     ) -> tuple[PyTree, int]:
         """Projected GD on ``sigma F + f`` (``with_upper``) or ``f``; returns (w, grad calls)."""
-        beta, tol = self.inner_step_size, self.inner_tol * sigma
+        beta = run_steps(self, state, "inner_step_size", "outer_step_size")[0]
+        tol = self.inner_tol * sigma
         calls = 0
         for _ in range(self.inner_steps):
             upper_batch, lower_batch = next_batches(problem, state)
@@ -349,7 +379,8 @@ class Penalty(Method):
         require_finite(z, "the lower-level variable z")
         upper_batch, lower_batch = next_batches(problem, state)
         direction = _penalty_direction(problem, x, y, z, 1.0 / sigma, upper_batch, lower_batch)
-        state.x, state.hypergrad = _outer_update(x, direction, self.outer_step_size, self.project_x)
+        alpha = run_steps(self, state, "inner_step_size", "outer_step_size")[1]
+        state.x, state.hypergrad = _outer_update(x, direction, alpha, self.project_x)
         state.y = y
         state.extra["z"] = z
         state.extra["sigma"] = sigma
@@ -393,36 +424,54 @@ class BOME(Method):
     history use its norm: ``d_x`` alone vanishes whenever ``lambda = 0`` and ``F`` does not
     depend on ``x``, however far ``y`` is from ``y*``); ``state.extra`` records
     ``lambda`` and ``q``.
+
+    **Default step sizes** (``None``; formerly ``0.1`` and ``0.01``): ``beta = 1 / L_y``
+    and ``xi = BOME_RATIO / L_h = 0.25 / L_h`` (curvatures measured at ``(x0, y0)``).
+    Near the lower-level solution the step ``d`` is that of the value-function penalty
+    ``F + lambda q``, with ``lambda`` settling where the pull ``eta |grad q|^2`` balances
+    the step, about ``1 / (xi L_y)`` in scale: the limit point carries a penalty bias that
+    shrinks with ``xi``, while the convergence rate grows with it. On the quadratics of
+    ``tests/test_defaults.py`` (``dim x = 5``, ``dim y = 8``, ``H`` in ``[1, 3]``, seeds
+    0-5), 1000 iterations leave a relative error in ``x`` of 2e-2 to 6.3e-2 with
+    ``xi = 0.25 / L_h`` (0.12 at most with ``0.5 / L_h``, 0.15 with ``0.15 / L_h``, 0.27
+    with ``0.1 / L_h``, where the slowest instances have not converged yet): no constant
+    ``xi`` reaches ``1e-2`` on all of them within 1000 iterations. Use F2SA, the penalty
+    method or V-PBGD when accuracy matters.
     """
 
     inner_steps: int = 10
-    inner_step_size: float = 0.1
-    outer_step_size: float = 0.01
+    inner_step_size: float | None = None
+    outer_step_size: float | None = None
     eta: float = 0.5
     phi: str = "grad_norm"
     name: str = field(default="bome", init=False)
+    hessian_free = True
 
     def __post_init__(self) -> None:
         check_count("BOME", 0, inner_steps=self.inner_steps)
-        check_positive(
-            "BOME",
-            inner_step_size=self.inner_step_size,
-            outer_step_size=self.outer_step_size,
-            eta=self.eta,
+        check_step_sizes(
+            "BOME", inner_step_size=self.inner_step_size, outer_step_size=self.outer_step_size
         )
+        check_positive("BOME", eta=self.eta)
         if self.phi not in ("grad_norm", "value"):
             raise ValueError(f"BOME: phi must be 'grad_norm' or 'value', got {self.phi!r}")
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
-        return init_with_streams(problem, x0, y0)
+        state = init_with_streams(problem, x0, y0)
+        _resolve_steps(self, problem, state, outer_ratio=BOME_RATIO)
+        return state
+
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        beta, xi = run_steps(self, state, "inner_step_size", "outer_step_size")
         x, y = state.x, state.y
         z = y
         for _ in range(self.inner_steps):
             _, lower_batch = next_batches(problem, state)
             grad_z = _lower_grad_y(problem, x, z, lower_batch)
-            z = tree_axpy(-self.inner_step_size, grad_z, z)
+            z = tree_axpy(-beta, grad_z, z)
         require_finite(z, "the lower-level variable z")
         upper_batch, lower_batch = next_batches(problem, state)
         gF_x, gF_y = torch.func.grad(
@@ -444,8 +493,8 @@ class BOME(Method):
             lam = torch.zeros_like(sq_norm)
         d_x = tree_map(lambda a, b: a + lam * b, gF_x, gq_x)
         d_y = tree_map(lambda a, b: a + lam * b, gF_y, gq_y)
-        state.x = tree_axpy(-self.outer_step_size, d_x, x)
-        state.y = tree_axpy(-self.outer_step_size, d_y, y)
+        state.x = tree_axpy(-xi, d_x, x)
+        state.y = tree_axpy(-xi, d_y, y)
         require_finite(state.y, "the inner variable y")
         # stop on the joint direction: d_x alone vanishes whenever lambda = 0 and F does not
         # depend on x, although y may still be far from the lower-level solution
@@ -489,19 +538,36 @@ class VPBGD(Method):
     grows linearly with ``gamma``. ``project_x``/``project_y`` (``None``: unconstrained) are
     the Euclidean projections onto ``X`` and ``Y``; ``state.hypergrad`` is the ``x``-part of
     the gradient mapping.
+
+    **Default step sizes** (``None``; formerly ``alpha = 0.01``, ``beta = 0.1``):
+    ``beta = 1 / L_y`` and, for ``alpha``, the adaptive step of
+    :mod:`bilevel.methods._linesearch` (Barzilai-Borwein trials, nonmonotone Armijo test
+    on the penalised objective ``F + gamma (f(x', y') - f(x', z'))``, where ``z'`` is
+    re-estimated at each trial ``x'`` by the same ``T`` inner steps warm started at ``z``:
+    with ``z`` held fixed the merit would be unbounded below in ``x'`` and the search would
+    accept steps that only exploit the stale ``z``; the accepted ``z'`` is the next warm
+    start), started at ``1 / ell_gamma`` with ``ell_gamma`` measured at ``(x0, y0)``
+    (:mod:`bilevel.methods._defaults`). With minibatches the step is the constant
+    ``1 / ell_gamma`` instead (a line search on sampled values is meaningless). The
+    penalised problem has condition number ``O(gamma)``; the Barzilai-Borwein steps are
+    what make a large penalty affordable: ``penalty=None`` means ``gamma = 10`` when
+    ``step_size`` is given and ``gamma = 100`` with the default step (a penalty bias of
+    order 1%, as :class:`F2SA`'s ``lambda_max = 100``; ``gamma = 10`` leaves about 4% on
+    the quadratics of ``benchmarks/defaults.py``).
     """
 
-    penalty: float = 10.0
-    step_size: float = 0.01
+    penalty: float | None = None
+    step_size: float | None = None
     inner_steps: int = 10
-    inner_step_size: float = 0.1
+    inner_step_size: float | None = None
     project_x: Projection | None = None
     project_y: Projection | None = None
     name: str = field(default="vpbgd", init=False)
+    hessian_free = True
 
     def __post_init__(self) -> None:
         check_count("VPBGD", 0, inner_steps=self.inner_steps)
-        check_positive(
+        check_step_sizes(
             "VPBGD",
             penalty=self.penalty,
             step_size=self.step_size,
@@ -513,17 +579,45 @@ class VPBGD(Method):
         y0 = _project(self.project_y, y0)
         state = MethodState(x=x0, y=y0, extra={"z": _copy(y0)})
         batch_streams(problem, state)
+        gamma = self.penalty
+        if gamma is None:
+            gamma = VPBGD_PENALTY if self.step_size is None else 10.0
+        steps = {
+            "penalty": gamma,
+            "step_size": self.step_size,
+            "inner_step_size": self.inner_step_size,
+        }
+        if self.step_size is None or self.inner_step_size is None:
+            cal = calibrate_into(
+                state,
+                problem,
+                x0,
+                y0,
+                exact=False,
+                outer=False,
+                joint_penalty=gamma if self.step_size is None else None,
+            )
+            if self.inner_step_size is None:
+                steps["inner_step_size"] = cal.inner_step
+            if self.step_size is None:
+                steps["step_size"] = 1.0 / cal.penalised_max
+                if problem.upper_data is None and problem.lower_data is None:
+                    state.extra["line_search"] = LineSearch(initial=1.0 / cal.penalised_max)
+        state.extra["steps"] = steps
         return state
 
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
+
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
+        gamma, alpha, beta = run_steps(self, state, "penalty", "step_size", "inner_step_size")
         x, y, z = state.x, state.y, state.extra["z"]
         for _ in range(self.inner_steps):
             _, lower_batch = next_batches(problem, state)
             grad_z = _lower_grad_y(problem, x, z, lower_batch)
-            z = _project(self.project_y, tree_axpy(-self.inner_step_size, grad_z, z))
+            z = _project(self.project_y, tree_axpy(-beta, grad_z, z))
         require_finite(z, "the lower-level variable z")
         upper_batch, lower_batch = next_batches(problem, state)
-        gamma = self.penalty
 
         def penalised(x_: PyTree, y_: PyTree) -> torch.Tensor:
             return problem.upper_value(x_, y_, upper_batch) + gamma * (
@@ -531,9 +625,75 @@ class VPBGD(Method):
             )
 
         g_x, g_y = torch.func.grad(penalised, argnums=(0, 1))(x, y)
-        state.x, state.hypergrad = _outer_update(x, g_x, self.step_size, self.project_x)
-        state.y = _project(self.project_y, tree_axpy(-self.step_size, g_y, y))
-        require_finite(state.y, "the inner variable y")
         state.extra["z"] = z
         state.grad_calls += self.inner_steps + 3
+        search = state.extra.get("line_search")
+        if search is None:
+            state.x, state.hypergrad = _outer_update(x, g_x, alpha, self.project_x)
+            state.y = _project(self.project_y, tree_axpy(-alpha, g_y, y))
+            require_finite(state.y, "the inner variable y")
+            return state
+
+        def project(w: tuple[PyTree, PyTree]) -> tuple[PyTree, PyTree]:
+            return _project(self.project_x, w[0]), _project(self.project_y, w[1])
+
+        def evaluate(w: tuple[PyTree, PyTree]) -> tuple[float, PyTree]:
+            # the merit at a trial x' needs v(x') = min f(x', .): with the z of x_k held
+            # fixed, f(x', y) - f(x', z) underestimates the penalty (and is unbounded below
+            # in x' for a quadratic f), so the search would accept steps that only exploit
+            # the stale z. The same T warm-started inner steps, taken at x', estimate it.
+            z_trial = z
+            for _ in range(self.inner_steps):
+                z_trial = _project(
+                    self.project_y,
+                    tree_axpy(-beta, _lower_grad_y(problem, w[0], z_trial, lower_batch), z_trial),
+                )
+            state.grad_calls += self.inner_steps + 1
+            try:
+                value = float(
+                    problem.upper_value(w[0], w[1], upper_batch)
+                    + gamma
+                    * (
+                        problem.lower_value(w[0], w[1], lower_batch)
+                        - problem.lower_value(w[0], z_trial, lower_batch)
+                    )
+                )
+            except (FloatingPointError, OverflowError):
+                value = math.inf
+            return value, z_trial
+
+        merit = float(penalised(x, y))
+        (x_new, y_new), z_new = search.search((x, y), (g_x, g_y), merit, evaluate, project)
+        state.extra["z"] = require_finite(z_new, "the lower-level variable z")
+        state.hypergrad = tree_map(lambda a, b: (a - b) / search.step, x, x_new)
+        state.x, state.y = x_new, require_finite(y_new, "the inner variable y")
         return state
+
+
+# --------------------------------------------------------------------------------------------
+# default step sizes
+# --------------------------------------------------------------------------------------------
+#: BOME's default outer step is ``BOME_RATIO / L_h``.
+BOME_RATIO = 0.25
+#: V-PBGD's penalty with its default (adaptive) step.
+VPBGD_PENALTY = 100.0
+
+
+def _resolve_steps(
+    method: Method,
+    problem: BilevelProblem,
+    state: MethodState,
+    upper_weight: float = 0.0,
+    outer_ratio: float = 1.0,
+) -> None:
+    """:func:`~bilevel.methods._defaults.resolve_steps` with gradient differences only:
+    ``1 / L`` (``L`` the curvature in ``y`` of ``upper_weight F + f``) and
+    ``outer_ratio / L_h``."""
+    resolve_steps(
+        method,
+        problem,
+        state,
+        lambda cal, inner: outer_ratio * cal.outer_step(),
+        exact=False,
+        upper_weight=upper_weight,
+    )

@@ -21,6 +21,7 @@ tables in ``state.extra``: its resumed runs are always bit for bit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 
 from bilevel.methods._base import Method, MethodState, require_finite
+from bilevel.methods._defaults import Calibration, resolve_steps, run_steps, step_info
 from bilevel.methods._oracles import (
     Batch,
     Linearisation,
@@ -37,7 +39,7 @@ from bilevel.methods._oracles import (
     lower_oracles,
     upper_grads,
 )
-from bilevel.methods._validation import check_positive
+from bilevel.methods._validation import check_positive, check_step_sizes
 from bilevel.problem import BilevelProblem
 from bilevel.tree import (
     PyTree,
@@ -80,11 +82,19 @@ class StocBiO(Method):
     inner_steps:
         ``T = 10``, as in the official code (``--T 10``) and :class:`AID`.
     inner_step_size:
-        ``beta = 0.1``; needs ``beta < 2 / L_y``.
+        ``beta``; needs ``beta < 2 / L_y``. ``None`` (default): ``1 / L_y``, measured at
+        ``(x0, y0)`` on the first minibatches (:mod:`bilevel.methods._defaults`; before
+        this default existed it was ``0.1``).
     outer_step_size:
-        ``alpha = 0.01`` (constant, as in the paper); ``0`` freezes ``x``.
+        ``alpha``, constant as in the paper; ``0`` freezes ``x``. ``None`` (default):
+        ``1 / L_h``, the inverse curvature of ``h`` measured at ``x0`` (formerly ``0.01``).
     neumann_steps:
-        ``Q = 10``, as in the official code (``--hessian_q 10``).
+        ``Q``: ``10`` as in the official code (``--hessian_q 10``) when the step sizes are
+        given. ``None`` (default) with ``inner_step_size=None``: the smallest ``Q`` with
+        truncation factor ``(1 - eta mu_y)^{Q+1} <= 1e-4`` (``mu_y`` measured at
+        ``(x0, y0)``), between 10 and 100 (``Q = 22`` for ``eta = 1 / L_y``,
+        ``L_y / mu_y = 3``): with ``Q = 10`` that factor is ``1.2e-2`` there, a bias of
+        the same relative size in the hypergradient.
     neumann_step_size:
         ``eta``; ``None`` (default) uses ``beta``, as :class:`AID` does. The expected series
         converges for ``eta < 2 / L_y``; ``eta <= 1 / L_y`` (for every batch) makes each
@@ -105,22 +115,22 @@ class StocBiO(Method):
     """
 
     inner_steps: int = 10
-    inner_step_size: float = 0.1
-    outer_step_size: float = 0.01
-    neumann_steps: int = 10
+    inner_step_size: float | None = None
+    outer_step_size: float | None = None
+    neumann_steps: int | None = None
     neumann_step_size: float | None = None
     hessian_batches: str = "independent"
     name: str = field(default="stocbio", init=False)
     stochastic = True
 
     def __post_init__(self) -> None:
-        if self.inner_steps < 0 or self.neumann_steps < 0:
+        if self.inner_steps < 0 or (self.neumann_steps is not None and self.neumann_steps < 0):
             raise ValueError(
                 f"stocbio: inner_steps and neumann_steps must be >= 0, got {self.inner_steps}, "
                 f"{self.neumann_steps}"
             )
-        check_positive(self.name, inner_step_size=self.inner_step_size)
-        check_positive(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
+        check_step_sizes(self.name, inner_step_size=self.inner_step_size)
+        check_step_sizes(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
         if self.neumann_step_size is not None:
             check_positive(self.name, neumann_step_size=self.neumann_step_size)
         if self.hessian_batches not in ("independent", "shared"):
@@ -130,34 +140,52 @@ class StocBiO(Method):
             )
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
-        return init_with_streams(problem, x0, y0)
+        state = init_with_streams(problem, x0, y0)
+        resolve_steps(self, problem, state, lambda cal, beta: cal.outer_step())
+        Q = self.neumann_steps
+        if Q is None:
+            Q = 10
+            if self.inner_step_size is None:
+                cal = state.extra["calibration"]
+                eta = state.extra["steps"]["inner_step_size"]
+                eta = eta if self.neumann_step_size is None else self.neumann_step_size
+                rate = 1.0 - eta * cal.lower_min
+                if 0.0 < rate < 1.0:
+                    Q = math.ceil(math.log(NEUMANN_TRUNCATION) / math.log(rate)) - 1
+                Q = min(max(Q, 10), 100)
+        state.extra["steps"]["neumann_steps"] = Q
+        return state
+
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         upper, lower = batch_streams(problem, state)
+        beta, alpha = run_steps(self, state, "inner_step_size", "outer_step_size")
         x, y = state.x, state.y
         for _ in range(self.inner_steps):
-            y = tree_axpy(-self.inner_step_size, lower_grad(problem, x, y, lower.next()), y)
+            y = tree_axpy(-beta, lower_grad(problem, x, y, lower.next()), y)
         require_finite(y, "the inner variable y")
-        eta = self._eta()
+        eta = beta if self.neumann_step_size is None else self.neumann_step_size
         gx_F, gy_F = upper_grads(problem, x, y, upper.next())
         r, v = gy_F, tree_scale(eta, gy_F)
         lin = None
-        for _ in range(self.neumann_steps):
-            if lin is None or self.hessian_batches == "independent":
+        (Q,) = run_steps(self, state, "neumann_steps")
+        for _ in range(Q):
+            # without lower data every linearisation is the same: build it once
+            fresh = self.hessian_batches == "independent" and problem.lower_data is not None
+            if lin is None or fresh:
                 lin = Linearisation(problem, x, y, lower.next())
             r = tree_axpy(-eta, lin.hvp(r), r)
             v = tree_axpy(eta, r, v)
         require_finite(v, "the Neumann series (neumann_step_size too large?)")
         grad = tree_sub(gx_F, Linearisation(problem, x, y, lower.next()).cross(v))
-        state.x = tree_axpy(-self.outer_step_size, grad, x)
+        state.x = tree_axpy(-alpha, grad, x)
         state.y = y
         state.hypergrad = grad
         state.grad_calls += self.inner_steps + 1
-        state.hvp_calls += self.neumann_steps + 1
+        state.hvp_calls += Q + 1
         return state
-
-    def _eta(self) -> float:
-        return self.inner_step_size if self.neumann_step_size is None else self.neumann_step_size
 
 
 # ----------------------------------------------------------------------------- SOBA
@@ -186,10 +214,17 @@ class SOBA(Method):
     Parameters (defaults)
     ---------------------
     inner_step_size:
-        ``rho = 0.1`` (for ``y`` and ``v``); needs ``rho < 2 / L_y``. The benchmark of the
-        paper grid-searches ``rho`` and the ratio ``rho / gamma``.
+        ``rho`` (for ``y`` and ``v``); needs ``rho < 2 / L_y``. The benchmark of the paper
+        grid-searches ``rho`` and the ratio ``rho / gamma``. ``None`` (default):
+        ``1 / L_y`` measured at ``(x0, y0)`` (:mod:`bilevel.methods._defaults`; formerly
+        ``0.1``).
     outer_step_size:
-        ``gamma = 0.01`` (ratio 10, as in :class:`AID`); ``0`` freezes ``x``.
+        ``gamma``; ``0`` freezes ``x``. ``None`` (default):
+        ``gamma = SINGLE_LOOP_RATIO * rho mu_y / L_h`` (formerly ``0.01``): ``y`` and ``v``
+        contract by ``1 - rho mu_y`` per iteration, and the outer step is that rate divided
+        by the curvature of ``h``, so that they track their moving targets ``y*(x_t)``,
+        ``v*(x_t)`` (a larger ratio lets the coupled iteration oscillate; on the
+        quadratics of ``tests/test_defaults.py`` ``1.5 rho mu_y / L_h`` diverges).
     decreasing:
         ``False``; ``True`` for the ``t^{-2/5}``, ``t^{-3/5}`` schedule.
 
@@ -204,30 +239,36 @@ class SOBA(Method):
     ||x*||`` after 400 iterations.
     """
 
-    inner_step_size: float = 0.1
-    outer_step_size: float = 0.01
+    inner_step_size: float | None = None
+    outer_step_size: float | None = None
     decreasing: bool = False
     name: str = field(default="soba", init=False)
     stochastic = True
 
     def __post_init__(self) -> None:
-        check_positive(self.name, inner_step_size=self.inner_step_size)
-        check_positive(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
+        check_step_sizes(self.name, inner_step_size=self.inner_step_size)
+        check_step_sizes(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
         state.extra["v"] = tree_zeros_like(y0)
+        resolve_steps(self, problem, state, _single_loop_outer_step)
         return state
 
-    def step_sizes(self, iteration: int) -> tuple[float, float]:
-        """``(rho_t, gamma_t)`` at the 1-based ``iteration``."""
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
+
+    def step_sizes(self, iteration: int, state: MethodState | None = None) -> tuple[float, float]:
+        """``(rho_t, gamma_t)`` at the 1-based ``iteration`` (``state``: the run whose
+        default step sizes were measured)."""
+        rho, gamma = run_steps(self, state, "inner_step_size", "outer_step_size")
         if not self.decreasing:
-            return self.inner_step_size, self.outer_step_size
-        return self.inner_step_size / iteration**0.4, self.outer_step_size / iteration**0.6
+            return rho, gamma
+        return rho / iteration**0.4, gamma / iteration**0.6
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         upper, lower = batch_streams(problem, state)
-        rho, gamma = self.step_sizes(iteration)
+        rho, gamma = self.step_sizes(iteration, state)
         x, y, v = state.x, state.y, state.extra["v"]
         d_y, cross_v, hvp = lower_oracles(problem, x, y, v, lower.next())
         gx_F, gy_F = upper_grads(problem, x, y, upper.next())
@@ -313,12 +354,15 @@ class SABA(Method):
     Parameters (defaults)
     ---------------------
     inner_step_size:
-        ``rho = 0.1`` (for ``y`` and ``v``). SAGA-type steps must be smaller than SGD's: a
+        ``rho`` (for ``y`` and ``v``). SAGA-type steps must be smaller than SGD's: a
         fraction of ``1 / L_max`` (``L_max`` the largest smoothness constant of the
         ``f_i(x, .)``), with ``gamma`` a fraction of ``rho``; too large a ratio
-        ``gamma / rho`` makes the coupled iteration oscillate or diverge.
+        ``gamma / rho`` makes the coupled iteration oscillate or diverge. ``None``
+        (default): ``1 / L_y``, ``L_y`` the largest curvature over the first three
+        minibatches at ``(x0, y0)`` (formerly ``0.1``).
     outer_step_size:
-        ``gamma = 0.01`` (ratio 10, as :class:`SOBA`); ``0`` freezes ``x``.
+        ``gamma``; ``0`` freezes ``x``. ``None`` (default): as :class:`SOBA`,
+        ``SINGLE_LOOP_RATIO * rho mu_y / L_h`` (formerly ``0.01``).
     init_memory:
         ``"full"`` (default): one pass over all minibatches at ``(x_0, y_0, v_0 = 0)`` fills
         the memory (``n + m`` gradient calls, counted); ``"zero"``: zero memory, as the
@@ -335,15 +379,15 @@ class SABA(Method):
     with the same steps and i.i.d. sampling stalls above 1e-3.
     """
 
-    inner_step_size: float = 0.1
-    outer_step_size: float = 0.01
+    inner_step_size: float | None = None
+    outer_step_size: float | None = None
     init_memory: str = "full"
     name: str = field(default="saba", init=False)
     stochastic = True
 
     def __post_init__(self) -> None:
-        check_positive(self.name, inner_step_size=self.inner_step_size)
-        check_positive(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
+        check_step_sizes(self.name, inner_step_size=self.inner_step_size)
+        check_step_sizes(self.name, allow_zero=True, outer_step_size=self.outer_step_size)
         if self.init_memory not in ("full", "zero"):
             raise ValueError(
                 f"saba: init_memory must be 'full' or 'zero', got {self.init_memory!r}"
@@ -360,6 +404,7 @@ class SABA(Method):
             "grad_x_upper": _table(x0, m),
         }
         state = MethodState(x=x0, y=y0, extra={"v": tree_zeros_like(y0), "memory": memory})
+        resolve_steps(self, problem, state, _single_loop_outer_step)
         if self.init_memory == "full":  # with v_0 = 0 the H v and B v rows are zero
             for i in range(n):
                 grad_y = lower_grad(problem, x0, y0, _item(problem.lower_data, i))
@@ -370,8 +415,11 @@ class SABA(Method):
                 _set_row(memory["grad_y_upper"], j, gy_F)
             for entry in memory.values():
                 entry["mean"] = tree_map(lambda t: t.mean(dim=0), entry["table"])
-            state.grad_calls = n + m
+            state.grad_calls += n + m
         return state
+
+    def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
+        return step_info(state)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         memory = state.extra["memory"]
@@ -394,7 +442,7 @@ class SABA(Method):
         d_x = tree_add(
             _saga(memory["grad_x_upper"], j, gx_F, m), _saga(memory["cross"], i, cross_v, n)
         )
-        rho, gamma = self.inner_step_size, self.outer_step_size
+        rho, gamma = run_steps(self, state, "inner_step_size", "outer_step_size")
         state.y = require_finite(tree_axpy(-rho, d_y, y), "the inner variable y")
         state.extra["v"] = require_finite(tree_axpy(-rho, d_v, v), "the linear-system variable v")
         state.x = tree_axpy(-gamma, d_x, x)
@@ -407,3 +455,18 @@ class SABA(Method):
 def _set_row(memory: dict[str, PyTree], index: int, value: PyTree) -> None:
     for row, leaf in zip(tree_leaves(memory["table"]), tree_leaves(value)):
         row[index] = leaf
+
+
+# ----------------------------------------------------------------------------- defaults
+
+#: StocBiO's automatic Neumann length makes the truncation factor at most this.
+NEUMANN_TRUNCATION = 1e-4
+
+#: Default outer step of the single-loop methods: ``gamma = SINGLE_LOOP_RATIO * rho mu_y /
+#: L_h`` (see :class:`SOBA`).
+SINGLE_LOOP_RATIO = 1.0
+
+
+def _single_loop_outer_step(cal: Calibration, rho: float) -> float:
+    """``SINGLE_LOOP_RATIO * rho mu_y / L_h`` (:meth:`Calibration.tracking_step`)."""
+    return cal.tracking_step(rho, SINGLE_LOOP_RATIO)

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from bilevel.implicit import root_vjp
-from bilevel.linalg import LinearSolveInfo, cg, neumann
+from bilevel.linalg import LinearSolveInfo, cg, lanczos, neumann
 from bilevel.nn import _distributed as dist_utils
 from bilevel.nn._functional import (
     FunctionalModel,
@@ -143,8 +143,9 @@ def hypergradient(
         * ``"cg"``: ``tol`` (relative residual; dtype default), ``maxiter`` (100), ``ridge``
           (damping added to ``H``, 0), ``init`` (warm start of ``u``).
         * ``"neumann"``: ``steps`` (20 terms), ``alpha`` (step of the series, must satisfy
-          ``alpha < 2 / lambda_max(H)``; default 1.0 / an estimate of ``lambda_max(H)`` by
-          ``power_iterations=20`` Hessian-vector products), ``ridge``.
+          ``alpha < 2 / lambda_max(H)``; default 1.0 / an estimate of ``lambda_max(H)``
+          by Lanczos, :func:`bilevel.linalg.lanczos`, with ``power_iterations=20``
+          Hessian-vector products), ``ridge``.
         * ``"fd"``: ``xi`` (virtual step, default 0.0: first order), ``epsilon`` (0.01).
         * ``"unrolled"``: ``steps`` (1), ``truncate`` (``None``: all), ``optimizer`` (a
           :mod:`bilevel.nn.optim` optimizer or a live ``torch.optim`` SGD/Adam/AdamW to mirror,
@@ -275,18 +276,12 @@ def _largest_eigenvalue(
     group: Any,
     iterations: int,
 ) -> float:
-    """Power iteration on ``H`` (a bound on its largest eigenvalue for the Neumann step)."""
+    """``max |eigenvalue|`` of ``H = d2_theta f`` (for the Neumann step ``1 / lambda_max``)
+    by :func:`bilevel.linalg.lanczos` with ``iterations`` Hessian-vector products (products
+    averaged over ranks, so every rank gets the same estimate)."""
     _, vjp = torch.func.vjp(lambda th: stationarity(th, lam), theta)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    v = {k: torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device) for k, t in theta.items()}
-    estimate = 0.0
-    for _ in range(max(iterations, 1)):
-        norm = math.sqrt(sum(float((x * x).sum()) for x in v.values()))
-        v = {k: x / norm for k, x in v.items()}
-        hv = dist_utils.mean(vjp(v)[0], group)
-        estimate = sum(float((a * b).sum()) for a, b in zip(v.values(), hv.values()))
-        v = hv
-    return abs(estimate)
+    spectrum = lanczos(lambda v: dist_utils.mean(vjp(v)[0], group), theta, steps=iterations)
+    return max(abs(spectrum.smallest), abs(spectrum.largest))
 
 
 def _fd(

@@ -110,7 +110,7 @@ class BilevelProblem:
         fn = getattr(self, name)
         if fn is None:
             return None
-        value = fn(x, y)
+        value = _call(name, fn, (x, y))
         if not isinstance(value, torch.Tensor):
             raise TypeError(
                 f"BilevelProblem.{name} must return a 1-D tensor, got {type(value).__name__}"
@@ -163,13 +163,17 @@ class BilevelProblem:
         """``F(x, y[, batch])``; for a multi-block problem the mean of the block values."""
         if self.n_blocks is not None:
             return self._block_mean(self.block_upper_value, x, y, batch)
-        return _scalar("upper", self.upper(x, y) if batch is None else self.upper(x, y, batch))
+        if batch is None:
+            return _scalar("upper", _call("upper", self.upper, (x, y)))
+        return _scalar("upper", _call("upper", self.upper, (x, y, batch), "x, y, batch"))
 
     def lower_value(self, x: PyTree, y: PyTree, batch: Any = None) -> torch.Tensor:
         """``f(x, y[, batch])``; for a multi-block problem the mean of the block values."""
         if self.n_blocks is not None:
             return self._block_mean(self.block_lower_value, x, y, batch)
-        return _scalar("lower", self.lower(x, y) if batch is None else self.lower(x, y, batch))
+        if batch is None:
+            return _scalar("lower", _call("lower", self.lower, (x, y)))
+        return _scalar("lower", _call("lower", self.lower, (x, y, batch), "x, y, batch"))
 
     def block_upper_value(
         self, x: PyTree, y_block: PyTree, block: int, batch: Any = None
@@ -177,7 +181,8 @@ class BilevelProblem:
         """``F_i(x, y_i[, batch])`` of block ``i`` of a multi-block problem."""
         self._require_blocks()
         args = (x, y_block, block) if batch is None else (x, y_block, block, batch)
-        return _scalar("upper", self.upper(*args))
+        signature = "x, y_i, i" if batch is None else "x, y_i, i, batch"
+        return _scalar("upper", _call("upper", self.upper, args, signature))
 
     def block_lower_value(
         self, x: PyTree, y_block: PyTree, block: int, batch: Any = None
@@ -185,7 +190,8 @@ class BilevelProblem:
         """``f_i(x, y_i[, batch])`` of block ``i`` of a multi-block problem."""
         self._require_blocks()
         args = (x, y_block, block) if batch is None else (x, y_block, block, batch)
-        return _scalar("lower", self.lower(*args))
+        signature = "x, y_i, i" if batch is None else "x, y_i, i, batch"
+        return _scalar("lower", _call("lower", self.lower, args, signature))
 
     def _require_blocks(self) -> None:
         if self.n_blocks is None:
@@ -231,6 +237,50 @@ def _check_bounds(name: str, bounds: Any) -> None:
         )
 
 
+#: Exceptions a user's function raises on arguments of the wrong shape or dtype (torch
+#: raises RuntimeError for both); they are re-raised with the arguments described.
+_ARGUMENT_ERRORS = (RuntimeError, TypeError, ValueError, IndexError)
+
+
+def describe_argument(value: Any) -> str:
+    """``"Tensor(shape=(5,), dtype=torch.float32)"``, or the structure of a pytree of such."""
+    if isinstance(value, torch.Tensor):
+        return f"Tensor(shape={tuple(value.shape)}, dtype={value.dtype})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {describe_argument(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        inner = ", ".join(describe_argument(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return type(value).__name__
+
+
+def _call(name: str, fn: Callable[..., Any], args: tuple[Any, ...], signature: str = "x, y") -> Any:
+    """``fn(*args)``; an error raised inside ``fn`` (a shape or dtype mismatch, say) is
+    re-raised with the function's name and the shapes and dtypes of ``x`` and ``y``.
+
+    Errors of exactly ``RuntimeError``, ``TypeError``, ``ValueError`` or ``IndexError`` are
+    re-raised as the same type with that context prepended to the message (the original
+    is chained as ``__cause__``); subclasses (and :mod:`bilevel`'s own errors) keep their
+    type and message and get the context as a note (PEP 678).
+    """
+    try:
+        return fn(*args)
+    except _ARGUMENT_ERRORS as exc:
+        from bilevel.errors import BilevelError
+
+        if isinstance(exc, BilevelError | NonFiniteError):
+            raise
+        context = (
+            f"BilevelProblem.{name}({signature}) raised "
+            f"{type(exc).__name__} with x: {describe_argument(args[0])}, "
+            f"y: {describe_argument(args[1])}"
+        )
+        if type(exc) in _ARGUMENT_ERRORS:
+            raise type(exc)(f"{context}: {exc}") from exc
+        exc.add_note(context)
+        raise
+
+
 def _scalar(name: str, value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -247,10 +297,13 @@ class BilevelResult:
     x, y:
         Final outer and inner variables.
     status:
-        ``"converged"``, ``"max_iterations"``, ``"stopped"`` (by the callback) or
-        ``"diverged"``: NaN or infinite iterates or hypergradient, finite iterates past the
-        overflow scale ``sqrt(finfo(dtype).max)`` or growing geometrically (``1.2x`` at each
-        of 30 consecutive iterations, beyond ``1e6`` times the initial scale), or a
+        ``"converged"``, ``"max_iterations"``, ``"stopped"`` (by the callback),
+        ``"negative_curvature"`` (a stationary point where the lower-level Hessian
+        ``d2_yy f`` at the returned ``y`` has a negative eigenvalue, i.e. ``y`` is a saddle
+        or a maximum of ``f(x, .)`` that could not be escaped; see :func:`bilevel.solve`)
+        or ``"diverged"``: NaN or infinite iterates or hypergradient, finite iterates past
+        the overflow scale ``sqrt(finfo(dtype).max)`` or growing geometrically (``1.2x`` at
+        each of 30 consecutive iterations, beyond ``1e6`` times the initial scale), or a
         :class:`~bilevel.errors.DivergenceError` raised by the method (see
         :func:`bilevel.methods.run_method`).
     message:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,9 +48,8 @@ class QuadraticBilevel:
             return torch.randn(*shape, generator=gen, dtype=dtype)
 
         q, _ = torch.linalg.qr(randn(dim_y, dim_y))
-        eigs = torch.logspace(
-            0, float(torch.log10(torch.tensor(lower_condition))), dim_y, dtype=dtype
-        )
+        # math.log10, not a float32 tensor: the instance must not depend on the default dtype
+        eigs = torch.logspace(0, math.log10(lower_condition), dim_y, dtype=dtype)
         H = q @ torch.diag(eigs) @ q.T
         a = randn(dim_y, dim_y)
         A = a @ a.T / dim_y

@@ -154,8 +154,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "hyperparameter": Recipe(
         name="hyperparameter",
-        summary="per-feature L2 regularisation of logistic regression on breast_cancer "
-        "(implicit hypergradients vs shared-strength grid search)",
+        summary="per-feature L2 regularisation of logistic regression on breast_cancer plus "
+        "noise features (implicit hypergradients vs shared-strength grid search)",
         config_cls=HyperparameterConfig,
         runner=hyperparameter.run,
     ),

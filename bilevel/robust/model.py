@@ -617,7 +617,9 @@ class RobustResult:
     method: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (arrays as lists, non-finite floats as strings)."""
+        """JSON-serialisable form: arrays as lists, and every non-finite float (``nan``:
+        not available, ``+-inf``: no bound yet) as ``None``, so that the JSON holds numbers
+        or ``null`` only (strict JSON, no ``NaN``/``Infinity`` tokens or strings)."""
 
         def conv(v: Any) -> Any:
             if isinstance(v, np.ndarray):
@@ -625,7 +627,7 @@ class RobustResult:
             if isinstance(v, np.generic):
                 return conv(v.item())
             if isinstance(v, float) and not math.isfinite(v):
-                return str(v)
+                return None
             if isinstance(v, dict):
                 return {str(k): conv(u) for k, u in v.items()}
             if isinstance(v, list | tuple):

@@ -12,7 +12,8 @@ import torch
 
 from bilevel.errors import ConvergenceWarning
 from bilevel.implicit import custom_root
-from bilevel.linalg import LinearSolver, default_tol
+from bilevel.linalg import LinearSolver, Spectrum, default_tol
+from bilevel.solvers._curvature import MAX_ESCAPES, curvature, escape, is_negative
 from bilevel.tree import PyTree, check_tensor_leaves, tree_leaves
 
 
@@ -28,11 +29,18 @@ class SolverInfo:
         Optimality residual of the returned point (the norm of the condition the solver's
         ``optimality_fn`` vanishes on, scaled as documented by each solver).
     converged:
-        ``error <= tol``.
+        ``error <= tol`` and, for the unconstrained smooth solvers, no certified negative
+        curvature at the returned point.
     step_size:
         Last step size used, where the method has one.
     message:
         Why the solver stopped.
+    min_curvature:
+        The smallest Ritz value of the Hessian at the returned point
+        (:mod:`bilevel.solvers._curvature`), for the solvers that check it
+        (:class:`GradientDescent`, :class:`LBFGS`); ``None`` otherwise.
+    escapes:
+        Escapes from points of negative curvature made during the solve.
     """
 
     iterations: int
@@ -40,6 +48,8 @@ class SolverInfo:
     converged: bool
     step_size: float | None = None
     message: str = ""
+    min_curvature: float | None = None
+    escapes: int = 0
 
 
 def resolve_tol(tol: float | None, x: PyTree) -> float:
@@ -49,6 +59,14 @@ def resolve_tol(tol: float | None, x: PyTree) -> float:
             raise ValueError(f"tol must be non-negative, got {tol}")
         return float(tol)
     return default_tol(tree_leaves(x)[0].dtype)
+
+
+def check_step_size(name: str, step_size: float) -> float:
+    """A positive finite ``step_size``, or ``ValueError`` naming the solver and argument."""
+    from bilevel.methods._validation import check_positive  # (methods import the solvers)
+
+    check_positive(name, step_size=step_size)
+    return float(step_size)
 
 
 def check_maxiter(maxiter: int) -> int:
@@ -65,9 +83,26 @@ def make_info(
     tol: float,
     step_size: float | None = None,
     message: str = "",
+    spectrum: Spectrum | None = None,
+    escapes: int = 0,
 ) -> SolverInfo:
-    """Build a :class:`SolverInfo`, warning with :class:`ConvergenceWarning` if not converged."""
+    """Build a :class:`SolverInfo`, warning with :class:`ConvergenceWarning` if not converged
+    (``spectrum``: the curvature at the returned point; negative curvature means not
+    converged)."""
     converged = math.isfinite(error) and error <= tol
+    min_curvature = None if spectrum is None else spectrum.smallest
+    if converged and is_negative(spectrum):
+        converged = False
+        message = (
+            f"stationary point with negative curvature {spectrum.smallest:.3e} (largest "
+            f"{spectrum.largest:.3e}) after {escapes} escape(s): a saddle point or a maximum"
+        )
+        warnings.warn(
+            f"{name}: {message}, not a minimum. Start elsewhere or check the objective.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+        return SolverInfo(iterations, error, False, step_size, message, min_curvature, escapes)
     if not message:
         message = "converged" if converged else "maximum number of iterations reached"
     if not converged:
@@ -77,7 +112,35 @@ def make_info(
             ConvergenceWarning,
             stacklevel=4,
         )
-    return SolverInfo(iterations, error, converged, step_size, message)
+    return SolverInfo(iterations, error, converged, step_size, message, min_curvature, escapes)
+
+
+def solve_with_escapes(
+    run: Callable[[PyTree, int], tuple[PyTree, int, float]],
+    fn: Callable[[PyTree], torch.Tensor],
+    init: PyTree,
+    maxiter: int,
+    tol: float,
+    escape_saddles: bool,
+) -> tuple[PyTree, int, float, Spectrum | None, int]:
+    """Run ``run(start, budget) -> (x, iterations, error)``; at a stationary point
+    (``error <= tol``) check the curvature of ``fn`` and, while it is negative and
+    ``escape_saddles``, escape (:mod:`bilevel.solvers._curvature`) and run again, at most
+    ``MAX_ESCAPES`` times within ``maxiter`` iterations in all. Returns ``(x, iterations,
+    error, spectrum at x, escapes)``."""
+    x, iterations, error = run(init, maxiter)
+    escapes = 0
+    while True:
+        if not (math.isfinite(error) and error <= tol):
+            return x, iterations, error, None, escapes
+        spectrum = curvature(fn, x)
+        if not is_negative(spectrum) or not escape_saddles:
+            return x, iterations, error, spectrum, escapes
+        if escapes == MAX_ESCAPES or iterations >= maxiter:
+            return x, iterations, error, spectrum, escapes
+        escapes += 1
+        x, more, error = run(escape(fn, x, spectrum), maxiter - iterations)
+        iterations += more
 
 
 class IterativeSolver:
@@ -108,9 +171,11 @@ class IterativeSolver:
         """Solve from ``init``; the solution is differentiable with respect to ``args``."""
         check_tensor_leaves(init, f"{self.name}: init")
         if self.implicit_diff:
-            solver = custom_root(self.optimality_fn(), solve=self.linear_solve, has_aux=True)(
-                self._iterate_untracked
-            )
+            # the solver checks its own optimality error (make_info warns above tol), so
+            # custom_root's root check would only repeat that warning
+            solver = custom_root(
+                self.optimality_fn(), solve=self.linear_solve, has_aux=True, residual_tol=None
+            )(self._iterate_untracked)
             return solver(init, *args)
         return self._iterate(init, *args)
 

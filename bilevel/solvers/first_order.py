@@ -28,7 +28,15 @@ from bilevel.optimality import (
     proximal_gradient_fixed_point,
     stationarity,
 )
-from bilevel.solvers._base import IterativeSolver, SolverInfo, check_maxiter, make_info, resolve_tol
+from bilevel.solvers._base import (
+    IterativeSolver,
+    SolverInfo,
+    check_maxiter,
+    check_step_size,
+    make_info,
+    resolve_tol,
+    solve_with_escapes,
+)
 from bilevel.tree import PyTree, ravel, tree_axpy, tree_map, tree_norm, tree_sub, tree_vdot
 
 Objective = Callable[..., torch.Tensor]
@@ -131,6 +139,13 @@ class GradientDescent(IterativeSolver):
     implicit_diff, linear_solve:
         Differentiate by the implicit function theorem on ``grad_x f = 0`` with this linear
         solver (``"cg"``: the Hessian is symmetric), or by unrolling (``implicit_diff=False``).
+    escape_saddles:
+        At a stationary point the Hessian is checked by Lanczos (20 Hessian-vector
+        products, :mod:`bilevel.solvers._curvature`); negative curvature is escaped (a
+        step along it, then the iteration resumes, at most 3 times) and, if it remains,
+        reported (``info.converged = False`` and a
+        :class:`~bilevel.errors.ConvergenceWarning`). ``escape_saddles=False`` only reports,
+        as does ``implicit_diff=False`` (a restart would cut the unrolled derivatives).
     """
 
     objective: Objective
@@ -140,24 +155,44 @@ class GradientDescent(IterativeSolver):
     acceleration: bool = True
     implicit_diff: bool = True
     linear_solve: str | LinearSolver = "cg"
+    escape_saddles: bool = True
     name: str = field(default="GradientDescent", init=False)
+
+    def __post_init__(self) -> None:
+        if self.step_size is not None:
+            check_step_size(self.name, self.step_size)
 
     def optimality_fn(self) -> Callable[..., PyTree]:
         return stationarity(self.objective)
 
     def _iterate(self, init: PyTree, *args: Any) -> tuple[PyTree, SolverInfo]:
         tol = resolve_tol(self.tol, init)
-        x, iterations, _, eta = proximal_gradient_loop(
-            _value_and_grad(self.objective, args),
-            lambda y, _eta: y,
+        eta = math.nan
+
+        def run(start: PyTree, budget: int) -> tuple[PyTree, int, float]:
+            nonlocal eta
+            x, iterations, _, eta = proximal_gradient_loop(
+                _value_and_grad(self.objective, args),
+                lambda y, _eta: y,
+                start,
+                step_size=self.step_size,
+                maxiter=budget,
+                tol=tol,
+                acceleration=self.acceleration,
+            )
+            return x, iterations, _float(tree_norm(torch.func.grad(self.objective)(x, *args)))
+
+        x, iterations, error, spectrum, escapes = solve_with_escapes(
+            run,
+            lambda z: self.objective(z, *args),
             init,
-            step_size=self.step_size,
-            maxiter=check_maxiter(self.maxiter),
-            tol=tol,
-            acceleration=self.acceleration,
+            check_maxiter(self.maxiter),
+            tol,
+            self.escape_saddles and self.implicit_diff,
         )
-        error = _float(tree_norm(torch.func.grad(self.objective)(x, *args)))
-        return x, make_info(self.name, iterations, error, tol, eta)
+        return x, make_info(
+            self.name, iterations, error, tol, eta, spectrum=spectrum, escapes=escapes
+        )
 
 
 class _ForwardBackward(IterativeSolver):
@@ -175,6 +210,8 @@ class _ForwardBackward(IterativeSolver):
     acceleration: bool
 
     def __post_init__(self) -> None:
+        if self.step_size is not None:
+            check_step_size(self.name, self.step_size)
         self._eta = 1.0 if self.step_size is None else float(self.step_size)
 
     def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
@@ -275,6 +312,9 @@ class MirrorDescent(IterativeSolver):
     linear_solve: str | LinearSolver = "gmres"
     name: str = field(default="MirrorDescent", init=False)
 
+    def __post_init__(self) -> None:
+        check_step_size(self.name, self.step_size)
+
     def optimality_fn(self) -> Callable[..., PyTree]:
         fixed = mirror_descent_fixed_point(self.objective, self.step_size)
         return lambda x, *args: tree_sub(fixed(x, *args), x)
@@ -309,7 +349,9 @@ class LBFGS(IterativeSolver):
     ``||grad f||_2 <= tol``; if the line search stalls first (no representable decrease), it
     restarts with a fresh history, at most ``restarts`` times within ``maxiter``.
     Differentiable by implicit differentiation only (SciPy is not differentiable), through
-    ``grad_x f = 0`` with the ``"cg"`` solver on the Hessian by default.
+    ``grad_x f = 0`` with the ``"cg"`` solver on the Hessian by default. At a stationary
+    point the curvature is checked and negative curvature escaped or reported, as in
+    :class:`GradientDescent` (``escape_saddles``).
     """
 
     objective: Objective
@@ -319,6 +361,7 @@ class LBFGS(IterativeSolver):
     restarts: int = 3
     implicit_diff: bool = True
     linear_solve: str | LinearSolver = "cg"
+    escape_saddles: bool = True
     name: str = field(default="LBFGS", init=False)
 
     def __post_init__(self) -> None:
@@ -347,32 +390,49 @@ class LBFGS(IterativeSolver):
             )
             return float(value), g.detach().to(device="cpu", dtype=torch.float64).numpy()
 
-        maxiter = check_maxiter(self.maxiter)
-        v = flat0.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
-        iterations = 0
-        error = math.inf
         message = ""
-        for _ in range(self.restarts + 1):
-            result = scipy.optimize.minimize(
-                fun,
-                v,
-                jac=True,
-                method="L-BFGS-B",
-                options={
-                    "maxiter": maxiter - iterations,
-                    "maxcor": self.history_size,
-                    "gtol": tol / math.sqrt(max(v.size, 1)),
-                    "ftol": 0.0,
-                    "maxfun": 10 * maxiter,
-                },
-            )
-            v = result.x
-            iterations += max(int(result.nit), 1)
-            error = float(np.linalg.norm(result.jac))
-            message = str(result.message)
-            if error <= tol or iterations >= maxiter or not np.isfinite(error):
-                break
-        x = raveler.unravel(torch.from_numpy(v).to(dtype=flat0.dtype, device=flat0.device))
-        return x, make_info(
-            self.name, iterations, error, tol, message="" if error <= tol else message
+
+        def run(start: torch.Tensor, budget: int) -> tuple[torch.Tensor, int, float]:
+            nonlocal message
+            v = start.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+            iterations = 0
+            error = math.inf
+            for _ in range(self.restarts + 1):
+                result = scipy.optimize.minimize(
+                    fun,
+                    v,
+                    jac=True,
+                    method="L-BFGS-B",
+                    options={
+                        "maxiter": budget - iterations,
+                        "maxcor": self.history_size,
+                        "gtol": tol / math.sqrt(max(v.size, 1)),
+                        "ftol": 0.0,
+                        "maxfun": 10 * budget,
+                    },
+                )
+                v = result.x
+                iterations += max(int(result.nit), 1)
+                error = float(np.linalg.norm(result.jac))
+                message = str(result.message)
+                if error <= tol or iterations >= budget or not np.isfinite(error):
+                    break
+            return torch.from_numpy(v).to(dtype=flat0.dtype, device=flat0.device), iterations, error
+
+        flat, iterations, error, spectrum, escapes = solve_with_escapes(
+            run,
+            lambda z: self.objective(raveler.unravel(z), *args),
+            flat0,
+            check_maxiter(self.maxiter),
+            tol,
+            self.escape_saddles,
+        )
+        return raveler.unravel(flat), make_info(
+            self.name,
+            iterations,
+            error,
+            tol,
+            message="" if error <= tol else message,
+            spectrum=spectrum,
+            escapes=escapes,
         )

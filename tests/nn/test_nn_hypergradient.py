@@ -202,6 +202,28 @@ def test_neumann_converges_to_the_implicit_hypergradient() -> None:
     assert errors[0] > errors[1] > errors[2]
 
 
+def test_neumann_default_step_estimates_the_largest_hessian_eigenvalue() -> None:
+    """The default Neumann step is 1 / max|eig(H)|, estimated by bilevel.linalg.lanczos:
+    against eigvalsh of the explicit Hessian (exact with as many products as parameters,
+    a lower bound within 1% with the default 20 on this 51-parameter MLP)."""
+    from bilevel.nn._functional import FunctionalModel
+    from bilevel.nn._hypergradient import _largest_eigenvalue
+
+    X, y = classification_data(0)
+    model = MLP(seed=0)
+    hp = {"w": torch.ones(len(y)).requires_grad_(True)}
+    train_to_stationarity(model, lambda mod: weighted_ce(mod, hp, (X, y)))
+    _, H, *_ = flat_oracle(model, hp, weighted_ce, plain_ce, (X, y), (X, y))
+    exact = float(torch.linalg.eigvalsh(H).abs().max())
+    fm = FunctionalModel(model, hp)
+    f = fm.bind(weighted_ce, (X, y))
+    stationarity = lambda th, la: torch.func.grad(f)(th, la)
+    full = _largest_eigenvalue(stationarity, fm.theta(), fm.lam(), None, H.shape[0])
+    assert full == pytest.approx(exact, rel=1e-8)
+    few = _largest_eigenvalue(stationarity, fm.theta(), fm.lam(), None, 20)
+    assert 0.99 * exact <= few <= exact * (1 + 1e-10)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cg_on_mlp_matches_explicit_hessian(seed: int) -> None:
     X, y = classification_data(seed)
