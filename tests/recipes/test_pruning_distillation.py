@@ -118,9 +118,9 @@ def test_cli_writes_the_distilled_images_and_flags_non_convergence(tmp_path, mon
     monkeypatch.setattr(D, "fit_logistic", lambda *a, **k: (False, real(*a, **k)[1] + 1.0))
     args = ["run", "distillation", "--inner-solver", "logistic", "--steps", "1", "--no-progress",
             "-o", str(tmp_path / "bad")]
-    with pytest.warns(ConvergenceWarning, match="inner solve"):
-        result = runner.invoke(app, args, catch_exceptions=False)
+    result = runner.invoke(app, args, catch_exceptions=False)  # the CLI reports the warning
     assert result.exit_code == 3
+    assert "inner solve" in result.output
     (run_dir,) = (tmp_path / "bad").iterdir()
     payload = json.loads((run_dir / "result.json").read_text())
     assert payload["metrics"]["converged"] is False and payload["details"]["warnings"]
