@@ -8,14 +8,24 @@ function theorem gives the Jacobian ``d x* / d theta = -A^{-1} B``, hence
   ``theta_bar = -B^T u``;
 * forward mode (JVP), for a tangent ``theta_dot``: solve ``A x_dot = -B theta_dot``.
 
-``A^T u`` and ``A v`` are vector-Jacobian / Jacobian-vector products of ``F`` computed by
-:mod:`torch.func`; ``A`` is never formed unless the ``dense`` solver is chosen.
+``A^T u`` and ``A v`` are vector-Jacobian products of ``F`` computed by :mod:`torch.func`
+on one linearisation of ``F`` per solve. The default solver, :func:`bilevel.linalg.auto`,
+forms ``A`` with one vmapped batch of products and factorises it (Cholesky or LU) when
+``n <= bilevel.linalg.DENSE_MAX``, and runs CG (symmetric ``A``) or GMRES above. Under
+:func:`torch.vmap` small systems are solved as one batched factorisation.
+
+Higher order: the linear solve is itself differentiable. With ``M`` the system matrix
+(``A`` or ``A^T``) and ``M u = r``, ``du = M^{-1} (dr - dM u)``; reverse mode solves
+``M^T z = u_bar`` and differentiates ``-<z, M u>`` in ``(x, theta)`` (a second derivative
+of ``F``), so Hessian-vector products of an outer objective through :func:`custom_root`
+are exact implicit derivatives.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,12 +34,13 @@ import torch
 from torch.autograd import forward_ad
 
 from bilevel.errors import ClosureError
-from bilevel.linalg import LinearSolver, get_solver
+from bilevel.linalg import DENSE_MAX, LinearSolver, auto, default_tol, factor_solve, get_solver
 from bilevel.tree import (
     PyTree,
     check_finite,
     check_same_structure,
     check_tensor_leaves,
+    ravel,
     tree_flatten,
     tree_leaves,
     tree_map,
@@ -63,60 +74,287 @@ class _JacobianSystem:
 def _jacobian_matvec(
     optimality_fn: OptimalityFn, sol: PyTree, args: Sequence[PyTree], transpose: bool
 ) -> Callable[[PyTree], PyTree]:
-    """``u -> A^T u`` (``transpose=True``, one linearisation reused) or ``v -> A v``."""
+    """``u -> A^T u`` (``transpose=True``) or ``v -> A v``, one linearisation reused.
+
+    ``F`` is linearised once at ``sol`` (one :func:`torch.func.vjp` trace); ``A^T u`` is that
+    VJP. ``A v`` is the VJP of the (linear) map ``u -> A^T u``, itself traced once, so no
+    product re-traces ``F``.
+    """
 
     def f_of_sol(s: PyTree) -> PyTree:
         return optimality_fn(s, *args)
 
+    value, vjp_fn = torch.func.vjp(f_of_sol, sol)
+
+    def rmatvec(u: PyTree) -> PyTree:
+        return vjp_fn(u)[0]
+
     if transpose:
-        _, vjp_fn = torch.func.vjp(f_of_sol, sol)
-        return lambda u: vjp_fn(u)[0]
-    return lambda v: torch.func.jvp(f_of_sol, (sol,), (v,))[1]
+        return rmatvec
+    _, vjp_of_vjp = torch.func.vjp(rmatvec, tree_map(torch.zeros_like, value))
+    return lambda v: vjp_of_vjp(v)[0]
+
+
+def _bilinear_grad(
+    optimality_fn: OptimalityFn,
+    operands: tuple[PyTree, ...],
+    left: PyTree,
+    right: PyTree,
+    leaf_mask: Sequence[bool],
+) -> tuple[PyTree, ...]:
+    """``-grad_{(x, args)} <left, d_x F(x, *args) right>`` at ``operands = (sol, *args)``.
+
+    The derivative of a solve with respect to the matrix: for ``M u = v`` with ``M = A`` or
+    ``A^T``, ``d u = M^{-1} (dv - dM u)``, so the cotangent ``u_bar`` reaches ``(x, args)``
+    through ``-<z, dM u>`` with ``M^T z = u_bar``; ``<z, dA^T u> = <u, dA z>``.
+    """
+
+    def bilinear(s: PyTree, *a: PyTree) -> PyTree:
+        return torch.func.jvp(lambda x: optimality_fn(x, *a), (s,), (right,))[1]
+
+    fn, leaves, rebuild = _floating_view(bilinear, operands, leaf_mask=leaf_mask)
+    if not leaves:
+        return rebuild([])
+    _, vjp_fn = torch.func.vjp(fn, *leaves)
+    return rebuild([torch.neg(g) for g in vjp_fn(left)])
+
+
+def _operator_tangent(
+    optimality_fn: OptimalityFn,
+    operands: tuple[PyTree, ...],
+    tangents: tuple[PyTree, ...],
+    vector: PyTree,
+    transpose: bool,
+    leaf_mask: Sequence[bool],
+) -> PyTree:
+    """``dA^T vector`` (``transpose``) or ``dA vector`` along the tangents of ``(x, *args)``."""
+
+    def applied(s: PyTree, *a: PyTree) -> PyTree:
+        def f(x: PyTree) -> PyTree:
+            return optimality_fn(x, *a)
+
+        if transpose:
+            return torch.func.vjp(f, s)[1](vector)[0]
+        return torch.func.jvp(f, (s,), (vector,))[1]
+
+    fn, leaves, _ = _floating_view(applied, operands, leaf_mask=leaf_mask)
+    _, float_tangents, _ = _floating_view(lambda *a: None, tangents, like=operands, leaf_mask=leaf_mask)
+    return torch.func.jvp(fn, tuple(leaves), tuple(float_tangents))[1]
 
 
 class _SolveJacobianSystem(torch.autograd.Function):
-    """Solve the Jacobian system; a custom vmap rule loops over the batch.
+    """Solve ``A u = rhs`` or ``A^T u = rhs``, differentiably (so custom_root has 2nd order).
 
-    Iterative solvers stop on data-dependent tests (``residual <= tol``) that cannot run on
-    batched tensors, so under :func:`torch.vmap` (which :func:`torch.func.jacrev` and
-    :func:`torch.func.jacfwd` use) each batch element is solved on its own.
+    Derivatives: ``d u = M^{-1} (d rhs - dM u)`` with ``M`` the system matrix (``A`` or
+    ``A^T``). Reverse mode solves the other system ``M^T z = u_bar`` (``rhs_bar = z``) and
+    differentiates ``-<z, M u>`` in ``(x, args)`` (:func:`_bilinear_grad`); forward mode
+    solves ``M u_dot = rhs_dot - dM u``. Both go through this function again, so any order
+    works. Under :func:`torch.vmap` the batch is one batched dense solve when the solver is
+    :func:`bilevel.linalg.auto` and the system is small, else a loop over the batch (Krylov
+    solvers stop on data-dependent tests).
     """
 
     @staticmethod
     def forward(system: _JacobianSystem, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
-        sol = tree_unflatten(
-            list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec
-        )
-        args = tree_unflatten(list(flat[system.n_rhs + system.n_sol :]), system.args_spec)
+        rhs, sol, args = _split(system, flat)
         matvec = _jacobian_matvec(system.optimality_fn, sol, args, system.transpose)
         out, _info = system.solve(matvec, rhs)
         return tuple(tree_leaves(out))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-        pass
+        system: _JacobianSystem = inputs[0]
+        ctx.system = system
+        operands = inputs[1 + system.n_rhs :]
+        ctx.save_for_backward(*output, *operands)
+        ctx.save_for_forward(*output, *operands)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
-        raise RuntimeError(
-            "bilevel: differentiating the implicit-differentiation linear solve itself "
-            "(second-order derivatives through custom_root) is not supported."
+    def _saved(ctx: Any) -> tuple[PyTree, PyTree, tuple[PyTree, ...]]:
+        system: _JacobianSystem = ctx.system
+        saved = ctx.saved_tensors
+        out = tree_unflatten(list(saved[: system.n_rhs]), system.rhs_spec)
+        _, sol, args = _split(system, (*saved[: system.n_rhs], *saved[system.n_rhs :]))
+        return out, sol, args
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> Any:
+        system: _JacobianSystem = ctx.system
+        out, sol, args = _SolveJacobianSystem._saved(ctx)
+        out_leaves = tree_leaves(out)
+        cot = tree_unflatten(
+            [torch.zeros_like(o) if g is None else g for o, g in zip(out_leaves, grads)],
+            system.rhs_spec,
         )
+        z = _solve_jacobian_system(
+            system.optimality_fn, sol, args, cot, system.solve, transpose=not system.transpose
+        )
+        needs = ctx.needs_input_grad[1 + system.n_rhs :]
+        if any(needs):
+            left, right = (out, z) if system.transpose else (z, out)
+            op_grads, _ = tree_flatten(
+                _bilinear_grad(system.optimality_fn, (sol, *args), left, right, needs)
+            )
+        else:
+            op_grads = [None] * len(needs)
+        return (None, *tree_leaves(z), *op_grads)
 
     @staticmethod
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> Any:
-        return _SolveJacobianSystem.backward(ctx)
+        system: _JacobianSystem = ctx.system
+        out, sol, args = _SolveJacobianSystem._saved(ctx)
+        rhs_t = tangents[1 : 1 + system.n_rhs]
+        op_t = tangents[1 + system.n_rhs :]
+        rhs_dot = tree_unflatten(
+            [torch.zeros_like(o) if t is None else t for o, t in zip(tree_leaves(out), rhs_t)],
+            system.rhs_spec,
+        )
+        has_tangent = [t is not None for t in op_t]
+        if any(has_tangent):
+            operands = (sol, *args)
+            op_leaves = tree_leaves(operands)
+            filled = [torch.zeros_like(x) if t is None else t for x, t in zip(op_leaves, op_t)]
+            _, op_spec = tree_flatten(operands)
+            dm_out = _operator_tangent(
+                system.optimality_fn,
+                operands,
+                tuple(tree_unflatten(filled, op_spec)),
+                out,
+                system.transpose,
+                has_tangent,
+            )
+            rhs_dot = tree_sub(rhs_dot, dm_out)
+        out_dot = _solve_jacobian_system(
+            system.optimality_fn, sol, args, rhs_dot, system.solve, system.transpose
+        )
+        return tuple(tree_leaves(out_dot))
 
     @staticmethod
     def vmap(
         info: Any, in_dims: tuple[Any, ...], system: _JacobianSystem, *flat: torch.Tensor
     ) -> Any:
+        batched = _batched_dense_solve(system, flat, in_dims[1:], info.batch_size)
+        if batched is not None:
+            return batched
         results = [
             _SolveJacobianSystem.apply(system, *_select(flat, in_dims[1:], i))
             for i in range(info.batch_size)
         ]
         return _stack(results)
+
+
+def _split(
+    system: _JacobianSystem, flat: Sequence[torch.Tensor]
+) -> tuple[PyTree, PyTree, tuple[PyTree, ...]]:
+    rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
+    sol = tree_unflatten(list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec)
+    args = tree_unflatten(list(flat[system.n_rhs + system.n_sol :]), system.args_spec)
+    return rhs, sol, tuple(args)
+
+
+_AUTO_BATCH_OPTIONS = {"tol", "atol", "ridge", "dense_max", "warn", "maxiter", "init"}
+
+
+def _auto_options(solve: LinearSolver) -> dict[str, Any] | None:
+    """The keywords of ``solve`` if it is :func:`bilevel.linalg.auto` (or a partial of it)."""
+    if solve is auto:
+        return {}
+    if (
+        isinstance(solve, functools.partial)
+        and solve.func is auto
+        and not solve.args
+        and set(solve.keywords) <= _AUTO_BATCH_OPTIONS
+        and solve.keywords.get("init") is None
+    ):
+        return dict(solve.keywords)
+    return None
+
+
+def _under_outer_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is still batched by an enclosing :func:`torch.vmap` (nested vmaps, e.g.
+    ``vmap(jacrev(...))``): data-dependent tests cannot run on it, the loop handles it."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return False
+
+
+def _batched_dense_solve(
+    system: _JacobianSystem,
+    flat: Sequence[torch.Tensor],
+    in_dims: Sequence[int | None],
+    batch_size: int,
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]] | None:
+    """One batched factorisation for a vmapped small system solved by ``auto``; ``None``
+    when not applicable or when some element misses the tolerance (the caller then loops,
+    so that every element gets the solver's own fallback and warnings)."""
+    options = _auto_options(system.solve)
+    if options is None or any(_under_outer_vmap(x) for x in flat):
+        return None
+    rhs_leaves = [x if d is None else x.movedim(d, 0) for x, d in zip(flat[: system.n_rhs], in_dims)]
+    n = sum(x[0].numel() if d is not None else x.numel() for x, d in zip(rhs_leaves, in_dims))
+    if n > options.get("dense_max", DENSE_MAX):
+        return None
+    dtype = functools.reduce(torch.promote_types, [x.dtype for x in rhs_leaves])
+    if not dtype.is_floating_point and not dtype.is_complex:
+        return None
+    rhs = torch.cat(
+        [
+            (x.reshape(batch_size, -1) if d is not None else x.reshape(1, -1).expand(batch_size, -1)).to(dtype)
+            for x, d in zip(rhs_leaves, in_dims)
+        ],
+        dim=1,
+    )
+    op_dims = tuple(in_dims[system.n_rhs :])
+    ops = flat[system.n_rhs :]
+    eye = torch.eye(n, dtype=dtype, device=rhs.device)
+
+    def matrix(*operands: torch.Tensor) -> torch.Tensor:
+        _, sol, args = _split(system, (*[None] * system.n_rhs, *operands))
+        matvec = _jacobian_matvec(system.optimality_fn, sol, args, system.transpose)
+        template = tree_unflatten(
+            [x[0] if d is not None else x for x, d in zip(rhs_leaves, in_dims)], system.rhs_spec
+        )
+        _, raveler = ravel(template)
+        return torch.vmap(raveler.linear_map(matvec))(eye).mT
+
+    try:
+        if any(d is not None for d in op_dims):
+            mats = torch.vmap(matrix, in_dims=op_dims)(*ops)
+        else:
+            mats = matrix(*ops)
+    except RuntimeError:
+        return None
+    ridge = float(options.get("ridge", 0.0))
+    if ridge:
+        mats = mats + ridge * eye
+    if not bool(torch.isfinite(mats).all()):
+        return None
+    try:
+        if mats.dim() == 2:
+            x = factor_solve(mats, rhs.T)[0].T
+            residual = rhs - x @ mats.T
+        else:
+            x = factor_solve(mats, rhs.unsqueeze(-1))[0].squeeze(-1)
+            residual = rhs - (mats @ x.unsqueeze(-1)).squeeze(-1)
+    except torch.linalg.LinAlgError:
+        return None
+    tol = options.get("tol")
+    tol = default_tol(dtype) if tol is None else tol
+    threshold = torch.clamp(
+        tol * torch.linalg.vector_norm(rhs, dim=1), min=float(options.get("atol", 0.0))
+    )
+    if not bool((torch.linalg.vector_norm(residual, dim=1) <= threshold).all()):
+        return None
+    outs, offset = [], 0
+    for leaf, d in zip(rhs_leaves, in_dims):
+        shape = leaf.shape[1:] if d is not None else leaf.shape
+        size = math.prod(shape)
+        outs.append(x[:, offset : offset + size].reshape(batch_size, *shape).to(leaf.dtype))
+        offset += size
+    return tuple(outs), (0,) * len(outs)
 
 
 def _select(flat: Sequence[Any], in_dims: Sequence[int | None], i: int) -> list[Any]:
@@ -152,7 +390,7 @@ def _solve_jacobian_system(
         n_sol=len(sol_leaves),
     )
     out = _SolveJacobianSystem.apply(system, *rhs_leaves, *sol_leaves, *args_leaves)
-    return tree_unflatten(list(out), sol_spec)
+    return tree_unflatten(list(out), rhs_spec)
 
 
 def _is_differentiable(x: torch.Tensor) -> bool:
@@ -202,7 +440,7 @@ def root_vjp(
     sol: PyTree,
     args: Sequence[PyTree],
     cotangent: PyTree,
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     *,
     leaf_mask: Sequence[bool] | None = None,
 ) -> tuple[PyTree, ...]:
@@ -249,7 +487,7 @@ def root_jvp(
     sol: PyTree,
     args: Sequence[PyTree],
     tangents: Sequence[PyTree],
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     *,
     leaf_mask: Sequence[bool] | None = None,
 ) -> PyTree:
@@ -453,7 +691,7 @@ def _bind_positional(
 
 def custom_root(
     optimality_fn: OptimalityFn,
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     has_aux: bool = False,
     check_closure: bool = True,
 ) -> Callable[[Solver], Solver]:
@@ -483,8 +721,9 @@ def custom_root(
     solve:
         Linear solver for the systems with ``A = d_x F`` (name in :data:`bilevel.linalg.SOLVERS`
         or a callable ``solve(matvec, b) -> (x, info)``, e.g.
-        ``functools.partial(bilevel.linalg.cg, tol=1e-12)``). ``"gmres"`` works for any
-        non-singular ``A``; prefer ``"cg"`` when ``A`` is symmetric positive definite.
+        ``functools.partial(bilevel.linalg.cg, tol=1e-12)``). The default ``"auto"`` factorises
+        small ``A`` densely and picks CG or GMRES above :data:`bilevel.linalg.DENSE_MAX`
+        (see :func:`bilevel.linalg.auto`).
     has_aux:
         The solver returns ``(sol, aux)``; ``aux`` is returned as is and not differentiated.
         Under :func:`torch.vmap`, non-tensor leaves of ``aux`` become lists over the batch.
@@ -494,7 +733,9 @@ def custom_root(
     Notes
     -----
     The gradient with respect to ``init`` is zero (the solution does not depend on it).
-    Second-order derivatives through the decorated solver are not supported.
+    Second and higher derivatives (``torch.func.hessian``, Hessian-vector products of an
+    outer objective, ``create_graph=True``) are supported: the backward linear solve is
+    differentiated implicitly too (see the module docstring).
     """
     solve_fn = get_solver(solve)
 
@@ -546,7 +787,7 @@ def custom_root(
 
 def custom_fixed_point(
     fixed_point_fn: Callable[..., PyTree],
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     has_aux: bool = False,
     check_closure: bool = True,
 ) -> Callable[[Solver], Solver]:

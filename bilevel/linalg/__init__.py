@@ -13,36 +13,47 @@ solver         for                                             cost per iteratio
 ``bicgstab``   any non-singular ``A``, short recurrences        2 matvecs
 ``neumann``    ``rho(I - alpha A) < 1`` (e.g. SPD, small alpha) 1 matvec
 ``dense``      small ``n``: forms ``A`` and factorises it       ``n`` matvecs, once
+``auto``       the default: ``dense`` (Cholesky/LU) for         one batch of ``n``
+               ``n <= DENSE_MAX``, else ``cg`` (symmetric ``A``)  matvecs, or as cg/gmres
+               or ``gmres``
 =============  ==============================================  ========================
 """
 
 from __future__ import annotations
 
 from bilevel.linalg._solvers import (
+    DENSE_MAX,
     SOLVERS,
     LinearSolveInfo,
     LinearSolver,
+    auto,
     bicgstab,
     cg,
     default_tol,
     dense,
+    factor_solve,
     get_solver,
     gmres,
+    is_symmetric,
     materialize,
     neumann,
     normal_cg,
 )
 
 __all__ = [
+    "DENSE_MAX",
     "SOLVERS",
     "LinearSolveInfo",
     "LinearSolver",
+    "auto",
     "bicgstab",
     "cg",
     "default_tol",
     "dense",
+    "factor_solve",
     "get_solver",
     "gmres",
+    "is_symmetric",
     "materialize",
     "neumann",
     "normal_cg",
