@@ -285,3 +285,41 @@ def test_float32_default_path_converges_without_warning():
 
 def test_bilevel_namespace_exports():
     assert bilevel.linalg.SOLVERS["auto"] is la.auto and la.DENSE_MAX >= 1
+
+
+def test_vmap_runs_a_vmappable_solver_once_and_loops_otherwise():
+    X, y, Xv, yv, lam = make_ridge(5)
+    lams = lam + torch.rand(4, lam.numel(), generator=torch.Generator().manual_seed(5))
+    calls = []
+
+    def counted_exact(init, lam, X, y):
+        calls.append("exact")
+        return closed_form(lam, X, y)
+
+    def counted_iterative(init, lam, X, y):  # data-dependent stopping test: not vmappable
+        calls.append("iterative")
+        H = X.T @ X + torch.diag(lam)
+        w = init
+        for _ in range(10_000):
+            g = H @ w - X.T @ y
+            if torch.linalg.vector_norm(g) < 1e-12:
+                break
+            w = w - g / torch.linalg.matrix_norm(H, ord=2)
+        return w
+
+    def hyper(solver):
+        solver = custom_root(grad(inner_objective))(solver)
+        return grad(lambda l: outer(solver(torch.zeros(8), l, X, y), Xv, yv))
+
+    exact = torch.stack([grad(lambda l: outer(closed_form(l, X, y), Xv, yv))(l) for l in lams])
+    assert relative_error(torch.vmap(hyper(counted_exact))(lams), exact) <= 1e-10
+    assert calls == ["exact"]
+    calls.clear()
+    assert relative_error(torch.vmap(hyper(counted_iterative))(lams), exact) <= 1e-8
+    assert calls == ["iterative"] * 5  # one failed vmapped attempt, then the loop
+
+    def broken(init, lam, X, y):
+        raise ValueError("solver bug")
+
+    with pytest.raises(ValueError, match="solver bug"):
+        torch.vmap(hyper(broken))(lams)

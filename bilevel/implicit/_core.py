@@ -635,11 +635,64 @@ class _ImplicitRoot(torch.autograd.Function):
     def vmap(
         info: Any, in_dims: tuple[Any, ...], problem: _RootProblem, *flat: torch.Tensor
     ) -> Any:
+        batched = _vmapped_solver(problem, flat, in_dims[1:])
+        if batched is not None:
+            return batched
         results = [
             _ImplicitRoot.apply(problem, *_select(flat, in_dims[1:], i))
             for i in range(info.batch_size)
         ]
         return _stack(results)
+
+
+def _vmapped_solver(
+    problem: _RootProblem, flat: Sequence[torch.Tensor], in_dims: Sequence[int | None]
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]] | None:
+    """Run the solver once under :func:`torch.vmap` for the whole batch.
+
+    ``None`` (the caller loops over the batch, as for any solver) when the solver cannot be
+    vmapped: data-dependent control flow such as a convergence test, randomness, or any
+    other error (the loop then reproduces a genuine error). Solvers with ``has_aux`` always
+    loop (their non-tensor aux is one value per element).
+    """
+    if problem.has_aux or any(_under_outer_vmap(x) for x in flat):
+        return None
+    flat = tuple(x.detach() for x in flat)
+    spec: list[Any] = []
+
+    def run(*leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        init = tree_unflatten(list(leaves[: problem.n_init]), problem.init_spec)
+        args = tree_unflatten(list(leaves[problem.n_init :]), problem.args_spec)
+        with torch.enable_grad():
+            sol = problem.solver(init, *args)
+        check_tensor_leaves(sol, "custom_root: solution returned by the solver")
+        check_same_structure(init, sol, "init", "the solution returned by the solver")
+        out, sol_spec = tree_flatten(sol)
+        spec.append(sol_spec)
+        return tuple(x.detach() for x in out)
+
+    init = tree_unflatten(list(flat[: problem.n_init]), problem.init_spec)
+    args = tree_unflatten(list(flat[problem.n_init :]), problem.args_spec)
+    check_finite(init, "custom_root: init")
+    for i, a in enumerate(args):
+        check_finite(a, f"custom_root: argument {i + 1}")
+    try:
+        out = torch.vmap(run, in_dims=tuple(in_dims), randomness="error")(*flat)
+    except Exception:  # noqa: BLE001 - the per-element loop reruns and reports real errors
+        return None
+    for x in out:
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(
+                "custom_root: the solver returned a solution with NaN or inf entries"
+            )
+    inputs = {id(x) for x in flat}
+    out = tuple(x.clone() if id(x) in inputs else x for x in out)
+    problem.n_sol = len(out)
+    problem.sol_spec = spec[0]
+    problem.aux_spec = tree_flatten(None)[1]
+    problem.aux_tensor_mask = ()
+    problem.aux_static.append([])
+    return out, (0,) * len(out)
 
 
 def _check_closure(
