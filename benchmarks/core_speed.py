@@ -142,6 +142,7 @@ def torch_hypergradient(data: dict[str, Any], solve: Any, T: int | None) -> Call
         return torch.autograd.grad(outer_of(lam), lam)[0]
 
     call.outer_of = outer_of  # type: ignore[attr-defined]
+    call.solve_only = lambda: solver(init, lam0)  # type: ignore[attr-defined]
     return call
 
 
@@ -175,6 +176,11 @@ def jax_hypergradient(
         r = Xv @ solver(jnp.zeros(d), lam, X, y) - yv
         return 0.5 * (r @ r) / nv
 
+    if batch is None and T is not None:  # the inner solve alone, for the split
+        solve_c = jax.jit(solver).lower(jnp.zeros(d), lam0, X, y).compile()
+        jax_hypergradient.solve_only = (  # type: ignore[attr-defined]
+            lambda: solve_c(jnp.zeros(d), lam0, X, y).block_until_ready()
+        )
     fn = jax.grad(outer_of)
     lam_in = lam0
     if batch is not None:
@@ -264,9 +270,16 @@ def section_ab(section: str, sizes: list[int], args: argparse.Namespace, out: di
         fns[jax_name] = jax_call
         g_jax = np.asarray(jax_call())
         exact = exact_hypergradient(data)
+        if T is not None:  # the inner solve alone in each library: the split of the total
+            fns[f"{list(torch_solves)[0]}: inner solve only"] = fns[list(torch_solves)[0]].solve_only
+            fns[f"{jax_name}: inner solve only"] = jax_hypergradient.solve_only
         res = race(fns, args.rounds, args.batch_seconds)
         base = res[jax_name]["median_s"]
         for k, r in res.items():
+            if k.endswith("inner solve only"):
+                r.update(ratio=r["median_s"] / res[f"{jax_name}: inner solve only"]["median_s"])
+                rows.append([str(d), k, fmt(r["median_s"]), f"{r['ratio']:.2f}", "–", "–", "–"])
+                continue
             g = np.asarray(fns[k]()) if k != jax_name else g_jax
             r.update(ratio=r["median_s"] / base, err_vs_jax=rel(g, g_jax),
                      err_vs_exact=rel(g, exact) if T is None else None)
@@ -342,11 +355,15 @@ def section_crossover(args: argparse.Namespace, out: dict) -> None:
         }
         res = race(fns, args.rounds, args.batch_seconds)
         ratio = res["dense"]["median_s"] / res["cg"]["median_s"]
-        rows.append([str(d), fmt(res["dense"]["median_s"]), fmt(res["cg"]["median_s"]), f"{ratio:.2f}"])
-        out.setdefault("crossover", {})[str(d)] = {**res, "dense_over_cg": ratio}
+        _, vjp_fn = torch.func.vjp(lambda s: F(s, lam), sol)
+        iters = krylov(lambda u: vjp_fn(u)[0], v)[1].iterations
+        rows.append([str(d), fmt(res["dense"]["median_s"]), fmt(res["cg"]["median_s"]),
+                     str(iters), f"{ratio:.2f}"])
+        out.setdefault("crossover", {})[str(d)] = {**res, "dense_over_cg": ratio,
+                                                   "cg_iterations": iters}
         print(f"  [crossover] d={d} done", file=sys.stderr)
     print_table("crossover: root_vjp, materialise + Cholesky vs CG (tol 1e-10)",
-                ["n", "dense", "CG", "dense / CG"], rows)
+                ["n", "dense", "CG", "CG iterations", "dense / CG"], rows)
 
 
 def section_breakdown(args: argparse.Namespace, out: dict) -> None:

@@ -130,7 +130,8 @@ class GradientDescent(IterativeSolver):
         Nesterov momentum with adaptive restart.
     implicit_diff, linear_solve:
         Differentiate by the implicit function theorem on ``grad_x f = 0`` with this linear
-        solver (``"cg"``: the Hessian is symmetric), or by unrolling (``implicit_diff=False``).
+        solver (default ``"auto"``: dense Cholesky for small problems, CG above), or by
+        unrolling (``implicit_diff=False``).
     """
 
     objective: Objective
@@ -139,7 +140,7 @@ class GradientDescent(IterativeSolver):
     tol: float | None = None
     acceleration: bool = True
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "cg"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="GradientDescent", init=False)
 
     def optimality_fn(self) -> Callable[..., PyTree]:
@@ -224,7 +225,7 @@ class ProjectedGradient(_ForwardBackward):
     tol: float | None = None
     acceleration: bool = True
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="ProjectedGradient", init=False)
 
     def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
@@ -249,7 +250,7 @@ class ProximalGradient(_ForwardBackward):
     tol: float | None = None
     acceleration: bool = True
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="ProximalGradient", init=False)
 
     def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
@@ -272,7 +273,7 @@ class MirrorDescent(IterativeSolver):
     maxiter: int = 5000
     tol: float | None = None
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="MirrorDescent", init=False)
 
     def optimality_fn(self) -> Callable[..., PyTree]:
@@ -309,7 +310,7 @@ class LBFGS(IterativeSolver):
     ``||grad f||_2 <= tol``; if the line search stalls first (no representable decrease), it
     restarts with a fresh history, at most ``restarts`` times within ``maxiter``.
     Differentiable by implicit differentiation only (SciPy is not differentiable), through
-    ``grad_x f = 0`` with the ``"cg"`` solver on the Hessian by default.
+    ``grad_x f = 0`` with the ``"auto"`` solver on the Hessian by default.
     """
 
     objective: Objective
@@ -318,7 +319,7 @@ class LBFGS(IterativeSolver):
     history_size: int = 20
     restarts: int = 3
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "cg"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="LBFGS", init=False)
 
     def __post_init__(self) -> None:
