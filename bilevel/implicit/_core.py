@@ -112,11 +112,22 @@ def _bilinear_grad(
     def bilinear(s: PyTree, *a: PyTree) -> PyTree:
         return torch.func.jvp(lambda x: optimality_fn(x, *a), (s,), (right,))[1]
 
-    fn, leaves, rebuild = _floating_view(bilinear, operands, leaf_mask=leaf_mask)
+    return _negated_vjp(bilinear, operands, left, leaf_mask)
+
+
+def _negated_vjp(
+    fn: Callable[..., PyTree],
+    operands: tuple[PyTree, ...],
+    cotangent: PyTree,
+    leaf_mask: Sequence[bool] | None,
+) -> tuple[PyTree, ...]:
+    """``-(d fn / d operands)^T cotangent`` for the floating leaves of ``operands`` (``None``
+    for the others), one pytree per operand."""
+    restricted, leaves, rebuild = _floating_view(fn, operands, leaf_mask=leaf_mask)
     if not leaves:
         return rebuild([])
-    _, vjp_fn = torch.func.vjp(fn, *leaves)
-    return rebuild([torch.neg(g) for g in vjp_fn(left)])
+    _, vjp_fn = torch.func.vjp(restricted, *leaves)
+    return rebuild([torch.neg(g) for g in vjp_fn(cotangent)])
 
 
 def _operator_tangent(
@@ -473,13 +484,7 @@ def root_vjp(
     args = tuple(args)
     solve_fn = get_solver(solve)
     u = _solve_jacobian_system(optimality_fn, sol, args, cotangent, solve_fn, transpose=True)
-    fn, float_leaves, rebuild = _floating_view(
-        lambda *a: optimality_fn(sol, *a), args, leaf_mask=leaf_mask
-    )
-    if not float_leaves:
-        return rebuild([])
-    _, vjp_fn = torch.func.vjp(fn, *float_leaves)
-    return rebuild([torch.neg(g) for g in vjp_fn(u)])
+    return _negated_vjp(lambda *a: optimality_fn(sol, *a), args, u, leaf_mask)
 
 
 def root_jvp(
