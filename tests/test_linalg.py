@@ -198,3 +198,25 @@ def test_float32_default_tolerance_is_attainable():
     b = torch.randn(30, dtype=torch.float32)
     _x, info = la.cg(lambda v: A @ v, b)
     assert info.converged and info.threshold == pytest.approx(1e-5 * float(b.norm()), rel=1e-6)
+
+
+@SETTINGS
+@given(
+    n=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    symmetric=st.booleans(),
+    dense_max=st.sampled_from([0, 256]),
+)
+def test_auto_both_branches(n, seed, symmetric, dense_max):
+    """auto's dense and Krylov branches: the residual property, and the branch it reports
+    matches the structure of A (Cholesky/CG for SPD, LU/GMRES otherwise)."""
+    A = spd_matrix(n, seed, 100.0) if symmetric else nonsymmetric_matrix(n, seed)
+    b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    x, info = solve_and_check("auto", A, b, tol=1e-10, dense_max=dense_max)
+    assert info.converged
+    expected = {(True, True): "cholesky", (True, False): "cg", (False, True): "lu"}
+    if n > 1 and (symmetric, dense_max > 0) in expected:
+        assert info.solver == "auto:" + expected[(symmetric, dense_max > 0)]
+    elif n > 1:
+        assert info.solver == "auto:gmres"
+    torch.testing.assert_close(x, torch.linalg.solve(A, b), rtol=1e-6, atol=1e-7)
