@@ -49,8 +49,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -84,8 +85,17 @@ def make_data(d: int, seed: int = 0) -> dict[str, Any]:
     yv = Xv @ w_true + 0.5 * rng.standard_normal(n_val)
     lam = np.full(d, 0.1)
     lipschitz = 1.01 * float(np.linalg.eigvalsh(X.T @ X / n)[-1]) + 0.1
-    return {"X": X, "y": y, "Xv": Xv, "yv": yv, "lam": lam, "n": n, "n_val": n_val,
-            "step": 1.0 / lipschitz, "d": d}
+    return {
+        "X": X,
+        "y": y,
+        "Xv": Xv,
+        "yv": yv,
+        "lam": lam,
+        "n": n,
+        "n_val": n_val,
+        "step": 1.0 / lipschitz,
+        "d": d,
+    }
 
 
 def exact_hypergradient(data: dict[str, Any], lam: np.ndarray | None = None) -> np.ndarray:
@@ -258,12 +268,17 @@ def section_ab(section: str, sizes: list[int], args: argparse.Namespace, out: di
         data = make_data(d, args.seed)
         maxiter = max(10 * d, 50)
         if section == "a":
-            torch_solves = {"bilevel auto (default)": "auto", "bilevel gmres (old default)": "gmres"}
+            torch_solves = {
+                "bilevel auto (default)": "auto",
+                "bilevel gmres (old default)": "gmres",
+            }
             jax_solve, jax_name = None, "JAXopt normal_cg (default)"
         else:
             cg = functools.partial(bilevel.linalg.cg, tol=1e-10, maxiter=maxiter)
             torch_solves = {"bilevel cg": cg, "bilevel auto (default)": "auto"}
-            jax_solve = functools.partial(linear_solve.solve_cg, tol=1e-10, atol=0.0, maxiter=maxiter)
+            jax_solve = functools.partial(
+                linear_solve.solve_cg, tol=1e-10, atol=0.0, maxiter=maxiter
+            )
             jax_name = "JAXopt cg"
         fns = {k: torch_hypergradient(data, s, T) for k, s in torch_solves.items()}
         jax_call, compile_s = jax_hypergradient(data, jax_solve, T)
@@ -271,7 +286,8 @@ def section_ab(section: str, sizes: list[int], args: argparse.Namespace, out: di
         g_jax = np.asarray(jax_call())
         exact = exact_hypergradient(data)
         if T is not None:  # the inner solve alone in each library: the split of the total
-            fns[f"{list(torch_solves)[0]}: inner solve only"] = fns[list(torch_solves)[0]].solve_only
+            first = next(iter(torch_solves))
+            fns[f"{first}: inner solve only"] = fns[first].solve_only
             fns[f"{jax_name}: inner solve only"] = jax_hypergradient.solve_only
         res = race(fns, args.rounds, args.batch_seconds)
         base = res[jax_name]["median_s"]
@@ -281,25 +297,50 @@ def section_ab(section: str, sizes: list[int], args: argparse.Namespace, out: di
                 rows.append([str(d), k, fmt(r["median_s"]), f"{r['ratio']:.2f}", "–", "–", "–"])
                 continue
             g = np.asarray(fns[k]()) if k != jax_name else g_jax
-            r.update(ratio=r["median_s"] / base, err_vs_jax=rel(g, g_jax),
-                     err_vs_exact=rel(g, exact) if T is None else None)
-            rows.append([str(d), k, fmt(r["median_s"]), f"{r['ratio']:.2f}",
-                         f"{r['err_vs_jax']:.1e}",
-                         "–" if r["err_vs_exact"] is None else f"{r['err_vs_exact']:.1e}",
-                         f"{compile_s:.2f} s" if k == jax_name else "–"])
+            r.update(
+                ratio=r["median_s"] / base,
+                err_vs_jax=rel(g, g_jax),
+                err_vs_exact=rel(g, exact) if T is None else None,
+            )
+            rows.append(
+                [
+                    str(d),
+                    k,
+                    fmt(r["median_s"]),
+                    f"{r['ratio']:.2f}",
+                    f"{r['err_vs_jax']:.1e}",
+                    "–" if r["err_vs_exact"] is None else f"{r['err_vs_exact']:.1e}",
+                    f"{compile_s:.2f} s" if k == jax_name else "–",
+                ]
+            )
         out.setdefault(section, {})[str(d)] = {**res, "jax_compile_s": compile_s}
         print(f"  [{section}] d={d} done", file=sys.stderr)
-    title = ("(a) implicit layer alone, defaults" if section == "a"
-             else f"(b) T = {args.inner_iters} inner GD steps, CG tol 1e-10 in both")
-    print_table(title, ["d", "method", "solve + hypergradient (median)", "/ JAXopt",
-                        "err vs JAXopt", "err vs exact", "JAXopt compile"], rows)
+    title = (
+        "(a) implicit layer alone, defaults"
+        if section == "a"
+        else f"(b) T = {args.inner_iters} inner GD steps, CG tol 1e-10 in both"
+    )
+    print_table(
+        title,
+        [
+            "d",
+            "method",
+            "solve + hypergradient (median)",
+            "/ JAXopt",
+            "err vs JAXopt",
+            "err vs exact",
+            "JAXopt compile",
+        ],
+        rows,
+    )
 
 
 def section_vmap(args: argparse.Namespace, out: dict) -> None:
     import torch
 
     rows = []
-    for d in args.vmap_sizes:
+
+    def one_size(d: int) -> None:  # one size (closures bind this call's locals)
         data = make_data(d, args.seed)
         rng = np.random.default_rng([args.seed, d, 64])
         lams = 0.1 + 0.1 * rng.random((args.batch, d))
@@ -313,22 +354,50 @@ def section_vmap(args: argparse.Namespace, out: dict) -> None:
         jax_call, compile_s = jax_hypergradient(data, None, None, batch=lams)
         g_t, g_j = torch_batch().numpy(), np.asarray(jax_call())
         exact = np.stack([exact_hypergradient(data, lam) for lam in lams])
-        res = race({"bilevel vmap (auto)": torch_batch, "JAXopt jit(vmap)": jax_call},
-                   args.rounds, args.batch_seconds)
+        res = race(
+            {"bilevel vmap (auto)": torch_batch, "JAXopt jit(vmap)": jax_call},
+            args.rounds,
+            args.batch_seconds,
+        )
         base = res["JAXopt jit(vmap)"]["median_s"]
         for k, g in (("bilevel vmap (auto)", g_t), ("JAXopt jit(vmap)", g_j)):
             r = res[k]
-            r.update(ratio=r["median_s"] / base, err_vs_exact=rel(g, exact),
-                     problems_per_s=args.batch / r["median_s"])
-            rows.append([str(d), str(args.batch), k, fmt(r["median_s"]),
-                         f"{r['problems_per_s']:.0f}", f"{r['ratio']:.2f}",
-                         f"{r['err_vs_exact']:.1e}",
-                         f"{compile_s:.2f} s" if k.startswith("JAX") else "–"])
+            r.update(
+                ratio=r["median_s"] / base,
+                err_vs_exact=rel(g, exact),
+                problems_per_s=args.batch / r["median_s"],
+            )
+            rows.append(
+                [
+                    str(d),
+                    str(args.batch),
+                    k,
+                    fmt(r["median_s"]),
+                    f"{r['problems_per_s']:.0f}",
+                    f"{r['ratio']:.2f}",
+                    f"{r['err_vs_exact']:.1e}",
+                    f"{compile_s:.2f} s" if k.startswith("JAX") else "–",
+                ]
+            )
         out.setdefault("vmap", {})[str(d)] = {**res, "jax_compile_s": compile_s}
         print(f"  [vmap] d={d} done", file=sys.stderr)
-    print_table(f"vmap over {args.batch} problems (exact inner solve, defaults)",
-                ["d", "batch", "method", "time per batch (median)", "problems / s",
-                 "/ JAXopt", "err vs exact"], [r[:7] for r in rows])
+
+    for d in args.vmap_sizes:
+        one_size(d)
+
+    print_table(
+        f"vmap over {args.batch} problems (exact inner solve, defaults)",
+        [
+            "d",
+            "batch",
+            "method",
+            "time per batch (median)",
+            "problems / s",
+            "/ JAXopt",
+            "err vs exact",
+        ],
+        [r[:7] for r in rows],
+    )
 
 
 def section_crossover(args: argparse.Namespace, out: dict) -> None:
@@ -337,7 +406,8 @@ def section_crossover(args: argparse.Namespace, out: dict) -> None:
     import bilevel
 
     rows = []
-    for d in args.crossover_sizes:
+
+    def one_size(d: int) -> None:  # one size (closures bind this call's locals)
         data = make_data(d, args.seed)
         X, y, lam = (torch.as_tensor(data[k]) for k in ("X", "y", "lam"))
         n = data["n"]
@@ -357,13 +427,30 @@ def section_crossover(args: argparse.Namespace, out: dict) -> None:
         ratio = res["dense"]["median_s"] / res["cg"]["median_s"]
         _, vjp_fn = torch.func.vjp(lambda s: F(s, lam), sol)
         iters = krylov(lambda u: vjp_fn(u)[0], v)[1].iterations
-        rows.append([str(d), fmt(res["dense"]["median_s"]), fmt(res["cg"]["median_s"]),
-                     str(iters), f"{ratio:.2f}"])
-        out.setdefault("crossover", {})[str(d)] = {**res, "dense_over_cg": ratio,
-                                                   "cg_iterations": iters}
+        rows.append(
+            [
+                str(d),
+                fmt(res["dense"]["median_s"]),
+                fmt(res["cg"]["median_s"]),
+                str(iters),
+                f"{ratio:.2f}",
+            ]
+        )
+        out.setdefault("crossover", {})[str(d)] = {
+            **res,
+            "dense_over_cg": ratio,
+            "cg_iterations": iters,
+        }
         print(f"  [crossover] d={d} done", file=sys.stderr)
-    print_table("crossover: root_vjp, materialise + Cholesky vs CG (tol 1e-10)",
-                ["n", "dense", "CG", "CG iterations", "dense / CG"], rows)
+
+    for d in args.crossover_sizes:
+        one_size(d)
+
+    print_table(
+        "crossover: root_vjp, materialise + Cholesky vs CG (tol 1e-10)",
+        ["n", "dense", "CG", "CG iterations", "dense / CG"],
+        rows,
+    )
 
 
 def section_breakdown(args: argparse.Namespace, out: dict) -> None:
@@ -391,14 +478,16 @@ def section_breakdown(args: argparse.Namespace, out: dict) -> None:
     pieces = {
         "whole (a) pipeline, auto": call,
         "inner solve alone (torch.linalg.solve)": lambda: torch.linalg.solve(
-            X.T @ X / n + torch.diag(lam), X.T @ y / n),
+            X.T @ X / n + torch.diag(lam), X.T @ y / n
+        ),
         "analytic gradient": lambda: X.T @ (X @ sol - y) / n + lam * sol,
         "F = torch.func.grad(f) evaluation": lambda: F(sol, lam),
         "torch.func.vjp(F) trace (linearise)": lambda: torch.func.vjp(lambda s: F(s, lam), sol),
         "one product A^T u (vjp_fn)": lambda: vjp_fn(u),
         "materialise A (vmap(vjp_fn) on I)": lambda: torch.vmap(vjp_fn)(eye),
         "Cholesky factor + solve": lambda: torch.cholesky_solve(
-            u.unsqueeze(1), torch.linalg.cholesky_ex(H)[0]),
+            u.unsqueeze(1), torch.linalg.cholesky_ex(H)[0]
+        ),
         "root_vjp (auto), total": lambda: bilevel.implicit.root_vjp(F, sol, (lam,), u),
         "root_vjp (gmres), total": lambda: bilevel.implicit.root_vjp(F, sol, (lam,), u, "gmres"),
         "float() host sync": lambda: float(u[0]),
@@ -407,14 +496,19 @@ def section_breakdown(args: argparse.Namespace, out: dict) -> None:
     base = res["whole (a) pipeline, auto"]["median_s"]
     rows = [[k, fmt(r["median_s"]), f"{r['median_s'] / base:.2f}"] for k, r in res.items()]
     out["breakdown"] = {"d": d, **res}
-    print_table(f"breakdown of bilevel at d = {d} (each piece alone)",
-                ["piece", "median", "/ whole"], rows)
+    print_table(
+        f"breakdown of bilevel at d = {d} (each piece alone)", ["piece", "median", "/ whole"], rows
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sections", nargs="+", default=["a", "b", "vmap", "crossover", "breakdown"],
-                   choices=["a", "b", "vmap", "crossover", "breakdown"])
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["a", "b", "vmap", "crossover", "breakdown"],
+        choices=["a", "b", "vmap", "crossover", "breakdown"],
+    )
     p.add_argument("--sizes", nargs="+", type=int, default=[100, 1000])
     p.add_argument("--inner-iters", type=int, default=100)
     p.add_argument("--vmap-sizes", nargs="+", type=int, default=[10, 100])
@@ -435,19 +529,26 @@ def main(argv: list[str] | None = None) -> int:
 
     jax.config.update("jax_enable_x64", True)
     from importlib.metadata import version
+
     import torch
 
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     out: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "jax": jax.__version__,
-                     "jaxopt": version("jaxopt"), "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "jax": jax.__version__,
+            "jaxopt": version("jaxopt"),
+            "python": platform.python_version(),
+        },
         "cpu": sorted(os.sched_getaffinity(0)),
         "load_before": os.getloadavg(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
-    print(f"bilevel vs JAXopt, float64, one pinned CPU {out['cpu']}, torch {torch.__version__},"
-          f" jax {jax.__version__}, jaxopt {out['versions']['jaxopt']}; load {out['load_before']}")
+    print(
+        f"bilevel vs JAXopt, float64, one pinned CPU {out['cpu']}, torch {torch.__version__},"
+        f" jax {jax.__version__}, jaxopt {out['versions']['jaxopt']}; load {out['load_before']}"
+    )
     for section in args.sections:
         if section in ("a", "b"):
             section_ab(section, args.sizes, args, out)
@@ -458,14 +559,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             section_breakdown(args, out)
     out["load_after"] = os.getloadavg()
-    out["wall_s"] = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
+    out["wall_s"] = (_dt.datetime.now(_dt.UTC) - started).total_seconds()
     path = args.json
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         path = path.with_name(f"{path.stem}-{started:%Y%m%d-%H%M%S}{path.suffix}")
     path.write_text(json.dumps(out, indent=1))
-    print(f"\nload {out['load_before']} -> {out['load_after']}; wall {out['wall_s']:.0f} s; "
-          f"JSON: {path}")
+    print(
+        f"\nload {out['load_before']} -> {out['load_after']}; wall {out['wall_s']:.0f} s; "
+        f"JSON: {path}"
+    )
     return 0
 
 

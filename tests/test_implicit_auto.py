@@ -91,7 +91,9 @@ def test_auto_is_the_default_and_reports_its_branch():
         seen.append(info.solver)
         return x, info
 
-    with mock.patch.object(_core, "get_solver", side_effect=lambda s: spy if s == "auto" else la.get_solver(s)):
+    with mock.patch.object(
+        _core, "get_solver", side_effect=lambda s: spy if s == "auto" else la.get_solver(s)
+    ):
         root_vjp(grad(inner_objective), sol, (lam, X, y), torch.ones(8))
     assert seen == ["auto:cholesky"]
     assert custom_root.__defaults__[0] == "auto" and root_vjp.__defaults__[0] == "auto"
@@ -123,7 +125,7 @@ def test_auto_branches_on_a_nonsymmetric_fixed_point(seed):
         jac = jacrev(custom_fixed_point(T, solve=solve)(iterate), argnums=1)(torch.zeros(n), theta)
         assert relative_error(jac, exact) <= 1e-10
         cot = torch.randn(n, generator=gen)
-        mv = lambda u: torch.func.vjp(lambda x: T(x, theta) - x, x_star)[1](u)[0]  # noqa: E731
+        mv = lambda u: torch.func.vjp(lambda x: T(x, theta) - x, x_star)[1](u)[0]
         _, info = la.auto(mv, cot, **options)
         assert info.solver == ("auto:lu" if not options else "auto:gmres") and info.converged
 

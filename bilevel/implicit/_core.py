@@ -149,7 +149,9 @@ def _operator_tangent(
         return torch.func.jvp(f, (s,), (vector,))[1]
 
     fn, leaves, _ = _floating_view(applied, operands, leaf_mask=leaf_mask)
-    _, float_tangents, _ = _floating_view(lambda *a: None, tangents, like=operands, leaf_mask=leaf_mask)
+    _, float_tangents, _ = _floating_view(
+        lambda *a: None, tangents, like=operands, leaf_mask=leaf_mask
+    )
     return torch.func.jvp(fn, tuple(leaves), tuple(float_tangents))[1]
 
 
@@ -185,7 +187,7 @@ class _SolveJacobianSystem(torch.autograd.Function):
         system: _JacobianSystem = ctx.system
         saved = ctx.saved_tensors
         out = tree_unflatten(list(saved[: system.n_rhs]), system.rhs_spec)
-        _, sol, args = _split(system, (*saved[: system.n_rhs], *saved[system.n_rhs :]))
+        _, sol, args = _split(system, saved)
         return out, sol, args
 
     @staticmethod
@@ -304,7 +306,9 @@ def _batched_dense_solve(
     options = _auto_options(system.solve)
     if options is None or any(_under_outer_vmap(x) for x in flat):
         return None
-    rhs_leaves = [x if d is None else x.movedim(d, 0) for x, d in zip(flat[: system.n_rhs], in_dims)]
+    rhs_leaves = [
+        x if d is None else x.movedim(d, 0) for x, d in zip(flat[: system.n_rhs], in_dims)
+    ]
     n = sum(x[0].numel() if d is not None else x.numel() for x, d in zip(rhs_leaves, in_dims))
     if n > options.get("dense_max", DENSE_MAX):
         return None
@@ -313,7 +317,11 @@ def _batched_dense_solve(
         return None
     rhs = torch.cat(
         [
-            (x.reshape(batch_size, -1) if d is not None else x.reshape(1, -1).expand(batch_size, -1)).to(dtype)
+            (
+                x.reshape(batch_size, -1)
+                if d is not None
+                else x.reshape(1, -1).expand(batch_size, -1)
+            ).to(dtype)
             for x, d in zip(rhs_leaves, in_dims)
         ],
         dim=1,
