@@ -340,10 +340,20 @@ def test_closed_over_forward_mode_dual_is_refused():
             solver(torch.zeros(2), torch.ones(2))
 
 
-def test_second_order_through_custom_root_gives_clear_error(data):
+@pytest.mark.parametrize("solve", ["cg", "gmres", "dense", "auto"])
+def test_second_order_through_custom_root_matches_closed_form(data, solve):
+    """torch.func.hessian through the decorated solver (reverse over reverse and forward over
+    reverse) against the Hessian of the closed-form ridge solution."""
     X, y = data
-    solver = custom_root(grad(ridge_objective), solve="cg")(ridge_gradient_descent)
-    with pytest.raises(RuntimeError, match="second-order"):
-        torch.func.hessian(lambda lam: solver(torch.zeros(N_FEATURES), lam, X, y).sum())(
-            torch.tensor(1.0)
-        )
+    tight = functools.partial(bilevel.linalg.get_solver(solve), tol=1e-13)
+    solver = custom_root(grad(ridge_objective), solve=tight)(ridge_gradient_descent)
+    v = torch.randn(N_FEATURES)
+    lam = torch.tensor(1.3)
+    exact = torch.func.hessian(lambda l: ridge_closed_form(l, X, y) @ v)(lam)
+    implicit = lambda l: solver(torch.zeros(N_FEATURES), l, X, y) @ v  # noqa: E731
+    assert relative_error(torch.func.hessian(implicit)(lam), exact) <= 1e-8
+    assert relative_error(jacrev(jacrev(implicit))(lam), exact) <= 1e-8
+    lam_leaf = lam.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(implicit(lam_leaf), lam_leaf, create_graph=True)
+    (h,) = torch.autograd.grad(g, lam_leaf)
+    assert relative_error(h, exact) <= 1e-8

@@ -15,7 +15,7 @@ from bilevel.errors import ConvergenceWarning
 SETTINGS = settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-GENERAL = ["gmres", "bicgstab", "normal_cg", "dense"]
+GENERAL = ["gmres", "bicgstab", "normal_cg", "dense", "auto"]
 
 
 def spd_matrix(n: int, seed: int, cond: float) -> torch.Tensor:
@@ -50,7 +50,7 @@ def solve_and_check(name, A, b, tol, **kwargs):
     else:
         residual = true_residual(A, x, b, ridge)
         threshold = tol * float(torch.linalg.vector_norm(b))
-    assert info.solver == name
+    assert info.solver == name or info.solver.startswith(name + ":")
     assert abs(info.residual_norm - residual) <= 1e-8 * max(1.0, residual) + 1e-12
     if info.converged:
         assert residual <= threshold * (1 + 1e-6) + 1e-300
@@ -123,7 +123,9 @@ def test_neumann_is_the_truncated_series():
     torch.testing.assert_close(x, series, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", ["cg", "gmres", "bicgstab", "normal_cg", "neumann", "dense"])
+@pytest.mark.parametrize(
+    "name", ["cg", "gmres", "bicgstab", "normal_cg", "neumann", "dense", "auto"]
+)
 def test_zero_dimensional_system_gets_real_iterations(name):
     """TorchOpt's maxiter for 0-d tensors is 0 (silently zero gradients); ours is >= 50."""
     a, b = torch.tensor(4.0), torch.tensor(2.0)
@@ -196,3 +198,25 @@ def test_float32_default_tolerance_is_attainable():
     b = torch.randn(30, dtype=torch.float32)
     _x, info = la.cg(lambda v: A @ v, b)
     assert info.converged and info.threshold == pytest.approx(1e-5 * float(b.norm()), rel=1e-6)
+
+
+@SETTINGS
+@given(
+    n=st.integers(1, 40),
+    seed=st.integers(0, 10_000),
+    symmetric=st.booleans(),
+    dense_max=st.sampled_from([0, 256]),
+)
+def test_auto_both_branches(n, seed, symmetric, dense_max):
+    """auto's dense and Krylov branches: the residual property, and the branch it reports
+    matches the structure of A (Cholesky/CG for SPD, LU/GMRES otherwise)."""
+    A = spd_matrix(n, seed, 100.0) if symmetric else nonsymmetric_matrix(n, seed)
+    b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    x, info = solve_and_check("auto", A, b, tol=1e-10, dense_max=dense_max)
+    assert info.converged
+    expected = {(True, True): "cholesky", (True, False): "cg", (False, True): "lu"}
+    if n > 1 and (symmetric, dense_max > 0) in expected:
+        assert info.solver == "auto:" + expected[(symmetric, dense_max > 0)]
+    elif n > 1:
+        assert info.solver == "auto:gmres"
+    torch.testing.assert_close(x, torch.linalg.solve(A, b), rtol=1e-6, atol=1e-7)

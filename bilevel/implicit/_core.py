@@ -8,8 +8,17 @@ function theorem gives the Jacobian ``d x* / d theta = -A^{-1} B``, hence
   ``theta_bar = -B^T u``;
 * forward mode (JVP), for a tangent ``theta_dot``: solve ``A x_dot = -B theta_dot``.
 
-``A^T u`` and ``A v`` are vector-Jacobian / Jacobian-vector products of ``F`` computed by
-:mod:`torch.func`; ``A`` is never formed unless the ``dense`` solver is chosen.
+``A^T u`` and ``A v`` are vector-Jacobian products of ``F`` computed by :mod:`torch.func`
+on one linearisation of ``F`` per solve. The default solver, :func:`bilevel.linalg.auto`,
+forms ``A`` with one vmapped batch of products and factorises it (Cholesky or LU) when
+``n <= bilevel.linalg.DENSE_MAX``, and runs CG (symmetric ``A``) or GMRES above. Under
+:func:`torch.vmap` small systems are solved as one batched factorisation.
+
+Higher order: the linear solve is itself differentiable. With ``M`` the system matrix
+(``A`` or ``A^T``) and ``M u = r``, ``du = M^{-1} (dr - dM u)``; reverse mode solves
+``M^T z = u_bar`` and differentiates ``-<z, M u>`` in ``(x, theta)`` (a second derivative
+of ``F``), so Hessian-vector products of an outer objective through :func:`custom_root`
+are exact implicit derivatives.
 """
 
 from __future__ import annotations
@@ -26,13 +35,14 @@ import torch
 from torch.autograd import forward_ad
 
 from bilevel.errors import ClosureError, ConvergenceWarning, InaccurateRootError
-from bilevel.linalg import LinearSolver, get_solver
+from bilevel.linalg import DENSE_MAX, LinearSolver, auto, default_tol, factor_solve, get_solver
 from bilevel.tree import (
     PyTree,
     check_finite,
     check_same_structure,
     check_tensor_leaves,
     is_functorch_wrapped,
+    ravel,
     tree_flatten,
     tree_leaves,
     tree_map,
@@ -67,60 +77,306 @@ class _JacobianSystem:
 def _jacobian_matvec(
     optimality_fn: OptimalityFn, sol: PyTree, args: Sequence[PyTree], transpose: bool
 ) -> Callable[[PyTree], PyTree]:
-    """``u -> A^T u`` (``transpose=True``, one linearisation reused) or ``v -> A v``."""
+    """``u -> A^T u`` (``transpose=True``) or ``v -> A v``, one linearisation reused.
+
+    ``F`` is linearised once at ``sol`` (one :func:`torch.func.vjp` trace); ``A^T u`` is that
+    VJP. ``A v`` is the VJP of the (linear) map ``u -> A^T u``, itself traced once, so no
+    product re-traces ``F``.
+    """
 
     def f_of_sol(s: PyTree) -> PyTree:
         return optimality_fn(s, *args)
 
+    value, vjp_fn = torch.func.vjp(f_of_sol, sol)
+
+    def rmatvec(u: PyTree) -> PyTree:
+        return vjp_fn(u)[0]
+
     if transpose:
-        _, vjp_fn = torch.func.vjp(f_of_sol, sol)
-        return lambda u: vjp_fn(u)[0]
-    return lambda v: torch.func.jvp(f_of_sol, (sol,), (v,))[1]
+        return rmatvec
+    _, vjp_of_vjp = torch.func.vjp(rmatvec, tree_map(torch.zeros_like, value))
+    return lambda v: vjp_of_vjp(v)[0]
+
+
+def _bilinear_grad(
+    optimality_fn: OptimalityFn,
+    operands: tuple[PyTree, ...],
+    left: PyTree,
+    right: PyTree,
+    leaf_mask: Sequence[bool],
+) -> tuple[PyTree, ...]:
+    """``-grad_{(x, args)} <left, d_x F(x, *args) right>`` at ``operands = (sol, *args)``.
+
+    The derivative of a solve with respect to the matrix: for ``M u = v`` with ``M = A`` or
+    ``A^T``, ``d u = M^{-1} (dv - dM u)``, so the cotangent ``u_bar`` reaches ``(x, args)``
+    through ``-<z, dM u>`` with ``M^T z = u_bar``; ``<z, dA^T u> = <u, dA z>``.
+    """
+
+    def bilinear(s: PyTree, *a: PyTree) -> PyTree:
+        return torch.func.jvp(lambda x: optimality_fn(x, *a), (s,), (right,))[1]
+
+    return _negated_vjp(bilinear, operands, left, leaf_mask)
+
+
+def _negated_vjp(
+    fn: Callable[..., PyTree],
+    operands: tuple[PyTree, ...],
+    cotangent: PyTree,
+    leaf_mask: Sequence[bool] | None,
+) -> tuple[PyTree, ...]:
+    """``-(d fn / d operands)^T cotangent`` for the floating leaves of ``operands`` (``None``
+    for the others), one pytree per operand."""
+    restricted, leaves, rebuild = _floating_view(fn, operands, leaf_mask=leaf_mask)
+    if not leaves:
+        return rebuild([])
+    _, vjp_fn = torch.func.vjp(restricted, *leaves)
+    return rebuild([torch.neg(g) for g in vjp_fn(cotangent)])
+
+
+def _operator_tangent(
+    optimality_fn: OptimalityFn,
+    operands: tuple[PyTree, ...],
+    tangents: tuple[PyTree, ...],
+    vector: PyTree,
+    transpose: bool,
+    leaf_mask: Sequence[bool],
+) -> PyTree:
+    """``dA^T vector`` (``transpose``) or ``dA vector`` along the tangents of ``(x, *args)``."""
+
+    def applied(s: PyTree, *a: PyTree) -> PyTree:
+        def f(x: PyTree) -> PyTree:
+            return optimality_fn(x, *a)
+
+        if transpose:
+            return torch.func.vjp(f, s)[1](vector)[0]
+        return torch.func.jvp(f, (s,), (vector,))[1]
+
+    fn, leaves, _ = _floating_view(applied, operands, leaf_mask=leaf_mask)
+    _, float_tangents, _ = _floating_view(
+        lambda *a: None, tangents, like=operands, leaf_mask=leaf_mask
+    )
+    return torch.func.jvp(fn, tuple(leaves), tuple(float_tangents))[1]
 
 
 class _SolveJacobianSystem(torch.autograd.Function):
-    """Solve the Jacobian system; a custom vmap rule loops over the batch.
+    """Solve ``A u = rhs`` or ``A^T u = rhs``, differentiably (so custom_root has 2nd order).
 
-    Iterative solvers stop on data-dependent tests (``residual <= tol``) that cannot run on
-    batched tensors, so under :func:`torch.vmap` (which :func:`torch.func.jacrev` and
-    :func:`torch.func.jacfwd` use) each batch element is solved on its own.
+    Derivatives: ``d u = M^{-1} (d rhs - dM u)`` with ``M`` the system matrix (``A`` or
+    ``A^T``). Reverse mode solves the other system ``M^T z = u_bar`` (``rhs_bar = z``) and
+    differentiates ``-<z, M u>`` in ``(x, args)`` (:func:`_bilinear_grad`); forward mode
+    solves ``M u_dot = rhs_dot - dM u``. Both go through this function again, so any order
+    works. Under :func:`torch.vmap` the batch is one batched dense solve when the solver is
+    :func:`bilevel.linalg.auto` and the system is small, else a loop over the batch (Krylov
+    solvers stop on data-dependent tests).
     """
 
     @staticmethod
     def forward(system: _JacobianSystem, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
-        sol = tree_unflatten(
-            list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec
-        )
-        args = tree_unflatten(list(flat[system.n_rhs + system.n_sol :]), system.args_spec)
+        rhs, sol, args = _split(system, flat)
         matvec = _jacobian_matvec(system.optimality_fn, sol, args, system.transpose)
         out, _info = system.solve(matvec, rhs)
         return tuple(tree_leaves(out))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-        pass
+        system: _JacobianSystem = inputs[0]
+        ctx.system = system
+        operands = inputs[1 + system.n_rhs :]
+        ctx.save_for_backward(*output, *operands)
+        ctx.save_for_forward(*output, *operands)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
-        raise RuntimeError(
-            "bilevel: differentiating the implicit-differentiation linear solve itself "
-            "(second-order derivatives through custom_root) is not supported."
+    def _saved(ctx: Any) -> tuple[PyTree, PyTree, tuple[PyTree, ...]]:
+        system: _JacobianSystem = ctx.system
+        saved = ctx.saved_tensors
+        out = tree_unflatten(list(saved[: system.n_rhs]), system.rhs_spec)
+        _, sol, args = _split(system, saved)
+        return out, sol, args
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> Any:
+        system: _JacobianSystem = ctx.system
+        out, sol, args = _SolveJacobianSystem._saved(ctx)
+        out_leaves = tree_leaves(out)
+        cot = tree_unflatten(
+            [torch.zeros_like(o) if g is None else g for o, g in zip(out_leaves, grads)],
+            system.rhs_spec,
         )
+        z = _solve_jacobian_system(
+            system.optimality_fn, sol, args, cot, system.solve, transpose=not system.transpose
+        )
+        needs = ctx.needs_input_grad[1 + system.n_rhs :]
+        if any(needs):
+            left, right = (out, z) if system.transpose else (z, out)
+            op_grads, _ = tree_flatten(
+                _bilinear_grad(system.optimality_fn, (sol, *args), left, right, needs)
+            )
+        else:
+            op_grads = [None] * len(needs)
+        return (None, *tree_leaves(z), *op_grads)
 
     @staticmethod
     def jvp(ctx: Any, *tangents: torch.Tensor | None) -> Any:
-        return _SolveJacobianSystem.backward(ctx)
+        system: _JacobianSystem = ctx.system
+        out, sol, args = _SolveJacobianSystem._saved(ctx)
+        rhs_t = tangents[1 : 1 + system.n_rhs]
+        op_t = tangents[1 + system.n_rhs :]
+        rhs_dot = tree_unflatten(
+            [torch.zeros_like(o) if t is None else t for o, t in zip(tree_leaves(out), rhs_t)],
+            system.rhs_spec,
+        )
+        has_tangent = [t is not None for t in op_t]
+        if any(has_tangent):
+            operands = (sol, *args)
+            op_leaves = tree_leaves(operands)
+            filled = [torch.zeros_like(x) if t is None else t for x, t in zip(op_leaves, op_t)]
+            _, op_spec = tree_flatten(operands)
+            dm_out = _operator_tangent(
+                system.optimality_fn,
+                operands,
+                tuple(tree_unflatten(filled, op_spec)),
+                out,
+                system.transpose,
+                has_tangent,
+            )
+            rhs_dot = tree_sub(rhs_dot, dm_out)
+        out_dot = _solve_jacobian_system(
+            system.optimality_fn, sol, args, rhs_dot, system.solve, system.transpose
+        )
+        return tuple(tree_leaves(out_dot))
 
     @staticmethod
     def vmap(
         info: Any, in_dims: tuple[Any, ...], system: _JacobianSystem, *flat: torch.Tensor
     ) -> Any:
+        batched = _batched_dense_solve(system, flat, in_dims[1:], info.batch_size)
+        if batched is not None:
+            return batched
         results = [
             _SolveJacobianSystem.apply(system, *_select(flat, in_dims[1:], i))
             for i in range(info.batch_size)
         ]
         return _stack(results)
+
+
+def _split(
+    system: _JacobianSystem, flat: Sequence[torch.Tensor]
+) -> tuple[PyTree, PyTree, tuple[PyTree, ...]]:
+    rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
+    sol = tree_unflatten(list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec)
+    args = tree_unflatten(list(flat[system.n_rhs + system.n_sol :]), system.args_spec)
+    return rhs, sol, tuple(args)
+
+
+_AUTO_BATCH_OPTIONS = {"tol", "atol", "ridge", "dense_max", "warn", "maxiter", "init"}
+
+
+def _auto_options(solve: LinearSolver) -> dict[str, Any] | None:
+    """The keywords of ``solve`` if it is :func:`bilevel.linalg.auto` (or a partial of it)."""
+    if solve is auto:
+        return {}
+    if (
+        isinstance(solve, functools.partial)
+        and solve.func is auto
+        and not solve.args
+        and set(solve.keywords) <= _AUTO_BATCH_OPTIONS
+        and solve.keywords.get("init") is None
+    ):
+        return dict(solve.keywords)
+    return None
+
+
+def _under_outer_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is still batched by an enclosing :func:`torch.vmap` (nested vmaps, e.g.
+    ``vmap(jacrev(...))``): data-dependent tests cannot run on it, the loop handles it."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(x):
+        if functorch.is_batchedtensor(x):
+            return True
+        x = functorch.get_unwrapped(x)
+    return False
+
+
+def _batched_dense_solve(
+    system: _JacobianSystem,
+    flat: Sequence[torch.Tensor],
+    in_dims: Sequence[int | None],
+    batch_size: int,
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]] | None:
+    """One batched factorisation for a vmapped small system solved by ``auto``; ``None``
+    when not applicable or when some element misses the tolerance (the caller then loops,
+    so that every element gets the solver's own fallback and warnings)."""
+    options = _auto_options(system.solve)
+    if options is None or any(_under_outer_vmap(x) for x in flat):
+        return None
+    rhs_leaves = [
+        x if d is None else x.movedim(d, 0) for x, d in zip(flat[: system.n_rhs], in_dims)
+    ]
+    n = sum(x[0].numel() if d is not None else x.numel() for x, d in zip(rhs_leaves, in_dims))
+    if n > options.get("dense_max", DENSE_MAX):
+        return None
+    dtype = functools.reduce(torch.promote_types, [x.dtype for x in rhs_leaves])
+    if not dtype.is_floating_point and not dtype.is_complex:
+        return None
+    rhs = torch.cat(
+        [
+            (
+                x.reshape(batch_size, -1)
+                if d is not None
+                else x.reshape(1, -1).expand(batch_size, -1)
+            ).to(dtype)
+            for x, d in zip(rhs_leaves, in_dims)
+        ],
+        dim=1,
+    )
+    op_dims = tuple(in_dims[system.n_rhs :])
+    ops = flat[system.n_rhs :]
+    eye = torch.eye(n, dtype=dtype, device=rhs.device)
+
+    def matrix(*operands: torch.Tensor) -> torch.Tensor:
+        _, sol, args = _split(system, (*[None] * system.n_rhs, *operands))
+        matvec = _jacobian_matvec(system.optimality_fn, sol, args, system.transpose)
+        template = tree_unflatten(
+            [x[0] if d is not None else x for x, d in zip(rhs_leaves, in_dims)], system.rhs_spec
+        )
+        _, raveler = ravel(template)
+        return torch.vmap(raveler.linear_map(matvec))(eye).mT
+
+    try:
+        if any(d is not None for d in op_dims):
+            mats = torch.vmap(matrix, in_dims=op_dims)(*ops)
+        else:
+            mats = matrix(*ops)
+    except RuntimeError:
+        return None
+    ridge = float(options.get("ridge", 0.0))
+    if ridge:
+        mats = mats + ridge * eye
+    if not bool(torch.isfinite(mats).all()):
+        return None
+    try:
+        if mats.dim() == 2:
+            x = factor_solve(mats, rhs.T)[0].T
+            residual = rhs - x @ mats.T
+        else:
+            x = factor_solve(mats, rhs.unsqueeze(-1))[0].squeeze(-1)
+            residual = rhs - (mats @ x.unsqueeze(-1)).squeeze(-1)
+    except torch.linalg.LinAlgError:
+        return None
+    tol = options.get("tol")
+    tol = default_tol(dtype) if tol is None else tol
+    threshold = torch.clamp(
+        tol * torch.linalg.vector_norm(rhs, dim=1), min=float(options.get("atol", 0.0))
+    )
+    if not bool((torch.linalg.vector_norm(residual, dim=1) <= threshold).all()):
+        return None
+    outs, offset = [], 0
+    for leaf, d in zip(rhs_leaves, in_dims):
+        shape = leaf.shape[1:] if d is not None else leaf.shape
+        size = math.prod(shape)
+        outs.append(x[:, offset : offset + size].reshape(batch_size, *shape).to(leaf.dtype))
+        offset += size
+    return tuple(outs), (0,) * len(outs)
 
 
 def _select(flat: Sequence[Any], in_dims: Sequence[int | None], i: int) -> list[Any]:
@@ -156,7 +412,7 @@ def _solve_jacobian_system(
         n_sol=len(sol_leaves),
     )
     out = _SolveJacobianSystem.apply(system, *rhs_leaves, *sol_leaves, *args_leaves)
-    return tree_unflatten(list(out), sol_spec)
+    return tree_unflatten(list(out), rhs_spec)
 
 
 def _is_differentiable(x: torch.Tensor) -> bool:
@@ -206,7 +462,7 @@ def root_vjp(
     sol: PyTree,
     args: Sequence[PyTree],
     cotangent: PyTree,
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     *,
     leaf_mask: Sequence[bool] | None = None,
 ) -> tuple[PyTree, ...]:
@@ -239,13 +495,7 @@ def root_vjp(
     args = tuple(args)
     solve_fn = get_solver(solve)
     u = _solve_jacobian_system(optimality_fn, sol, args, cotangent, solve_fn, transpose=True)
-    fn, float_leaves, rebuild = _floating_view(
-        lambda *a: optimality_fn(sol, *a), args, leaf_mask=leaf_mask
-    )
-    if not float_leaves:
-        return rebuild([])
-    _, vjp_fn = torch.func.vjp(fn, *float_leaves)
-    return rebuild([torch.neg(g) for g in vjp_fn(u)])
+    return _negated_vjp(lambda *a: optimality_fn(sol, *a), args, u, leaf_mask)
 
 
 def root_jvp(
@@ -253,7 +503,7 @@ def root_jvp(
     sol: PyTree,
     args: Sequence[PyTree],
     tangents: Sequence[PyTree],
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     *,
     leaf_mask: Sequence[bool] | None = None,
 ) -> PyTree:
@@ -406,6 +656,9 @@ class _ImplicitRoot(torch.autograd.Function):
     def vmap(
         info: Any, in_dims: tuple[Any, ...], problem: _RootProblem, *flat: torch.Tensor
     ) -> Any:
+        batched = _vmapped_solver(problem, flat, in_dims[1:])
+        if batched is not None:
+            return batched
         results = [
             _ImplicitRoot.apply(problem, *_select(flat, in_dims[1:], i))
             for i in range(info.batch_size)
@@ -442,6 +695,62 @@ def _check_residual(
         raise InaccurateRootError(message)
     if problem.on_inaccurate == "warn":
         warnings.warn(message, ConvergenceWarning, stacklevel=5)
+
+
+def _vmapped_solver(
+    problem: _RootProblem, flat: Sequence[torch.Tensor], in_dims: Sequence[int | None]
+) -> tuple[tuple[torch.Tensor, ...], tuple[int, ...]] | None:
+    """Run the solver once under :func:`torch.vmap` for the whole batch.
+
+    ``None`` (the caller loops over the batch, as for any solver) when the solver cannot be
+    vmapped: data-dependent control flow such as a convergence test, randomness, or any
+    other error (the loop then reproduces a genuine error). Solvers with ``has_aux`` always
+    loop (their non-tensor aux is one value per element).
+    """
+    if problem.has_aux or any(_under_outer_vmap(x) for x in flat):
+        return None
+    flat = tuple(x.detach() for x in flat)
+    spec: list[Any] = []
+
+    def run(*leaves: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        init = tree_unflatten(list(leaves[: problem.n_init]), problem.init_spec)
+        args = tree_unflatten(list(leaves[problem.n_init :]), problem.args_spec)
+        with torch.enable_grad():
+            sol = problem.solver(init, *args)
+        check_tensor_leaves(sol, "custom_root: solution returned by the solver")
+        check_same_structure(init, sol, "init", "the solution returned by the solver")
+        out, sol_spec = tree_flatten(sol)
+        spec.append(sol_spec)
+        return tuple(x.detach() for x in out)
+
+    init = tree_unflatten(list(flat[: problem.n_init]), problem.init_spec)
+    args = tree_unflatten(list(flat[problem.n_init :]), problem.args_spec)
+    check_finite(init, "custom_root: init")
+    for i, a in enumerate(args):
+        check_finite(a, f"custom_root: argument {i + 1}")
+    try:
+        out = torch.vmap(run, in_dims=tuple(in_dims), randomness="error")(*flat)
+    except Exception:  # noqa: BLE001 - the per-element loop reruns and reports real errors
+        return None
+    for x in out:
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(
+                "custom_root: the solver returned a solution with NaN or inf entries"
+            )
+    if problem.residual_tol is not None:  # the root check, element by element
+        for i in range(out[0].shape[0]):
+            element = _select(flat, in_dims, i)
+            init_i = tree_unflatten(list(element[: problem.n_init]), problem.init_spec)
+            args_i = tree_unflatten(list(element[problem.n_init :]), problem.args_spec)
+            _check_residual(problem, init_i, tree_unflatten([x[i] for x in out], spec[0]), args_i)
+    inputs = {id(x) for x in flat}
+    out = tuple(x.clone() if id(x) in inputs else x for x in out)
+    problem.n_sol = len(out)
+    problem.sol_spec = spec[0]
+    problem.aux_spec = tree_flatten(None)[1]
+    problem.aux_tensor_mask = ()
+    problem.aux_static.append([])
+    return out, (0,) * len(out)
 
 
 def _check_closure(
@@ -500,7 +809,7 @@ def _bind_positional(
 
 def custom_root(
     optimality_fn: OptimalityFn,
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     has_aux: bool = False,
     check_closure: bool = True,
     residual_tol: float | None = 1e-3,
@@ -532,8 +841,9 @@ def custom_root(
     solve:
         Linear solver for the systems with ``A = d_x F`` (name in :data:`bilevel.linalg.SOLVERS`
         or a callable ``solve(matvec, b) -> (x, info)``, e.g.
-        ``functools.partial(bilevel.linalg.cg, tol=1e-12)``). ``"gmres"`` works for any
-        non-singular ``A``; prefer ``"cg"`` when ``A`` is symmetric positive definite.
+        ``functools.partial(bilevel.linalg.cg, tol=1e-12)``). The default ``"auto"`` factorises
+        small ``A`` densely and picks CG or GMRES above :data:`bilevel.linalg.DENSE_MAX`
+        (see :func:`bilevel.linalg.auto`).
     has_aux:
         The solver returns ``(sol, aux)``; ``aux`` is returned as is and not differentiated.
         Under :func:`torch.vmap`, non-tensor leaves of ``aux`` become lists over the batch.
@@ -556,7 +866,9 @@ def custom_root(
     Notes
     -----
     The gradient with respect to ``init`` is zero (the solution does not depend on it).
-    Second-order derivatives through the decorated solver are not supported. The implicit
+    Second and higher derivatives (``torch.func.hessian``, Hessian-vector products of an
+    outer objective, ``create_graph=True``) are supported: the backward linear solve is
+    differentiated implicitly too (see the module docstring). The implicit
     gradient is that of the exact root: a residual ``r`` at the returned point perturbs it
     by about ``||A^{-1}|| r``, which is why the root is checked.
     """
@@ -624,7 +936,7 @@ def custom_root(
 
 def custom_fixed_point(
     fixed_point_fn: Callable[..., PyTree],
-    solve: str | LinearSolver = "gmres",
+    solve: str | LinearSolver = "auto",
     has_aux: bool = False,
     check_closure: bool = True,
     residual_tol: float | None = 1e-3,

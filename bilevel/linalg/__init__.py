@@ -13,6 +13,9 @@ solver         for                                             cost per iteratio
 ``bicgstab``   any non-singular ``A``, short recurrences        2 matvecs
 ``neumann``    ``rho(I - alpha A) < 1`` (e.g. SPD, small alpha) 1 matvec
 ``dense``      small ``n``: forms ``A`` and factorises it       ``n`` matvecs, once
+``auto``       the default: ``dense`` (Cholesky/LU) for         one batch of ``n``
+               ``n <= DENSE_MAX``, else ``cg`` (symmetric ``A``)  matvecs, or as cg/gmres
+               or ``gmres``
 =============  ==============================================  ========================
 
 :func:`lanczos` estimates the extreme eigenvalues of a symmetric ``A`` (smoothness and
@@ -22,15 +25,19 @@ strong-convexity constants, negative-curvature checks) from a few matrix-vector 
 from __future__ import annotations
 
 from bilevel.linalg._solvers import (
+    DENSE_MAX,
     SOLVERS,
     LinearSolveInfo,
     LinearSolver,
+    auto,
     bicgstab,
     cg,
     default_tol,
     dense,
+    factor_solve,
     get_solver,
     gmres,
+    is_symmetric,
     materialize,
     neumann,
     normal_cg,
@@ -38,18 +45,22 @@ from bilevel.linalg._solvers import (
 from bilevel.linalg._spectrum import Spectrum, hessian_matvec, hessian_spectrum, lanczos
 
 __all__ = [
+    "DENSE_MAX",
     "SOLVERS",
     "LinearSolveInfo",
     "LinearSolver",
     "Spectrum",
+    "auto",
     "bicgstab",
     "cg",
     "default_tol",
     "dense",
+    "factor_solve",
     "get_solver",
     "gmres",
     "hessian_matvec",
     "hessian_spectrum",
+    "is_symmetric",
     "lanczos",
     "materialize",
     "neumann",

@@ -22,6 +22,7 @@ algorithms below are written for vectors.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Literal, Protocol
 import torch
 
 from bilevel.errors import ConvergenceWarning, NonFiniteError
-from bilevel.tree import PyTree, check_tensor_leaves, ravel, tree_axpy
+from bilevel.tree import PyTree, check_tensor_leaves, ravel, tree_axpy, tree_leaves
 
 Vector = torch.Tensor
 Matvec = Callable[[PyTree], PyTree]
@@ -522,6 +523,44 @@ def materialize(matvec: Callable[[Vector], Vector], n: int, like: Vector) -> tor
     return columns.T
 
 
+def is_symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    """Whether each (batched) square ``matrix`` equals its conjugate transpose to rounding.
+
+    The test is ``max |M - M^H| <= 64 * eps * max |M|`` per matrix (a boolean tensor over the
+    batch dimensions): autodiff Hessians are symmetric up to a few ulps of their largest entry.
+    """
+    eps = torch.finfo(matrix.dtype).eps
+    scale = matrix.abs().amax(dim=(-2, -1))
+    return (matrix - matrix.mH).abs().amax(dim=(-2, -1)) <= 64 * eps * scale
+
+
+def factor_solve(
+    matrix: torch.Tensor, rhs: torch.Tensor, assume: Literal["auto", "general", "spd"] = "auto"
+) -> tuple[torch.Tensor, str]:
+    """Solve ``matrix @ x = rhs`` by a dense factorisation, batched over leading dimensions.
+
+    ``matrix`` is ``(..., n, n)`` and ``rhs`` ``(..., n, k)``. Cholesky (``A = L L^H``,
+    ``n^3 / 3`` flops) is used when every matrix is positive definite and, for
+    ``assume="auto"``, symmetric to rounding (:func:`is_symmetric`); otherwise LU with
+    partial pivoting (``2 n^3 / 3``). Returns ``(x, "cholesky" | "lu")``. A singular matrix
+    raises :class:`torch.linalg.LinAlgError`.
+    """
+    if assume not in ("auto", "general", "spd"):
+        raise ValueError(f"assume must be 'auto', 'general' or 'spd', got {assume!r}")
+    if assume == "spd" or (assume == "auto" and bool(is_symmetric(matrix).all())):
+        chol, status = torch.linalg.cholesky_ex(matrix)
+        if not bool(status.any()):
+            return torch.cholesky_solve(rhs, chol), "cholesky"
+    lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
+    if bool(status.any()):
+        n = matrix.shape[-1]
+        raise torch.linalg.LinAlgError(
+            f"the {n}x{n} matrix is singular (zero pivot {int(status.max())}); "
+            "the implicit function theorem needs a non-singular Jacobian: add a ridge."
+        )
+    return torch.linalg.lu_solve(lu, pivots, rhs), "lu"
+
+
 def dense(
     matvec: Matvec,
     b: PyTree,
@@ -548,24 +587,99 @@ def dense(
     prob = _prepare("dense", matvec, b, init, tol, atol, None, ridge, None)
     if assume not in ("general", "spd"):
         raise ValueError(f"dense: assume must be 'general' or 'spd', got {assume!r}")
-    n = prob.b.numel()
-    matrix = materialize(prob.matvec, n, prob.b)
+    matrix = materialize(prob.matvec, prob.b.numel(), prob.b)
     if not bool(torch.isfinite(matrix).all()):
         raise ValueError("dense: the linear operator produced NaN or inf entries")
-    x = None
-    if assume == "spd":
-        chol, status = torch.linalg.cholesky_ex(matrix)
-        if int(status) == 0:
-            x = torch.cholesky_solve(prob.b.unsqueeze(1), chol).squeeze(1)
-    if x is None:
-        lu, pivots, status = torch.linalg.lu_factor_ex(matrix)
-        if int(status) != 0:
-            raise torch.linalg.LinAlgError(
-                f"dense: the {n}x{n} matrix is singular (zero pivot {int(status)}); "
-                "the implicit function theorem needs a non-singular Jacobian: add a ridge."
-            )
-        x = torch.linalg.lu_solve(lu, pivots, prob.b.unsqueeze(1)).squeeze(1)
-    return _finish(prob, x, 1, "", warn)
+    try:
+        x, _ = factor_solve(matrix, prob.b.unsqueeze(1), assume=assume)
+    except torch.linalg.LinAlgError as exc:
+        raise torch.linalg.LinAlgError(f"dense: {exc}") from None
+    return _finish(prob, x.squeeze(1), 1, "", warn)
+
+
+#: Largest system size ``n`` that :func:`auto` solves densely (measured crossover, see
+#: ``benchmarks/README.md``, section ``core_speed.py``).
+DENSE_MAX = 256
+
+
+def _probe_symmetric(mv: Callable[[Vector], Vector], like: Vector) -> bool:
+    """``<s, A r> == <A s, r>`` to ``sqrt(eps)`` for two fixed pseudo-random vectors.
+
+    For a non-symmetric ``A`` the two sides differ by ``s^T (A - A^T) r``, a non-zero
+    quadratic form of random vectors, so equality to this tolerance does not happen by
+    chance; a symmetric ``A`` computed by autodiff agrees to rounding.
+    """
+    gen = torch.Generator(device=like.device).manual_seed(0)
+    r = torch.randn(like.shape, generator=gen, dtype=like.dtype, device=like.device)
+    s = torch.randn(like.shape, generator=gen, dtype=like.dtype, device=like.device)
+    ar, as_ = mv(r), mv(s)
+    lhs, rhs = torch.vdot(s, ar), torch.vdot(as_, r)
+    scale = torch.linalg.vector_norm(ar) * torch.linalg.vector_norm(s) + torch.linalg.vector_norm(
+        as_
+    ) * torch.linalg.vector_norm(r)
+    tol = math.sqrt(torch.finfo(like.dtype).eps)
+    return bool((lhs - rhs).abs() <= tol * scale)
+
+
+def auto(
+    matvec: Matvec,
+    b: PyTree,
+    *,
+    init: PyTree | None = None,
+    tol: float | None = None,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    ridge: float = 0.0,
+    preconditioner: Matvec | None = None,
+    dense_max: int = DENSE_MAX,
+    warn: bool = True,
+) -> tuple[PyTree, LinearSolveInfo]:
+    """Pick the algorithm from the size and structure of ``A`` (the default everywhere).
+
+    * ``n <= dense_max`` and no preconditioner: form ``M = A + ridge I`` with one vmapped
+      batch of ``n`` products (:func:`materialize`) and factorise it (:func:`factor_solve`:
+      Cholesky if ``M`` is symmetric to rounding and positive definite, LU otherwise). The
+      residual ``||b - M x||`` is checked as for every solver; if the factorisation fails
+      (singular ``M``) or misses the tolerance, the Krylov branch below runs instead.
+    * otherwise: :func:`cg` when a two-vector probe finds ``A`` symmetric
+      (``<s, A r> = <A s, r>``), falling back to :func:`gmres` if CG breaks down or does not
+      converge; :func:`gmres` for non-symmetric ``A``.
+
+    The crossover ``dense_max`` is measured (``benchmarks/core_speed.py``): below it one
+    batched product and an ``O(n^3)`` factorisation beat tens of sequential products.
+    ``info.solver`` names the branch taken: ``"auto:cholesky"``, ``"auto:lu"``,
+    ``"auto:cg"`` or ``"auto:gmres"``.
+    """
+    check_tensor_leaves(b, "auto: right-hand side b")
+    n = sum(leaf.numel() for leaf in tree_leaves(b))
+    if int(dense_max) < 0:
+        raise ValueError(f"auto: dense_max must be >= 0, got {dense_max}")
+    prob = _prepare("auto", matvec, b, init, tol, atol, maxiter, ridge, preconditioner)
+    symmetric: bool | None = None
+    if n <= dense_max and preconditioner is None:
+        matrix = materialize(prob.matvec, n, prob.b)
+        if bool(torch.isfinite(matrix).all()):
+            symmetric = bool(is_symmetric(matrix))
+            try:
+                x, method = factor_solve(matrix, prob.b.unsqueeze(1))
+            except torch.linalg.LinAlgError:
+                method = ""
+            if method:
+                x = x.squeeze(1)
+                residual = _norm(prob.b - matrix @ x)
+                if residual <= prob.threshold:
+                    prob.name = f"auto:{method}"
+                    return _finish(prob, x, 1, "", warn, residual=residual)
+    if symmetric is None:
+        symmetric = _probe_symmetric(prob.matvec, prob.b)
+    options = {"init": init, "tol": tol, "atol": atol, "maxiter": maxiter, "ridge": ridge}
+    options["preconditioner"] = preconditioner
+    if symmetric:
+        x, info = cg(matvec, b, warn=False, **options)
+        if info.converged:
+            return x, dataclasses.replace(info, solver="auto:cg")
+    x, info = gmres(matvec, b, warn=warn, **options)
+    return x, dataclasses.replace(info, solver="auto:gmres")
 
 
 SOLVERS: dict[str, LinearSolver] = {
@@ -575,6 +689,7 @@ SOLVERS: dict[str, LinearSolver] = {
     "bicgstab": bicgstab,
     "neumann": neumann,
     "dense": dense,
+    "auto": auto,
 }
 
 

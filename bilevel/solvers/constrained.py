@@ -47,7 +47,7 @@ class AugmentedLagrangian(IterativeSolver):
     rho_growth: float = 10.0
     rho_max: float = 1e8
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="AugmentedLagrangian", init=False)
 
     def optimality_fn(self) -> Callable[..., Any]:

@@ -138,7 +138,7 @@ class GradientDescent(IterativeSolver):
         Nesterov momentum with adaptive restart.
     implicit_diff, linear_solve:
         Differentiate by the implicit function theorem on ``grad_x f = 0`` with this linear
-        solver (``"cg"``: the Hessian is symmetric), or by unrolling (``implicit_diff=False``).
+        solver (default ``"auto"``: dense Cholesky for small problems, CG above), or by unrolling (``implicit_diff=False``).
     escape_saddles:
         At a stationary point the Hessian is checked by Lanczos (20 Hessian-vector
         products, :mod:`bilevel.solvers._curvature`); negative curvature is escaped (a
@@ -154,7 +154,7 @@ class GradientDescent(IterativeSolver):
     tol: float | None = None
     acceleration: bool = True
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "cg"
+    linear_solve: str | LinearSolver = "auto"
     escape_saddles: bool = True
     name: str = field(default="GradientDescent", init=False)
 
@@ -261,7 +261,7 @@ class ProjectedGradient(_ForwardBackward):
     tol: float | None = None
     acceleration: bool = True
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="ProjectedGradient", init=False)
 
     def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
@@ -286,7 +286,7 @@ class ProximalGradient(_ForwardBackward):
     tol: float | None = None
     acceleration: bool = True
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="ProximalGradient", init=False)
 
     def _prox(self, y: PyTree, hyperparams: Any, scaling: float) -> PyTree:
@@ -309,7 +309,7 @@ class MirrorDescent(IterativeSolver):
     maxiter: int = 5000
     tol: float | None = None
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "gmres"
+    linear_solve: str | LinearSolver = "auto"
     name: str = field(default="MirrorDescent", init=False)
 
     def __post_init__(self) -> None:
@@ -349,7 +349,7 @@ class LBFGS(IterativeSolver):
     ``||grad f||_2 <= tol``; if the line search stalls first (no representable decrease), it
     restarts with a fresh history, at most ``restarts`` times within ``maxiter``.
     Differentiable by implicit differentiation only (SciPy is not differentiable), through
-    ``grad_x f = 0`` with the ``"cg"`` solver on the Hessian by default. At a stationary
+    ``grad_x f = 0`` with the ``"auto"`` solver on the Hessian by default. At a stationary
     point the curvature is checked and negative curvature escaped or reported, as in
     :class:`GradientDescent` (``escape_saddles``).
     """
@@ -360,7 +360,7 @@ class LBFGS(IterativeSolver):
     history_size: int = 20
     restarts: int = 3
     implicit_diff: bool = True
-    linear_solve: str | LinearSolver = "cg"
+    linear_solve: str | LinearSolver = "auto"
     escape_saddles: bool = True
     name: str = field(default="LBFGS", init=False)
 
