@@ -6,7 +6,14 @@ Non-convergence is never silent: iterative routines emit :class:`ConvergenceWarn
 
 from __future__ import annotations
 
-__all__ = ["BilevelError", "ClosureError", "ConvergenceWarning", "InaccurateRootError"]
+__all__ = [
+    "BilevelError",
+    "ClosureError",
+    "ConvergenceWarning",
+    "DivergenceError",
+    "InaccurateRootError",
+    "NonFiniteError",
+]
 
 
 class ConvergenceWarning(UserWarning):
