@@ -343,3 +343,20 @@ def test_bad_input_and_parameters():
         warnings.simplefilter("error")
         est = TopoSearch().fit(X[:, :1])  # one node: nothing to search
     assert est.order_.tolist() == [0] and est.adjacency_.shape == (1, 1)
+
+
+def test_acyclicity_gradient_stays_finite_when_path_sums_overflow():
+    # a chain of weight 5 over 500 nodes: the path sums of (I - A)^{-1} reach 5^499 and
+    # overflow at s = 1; the ranking matrix must stay finite with the cycle pattern intact
+    rng = np.random.default_rng(0)
+    d = 500
+    A = np.diag(np.full(d - 1, 5.0), 1)
+    A += np.triu(rng.uniform(0.5, 2.0, (d, d)) * (rng.random((d, d)) < 1.0 / d), 2)
+    perm = rng.permutation(d)
+    A = A[perm][:, perm]
+    with np.errstate(over="ignore", invalid="ignore"):
+        G = TopoSearch()._grad_h(A)
+    assert np.all(np.isfinite(G))
+    reach = nx.to_numpy_array(nx.transitive_closure_dag(nx.DiGraph(A)), nodelist=range(d)) > 0
+    expected = reach.T | np.eye(d, dtype=bool)  # G_ij > 0 iff a path j -> i (or i == j)
+    assert np.array_equal(G > 0, expected)
