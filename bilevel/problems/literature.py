@@ -21,12 +21,16 @@ is an empty tensor).
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any
 
 import torch
 
 from bilevel.problem import BilevelProblem
+from bilevel.problems._expr import Expression, ExpressionRows
 
 __all__ = ["LITERATURE", "LiteratureProblem", "literature_problem"]
 
@@ -71,6 +75,10 @@ class LiteratureProblem:
         Only where the listed ``F_star`` is not the optimal value of the bilevel program
         (e.g. its listed point is not lower-level optimal): the optimal value established
         in ``note`` by a closed-form reduction or brute force.
+    tags:
+        Keywords to select problems by: the source's class (BASBLib's ``"LP-QP"``, ...,
+        BOLIB's ``"linear"`` or ``"nonlinear"``) and ``"starts_infeasible"`` where
+        :meth:`start` violates a constraint row or a bound.
     """
 
     name: str
@@ -92,6 +100,7 @@ class LiteratureProblem:
     note: str = ""
     F_verified: float | None = None
     y0: tuple[float, ...] | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def F_reference(self) -> float:
@@ -1435,3 +1444,67 @@ def literature_problem(name: str) -> LiteratureProblem:
         raise KeyError(
             f"unknown literature problem {name!r}; choose one of {sorted(LITERATURE)}"
         ) from None
+
+
+_FIELDS = {f.name for f in fields(LiteratureProblem)}
+_REQUIRED = {"name", "citation", "n_x", "n_y", "upper", "lower", "F_star"}
+_SENSES = {"<= 0": 1, ">= 0": -1}
+
+
+def _tuple(value: list[float] | None) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
+
+
+def _entry(row: dict[str, Any], sign: int) -> LiteratureProblem:
+    """One ``[[problem]]`` table of a problem file as a :class:`LiteratureProblem`."""
+    name = row.get("name", "?")
+    unknown = set(row) - _FIELDS
+    missing = _REQUIRED - set(row)
+    if unknown or missing:
+        raise ValueError(
+            f"problem {name!r}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}"
+        )
+    n_x, n_y = row["n_x"], row["n_y"]
+    kw: dict[str, Any] = dict(row)
+    try:
+        for key in ("upper", "lower"):
+            kw[key] = Expression(row[key], n_x, n_y)
+        for key in ("upper_ineq", "lower_ineq"):
+            if key in row:
+                kw[key] = ExpressionRows(tuple(row[key]), n_x, n_y, sign)
+    except ValueError as err:
+        raise ValueError(f"problem {name!r}, {key}: {err}") from None
+    for key in ("x_bounds", "y_bounds"):
+        if key in row:
+            kw[key] = (_tuple(row[key][0]), _tuple(row[key][1]))
+    for key in ("x_star", "y_star", "x0", "y0"):
+        kw[key] = _tuple(row.get(key))
+    kw.setdefault("f_star", None)
+    kw["tags"] = tuple(row.get("tags", ()))
+    kw = {"upper_ineq": None, "lower_ineq": None, "x_bounds": None, "y_bounds": None, **kw}
+    return LiteratureProblem(**kw)
+
+
+def load_problems(filename: str) -> dict[str, LiteratureProblem]:
+    """The problems of the package data file ``bilevel/problems/<filename>`` by name.
+
+    The file is TOML: a top-level ``constraint_sense`` (``"<= 0"``, or ``">= 0"`` when its
+    constraint rows are written ``r_i(x, y) >= 0``; the loaded functions are then ``-r_i``)
+    and one ``[[problem]]`` table per problem, whose keys are the fields of
+    :class:`LiteratureProblem`: ``upper``/``lower`` are expressions and
+    ``upper_ineq``/``lower_ineq`` lists of expressions (one per row) in the grammar of
+    :mod:`bilevel.problems._expr`; absent optional keys are ``None``.
+    """
+    with (resources.files("bilevel.problems") / filename).open("rb") as fh:
+        table = tomllib.load(fh)
+    sense = table.get("constraint_sense", "<= 0")
+    if sense not in _SENSES:
+        raise ValueError(f"{filename}: constraint_sense must be one of {sorted(_SENSES)}")
+    try:
+        problems = [_entry(row, _SENSES[sense]) for row in table["problem"]]
+    except ValueError as err:
+        raise ValueError(f"{filename}: {err}") from None
+    out = {p.name: p for p in problems}
+    if len(out) != len(problems):
+        raise ValueError(f"{filename}: duplicate problem names")
+    return out
