@@ -38,18 +38,23 @@ constraints and lower levels that are infeasible at the listed start.
 
 from __future__ import annotations
 
-from importlib import resources
+from typing import Any
 
-from bilevel.problems.literature import LiteratureProblem, _lookup, load_problems
+from bilevel.problems.literature import LiteratureProblem, _bundled, _lookup
 
 __all__ = ["BOLIB", "bolib_problem"]
 
-#: The evaluation set, by BOLIB name.
-BOLIB: dict[str, LiteratureProblem] = load_problems(
-    resources.files("bilevel.problems") / "bolib.toml"
-)
+BOLIB: dict[str, LiteratureProblem]
+"""The evaluation set, by BOLIB name (the table ``bilevel/problems/bolib.toml``, read on
+first access)."""
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: BOLIB is read on first access
+    if name == "BOLIB":
+        return _bundled("bolib.toml")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def bolib_problem(name: str) -> LiteratureProblem:
     """The entry ``name`` of :data:`BOLIB` (``KeyError`` naming the valid ones otherwise)."""
-    return _lookup(BOLIB, name, "BOLIB")
+    return _lookup(_bundled("bolib.toml"), name, "BOLIB")

@@ -21,12 +21,13 @@ is an empty tensor).
 The entries are data: the TOML table ``bilevel/problems/literature.toml`` (shipped with the
 package), one ``[[problem]]`` per entry with the fields of :class:`LiteratureProblem` as
 keys and the functions as expression strings (grammar: :mod:`bilevel.problems._expr`),
-loaded once at import by :func:`load_problems`. Select by keyword, e.g.
+loaded by :func:`load_problems` on first access to :data:`LITERATURE`. Select by keyword, e.g.
 ``[p for p in LITERATURE.values() if "starts_infeasible" in p.tags]``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from collections.abc import Callable
@@ -235,6 +236,13 @@ def load_problems(file: str | os.PathLike[str] | Traversable) -> dict[str, Liter
     return out
 
 
+@functools.cache
+def _bundled(filename: str) -> dict[str, LiteratureProblem]:
+    """The package data table ``bilevel/problems/<filename>``, read once (on first use, so
+    that ``import bilevel`` does not pay the ~0.1-0.3 s of parsing it)."""
+    return load_problems(resources.files("bilevel.problems") / filename)
+
+
 def _lookup(table: dict[str, LiteratureProblem], name: str, what: str) -> LiteratureProblem:
     try:
         return table[name]
@@ -242,12 +250,17 @@ def _lookup(table: dict[str, LiteratureProblem], name: str, what: str) -> Litera
         raise KeyError(f"unknown {what} problem {name!r}; choose one of {sorted(table)}") from None
 
 
-LITERATURE: dict[str, LiteratureProblem] = load_problems(
-    resources.files("bilevel.problems") / "literature.toml"
-)
-"""All literature problems by name (the table ``bilevel/problems/literature.toml``)."""
+LITERATURE: dict[str, LiteratureProblem]
+"""All literature problems by name (the table ``bilevel/problems/literature.toml``, read on
+first access)."""
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: LITERATURE is read on first access
+    if name == "LITERATURE":
+        return _bundled("literature.toml")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def literature_problem(name: str) -> LiteratureProblem:
     """The literature problem called ``name`` (a key of :data:`LITERATURE`)."""
-    return _lookup(LITERATURE, name, "literature")
+    return _lookup(_bundled("literature.toml"), name, "literature")
