@@ -5,10 +5,13 @@ in ``literature.toml``, read by :func:`load_problems`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from bilevel.problems.finite_sum import FiniteSumQuadratic, Sampled, Shuffled
-from bilevel.problems.literature import LiteratureProblem, literature_problem, load_problems
+from bilevel.problems.literature import (
+    LiteratureProblem,
+    _module_getattr,
+    literature_problem,
+    load_problems,
+)
 from bilevel.problems.quadratic import MultiBlockQuadratic, QuadraticBilevel
 
 __all__ = [
@@ -23,10 +26,8 @@ __all__ = [
     "load_problems",
 ]
 
+LITERATURE: dict[str, LiteratureProblem]
+"""The 61 BASBLib problems by name (:data:`bilevel.problems.literature.LITERATURE`; the table
+``literature.toml``, read on first access)."""
 
-def __getattr__(name: str) -> Any:  # PEP 562: the table is read on first access
-    if name == "LITERATURE":
-        from bilevel.problems import literature
-
-        return literature.LITERATURE
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _module_getattr(__name__, {"LITERATURE": "literature.toml"})  # read on first access

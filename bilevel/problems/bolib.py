@@ -38,9 +38,7 @@ constraints and lower levels that are infeasible at the listed start.
 
 from __future__ import annotations
 
-from typing import Any
-
-from bilevel.problems.literature import LiteratureProblem, _bundled, _lookup
+from bilevel.problems.literature import LiteratureProblem, _bundled, _lookup, _module_getattr
 
 __all__ = ["BOLIB", "bolib_problem"]
 
@@ -49,10 +47,7 @@ BOLIB: dict[str, LiteratureProblem]
 first access)."""
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: BOLIB is read on first access
-    if name == "BOLIB":
-        return _bundled("bolib.toml")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _module_getattr(__name__, {"BOLIB": "bolib.toml"})  # read on first access
 
 
 def bolib_problem(name: str) -> LiteratureProblem:

@@ -214,11 +214,29 @@ def load_problems(file: str | os.PathLike[str] | Traversable) -> dict[str, Liter
     its constraint rows are written ``r_i(x, y) >= 0`` (the loaded functions are then
     ``-r_i``, so that ``G, g <= 0`` holds as everywhere in :mod:`bilevel`), and one
     ``[[problem]]`` table per problem whose keys are the fields of
-    :class:`LiteratureProblem`: ``upper`` and ``lower`` are expressions, ``upper_ineq`` and
-    ``lower_ineq`` lists of expressions (one per row), in the grammar of
-    :mod:`bilevel.problems._expr`; bounds are ``[[lower, ...], [upper, ...]]``; absent
-    optional keys are ``None``. Raises ``ValueError`` naming the file, the problem and the
-    key of any entry that breaks these rules.
+    :class:`LiteratureProblem`. ``upper`` and ``lower`` are expressions, ``upper_ineq`` and
+    ``lower_ineq`` lists of expressions (one per row, stacked into a float64 vector);
+    bounds are ``[[lower, ...], [upper, ...]]``; absent optional keys are ``None``::
+
+        [[problem]]
+        name = "toy"
+        citation = "..."
+        n_x = 1
+        n_y = 2
+        upper = "(x[0] - 1) ** 2 + sum(y ** 2)"
+        lower = "(y[0] - x[0]) ** 2 + exp(-y[1])"
+        lower_ineq = ["y[0] + y[1] - 2"]
+        y_bounds = [[0.0, 0.0], [10.0, 10.0]]
+        F_star = 0.5
+        tags = ["mine"]
+
+    An expression is Python syntax restricted to numbers, ``x`` and ``y`` (the whole 1-D
+    tensors), ``x[i]`` and ``y[i]`` (literal zero-based indices), ``+ - * / **``, ``pi``
+    and the functions ``exp log sqrt sin cos abs sum`` (their ``torch`` versions); it is
+    parsed with :mod:`ast` and checked, never ``eval``-ed, and evaluates exactly as the same
+    Python code on tensors would (:mod:`torch.func` transforms included). Raises
+    ``ValueError`` naming the file, the problem and the key of any entry that breaks these
+    rules.
     """
     source = Path(file) if isinstance(file, str | os.PathLike) else file
     with source.open("rb") as fh:
@@ -255,10 +273,19 @@ LITERATURE: dict[str, LiteratureProblem]
 first access)."""
 
 
-def __getattr__(name: str) -> Any:  # PEP 562: LITERATURE is read on first access
-    if name == "LITERATURE":
-        return _bundled("literature.toml")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _module_getattr(module: str, tables: dict[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that reads the bundled table ``tables[name]`` on
+    the first access to the module attribute ``name``."""
+
+    def __getattr__(name: str) -> Any:
+        if name in tables:
+            return _bundled(tables[name])
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = _module_getattr(__name__, {"LITERATURE": "literature.toml"})
 
 
 def literature_problem(name: str) -> LiteratureProblem:
