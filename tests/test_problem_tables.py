@@ -206,6 +206,7 @@ def test_load_a_user_table(tmp_path):
         (("F_star = 0.5\n", ""), r"missing keys \['F_star'\]"),
         (('lower_ineq = ["y[0]"]', 'lower_ineq = ["y[1]"]'), "'toy', lower_ineq: expression"),
         (('"(y[0] - x[0]) ** 2"', '"open(y)"'), "'toy', lower: expression"),
+        (('"(y[0] - x[0]) ** 2"', "2.0"), "'toy', lower: an expression must be a string"),
         (('">= 0"', '"< 0"'), "constraint_sense must be one of"),
         (("x0 = [0.0]", "x0 = [0.0, 1.0]"), "x0 has 2 entries, n_x = 1"),
         (("x0 = [0.0]", "y_bounds = [[0.0], [1.0, 2.0]]"), "y_bounds must be two lists of 1"),

@@ -63,6 +63,8 @@ _CONSTANTS = {"pi": math.pi}
 
 def _compile(text: str, n_x: int, n_y: int) -> _Node:
     """Check ``text`` against the grammar of the module docstring and build its evaluator."""
+    if not isinstance(text, str):
+        raise TypeError(f"an expression must be a string, got {text!r}")
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:

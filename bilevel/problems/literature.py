@@ -20,7 +20,7 @@ is an empty tensor).
 
 The entries are data: the TOML table ``bilevel/problems/literature.toml`` (shipped with the
 package), one ``[[problem]]`` per entry with the fields of :class:`LiteratureProblem` as
-keys and the functions as expression strings (grammar: :mod:`bilevel.problems._expr`),
+keys and the functions as expression strings (format and grammar: :func:`load_problems`),
 loaded by :func:`load_problems` on first access to :data:`LITERATURE`. Select by keyword, e.g.
 ``[p for p in LITERATURE.values() if "starts_infeasible" in p.tags]``.
 """
@@ -192,7 +192,7 @@ def _entry(row: dict[str, Any], sign: int) -> LiteratureProblem:
         for key in ("upper_ineq", "lower_ineq"):
             if key in row:
                 kw[key] = ExpressionRows(tuple(row[key]), n_x, n_y, sign)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise ValueError(f"problem {name!r}, {key}: {err}") from None
     for key in ("x_bounds", "y_bounds"):
         if key in row:
