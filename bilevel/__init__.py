@@ -24,24 +24,69 @@ Layers (see ``docs/architecture.md``):
 
 from __future__ import annotations
 
-from bilevel import (
-    constrained,
-    dag,
-    errors,
-    hypergrad,
-    implicit,
-    linalg,
-    methods,
-    nn,
-    operators,
-    optimality,
-    problems,
-    robust,
-    solvers,
-    tree,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below are imported lazily (see __getattr__)
+    from bilevel import (
+        constrained,
+        dag,
+        errors,
+        hypergrad,
+        implicit,
+        linalg,
+        methods,
+        nn,
+        operators,
+        optimality,
+        problems,
+        robust,
+        solvers,
+        tree,
+    )
+    from bilevel.methods import solve
+    from bilevel.problem import BilevelProblem, BilevelResult
+
+_SUBMODULES = frozenset(
+    {
+        "constrained",
+        "dag",
+        "errors",
+        "hypergrad",
+        "implicit",
+        "linalg",
+        "methods",
+        "nn",
+        "operators",
+        "optimality",
+        "problems",
+        "robust",
+        "solvers",
+        "tree",
+    }
 )
-from bilevel.methods import solve
-from bilevel.problem import BilevelProblem, BilevelResult
+_ATTRIBUTES = {
+    "solve": "bilevel.methods",
+    "BilevelProblem": "bilevel.problem",
+    "BilevelResult": "bilevel.problem",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import subpackages and the top-level names on first use (PEP 562), so that
+    ``import bilevel`` (and ``bilevel --help``) does not load PyTorch and SciPy."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"bilevel.{name}")
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bilevel' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SUBMODULES, *_ATTRIBUTES})
+
 
 __version__ = "0.1.0"
 
