@@ -314,7 +314,7 @@ def _exit_with_status(
     if code == EXIT_TIME_LIMIT:
         typer.echo(f"{recipe.name}: stopped at its time limit; exit code {code}", err=True)
     elif code == EXIT_NOT_CONVERGED:
-        count = len(problems) + (metrics.get("converged") is False)
+        count = max(len(problems), 1)
         typer.echo(
             f"{recipe.name}: did not converge ({count} warning(s)); exit code {code}", err=True
         )

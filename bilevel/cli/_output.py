@@ -140,6 +140,9 @@ def write_json(path: Path, payload: Mapping[str, Any], force: bool = False) -> N
         f.write(text + "\n")
 
 
+_REFERENCE_STYLES = (("tab:red", "--"), ("tab:purple", ":"), ("tab:brown", "-."), ("black", "--"))
+
+
 def plot_convergence(
     path: Path,
     title: str,
@@ -149,7 +152,8 @@ def plot_convergence(
     force: bool = False,
 ) -> None:
     """One panel per entry of ``panels`` (a history key, or several keys drawn together)
-    against the outer iteration, with dashed ``reference_lines[key]``; saved as PNG by
+    against the outer iteration, with ``reference_lines[key]`` (horizontal, each panel's in
+    distinct colours and dashes, named in the legend); every axis labelled; saved as PNG by
     Matplotlib's Agg canvas (no pyplot, no global backend change)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -165,6 +169,7 @@ def plot_convergence(
     for i, group in enumerate(groups):
         ax = fig.add_subplot(1, n, i + 1)
         finite: list[float] = []
+        n_lines = 0  # reference lines drawn on this panel, each in its own style
         for key in group:
             values = [math.nan if v is None else float(v) for v in history[key]]
             iterations = list(history.get("iteration", range(len(values))))
@@ -172,7 +177,9 @@ def plot_convergence(
             finite += [v for v in values if math.isfinite(v)]
             for label, value in reference_lines.get(key, {}).items():
                 if value is not None and math.isfinite(value):
-                    ax.axhline(value, color="tab:red", linestyle="--", linewidth=1.0, label=label)
+                    color, style = _REFERENCE_STYLES[n_lines % len(_REFERENCE_STYLES)]
+                    ax.axhline(value, color=color, linestyle=style, linewidth=1.2, label=label)
+                    n_lines += 1
         if all(k.endswith("norm") for k in group) and finite and min(finite) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("outer iteration")

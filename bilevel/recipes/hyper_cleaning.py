@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bilevel.recipes._common import Progress, conjugate_gradient, jsonable, torch_threads
+from bilevel.recipes._common import BestIterate, Progress, conjugate_gradient, jsonable, torch_threads
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 from bilevel.solvers import LBFGS, GradientDescent
 
@@ -203,8 +203,11 @@ class HyperCleaningResult:
 
     ``history`` has one entry per outer iterate ``a_0 .. a_K``: validation loss and
     accuracy, hypergradient norm, mean weight of clean and of corrupted training examples,
-    and seconds since the outer loop started. ``weights`` are the final ``sigmoid(a_i)``;
-    ``corrupted`` the ground-truth corruption mask.
+    and seconds since the outer loop started. ``weights`` are the ``sigmoid(a_i)`` of the
+    outer iterate of lowest validation loss (early stopping: ``best_iteration``; the
+    cleaned model and ``val_loss`` are that iterate's, ``last_val_loss`` the last one's; a
+    last iterate more than 1 % worse than the best is a ConvergenceWarning and
+    ``converged: False``); ``corrupted`` is the ground-truth corruption mask.
     """
 
     config: HyperCleaningConfig
@@ -221,6 +224,9 @@ class HyperCleaningResult:
     history: dict[str, list[float]]
     runtime: float = 0.0
     inner_iterations: list[int] = field(default_factory=list)
+    best_iteration: int = 0
+    last_val_loss: float = math.nan
+    converged: bool = True
 
     #: panels of the convergence plot (history keys; a tuple shares one panel)
     PLOT: ClassVar[tuple[str | tuple[str, ...], ...]] = (
@@ -250,6 +256,9 @@ class HyperCleaningResult:
             "reg_corrupted_tuned": self.reg_corrupted_tuned,
             "gap_recovered": self.gap_recovered,
             "val_loss": self.val_loss,
+            "best_iteration": self.best_iteration,
+            "last_val_loss": self.last_val_loss,
+            "converged": self.converged,
             "val_loss_corrupted": self.val_loss_corrupted,
             "weight_clean_mean": float(w[~mask].mean()) if (~mask).any() else math.nan,
             "weight_corrupted_mean": float(w[mask].mean()) if mask.any() else math.nan,
@@ -356,6 +365,7 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
     }
     inner_iterations: list[int] = []
     W = W_noisy.detach()
+    best = BestIterate()  # early stopping on the validation loss
     start = time.perf_counter()
     with Progress(config.outer_steps, "hyper_cleaning: hypergradient descent", progress) as bar:
         for k in range(config.outer_steps + 1):
@@ -379,11 +389,14 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
                     float(weights[corrupted].mean()) if corrupted.any() else math.nan
                 )
                 history["time"].append(time.perf_counter() - start)
+                best.update(k, history["val_loss"][-1], lambda: (weights.clone(), W))
             if k == config.outer_steps:
                 break
             optimizer.step()
             bar.update(val_loss=float(loss.detach()), hypergrad=grad_norm)
 
+    settled = not best.warn_if_unsettled("hyper_cleaning (hypergradient descent)")
+    best_weights, W = best.state
     return HyperCleaningResult(
         config=config,
         test_accuracy_corrupted=accuracy(W_noisy, X_test, y_test),
@@ -394,11 +407,14 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         ),
         test_accuracy_corrupted_tuned=tuned_acc,
         reg_corrupted_tuned=tuned_reg,
-        val_loss=history["val_loss"][-1],
+        val_loss=best.value,
         val_loss_corrupted=val_noisy,
-        weights=torch.sigmoid(logits.detach()).tolist(),
+        weights=best_weights.tolist(),
         corrupted=corrupted.tolist(),
         history=history,
         runtime=time.perf_counter() - start_all,
         inner_iterations=inner_iterations,
+        best_iteration=best.iteration,
+        last_val_loss=history["val_loss"][-1],
+        converged=settled,
     )
