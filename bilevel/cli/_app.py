@@ -352,9 +352,7 @@ def run(
             dir_okay=False,
         ),
     ] = None,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help=_OUTPUT_HELP)
-    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=_OUTPUT_HELP)] = None,
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help=_OUTPUT_DIR_HELP, file_okay=False)
     ] = None,
@@ -403,9 +401,7 @@ def demo(
     fast: Annotated[
         bool, typer.Option("--fast/--no-fast", help="Use the small 'fast' size.")
     ] = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help=_OUTPUT_HELP)
-    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help=_OUTPUT_HELP)] = None,
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help=_OUTPUT_DIR_HELP, file_okay=False)
     ] = None,

@@ -95,9 +95,7 @@ def delimiter_of(text: str, given: str | None, path: Path, option: str = "--deli
     file has a single column)."""
     if given is not None:
         if given not in DELIMITERS:
-            raise CLIInputError(
-                f"{option} must be one of , ; tab | space, got {given!r}"
-            )
+            raise CLIInputError(f"{option} must be one of , ; tab | space, got {given!r}")
         return DELIMITERS[given]
     lines = [line for line in text.splitlines() if line.strip()][:50]
     try:
@@ -189,8 +187,6 @@ def read_matrix_csv(path: Path, names: list[str], delimiter: str | None = None) 
     if B.shape != (d, d):
         raise CLIInputError(f"{path}: adjacency of shape {B.shape}, the data have {d} nodes")
     return B
-
-
 
 
 # --------------------------------------------------------------------------------------
@@ -295,7 +291,9 @@ def _parse_tiers(specs: list[str], names: list[str]) -> np.ndarray | None:
     return tiers
 
 
-def _scaling_warnings(X_fit: np.ndarray, W: np.ndarray, score: str, standardized: bool) -> list[str]:
+def _scaling_warnings(
+    X_fit: np.ndarray, W: np.ndarray, score: str, standardized: bool
+) -> list[str]:
     """When the data's scaling makes the chosen score unreliable, say so."""
     from bilevel.dag.diagnostics import var_sortability
 
@@ -372,8 +370,7 @@ def fit(
         str | None,
         typer.Option(
             "--delimiter",
-            help="Field separator of DATA and --truth: , ; tab | or space (default: "
-            "detected).",
+            help="Field separator of DATA and --truth: , ; tab | or space (default: detected).",
         ),
     ] = None,
     sachs: Annotated[
@@ -425,8 +422,11 @@ def fit(
     ] = "auto",
     require: Annotated[
         list[str] | None,
-        typer.Option("--require", help="Required edge CAUSE->EFFECT (names or 0-based indices; "
-                     "repeat or separate by commas)."),
+        typer.Option(
+            "--require",
+            help="Required edge CAUSE->EFFECT (names or 0-based indices; "
+            "repeat or separate by commas).",
+        ),
     ] = None,
     forbid: Annotated[
         list[str] | None,
@@ -434,8 +434,11 @@ def fit(
     ] = None,
     tier: Annotated[
         list[str] | None,
-        typer.Option("--tier", help="Comma-separated nodes of the next tier (repeat, earliest "
-                     "first); no edge points to an earlier tier; unlisted nodes come last."),
+        typer.Option(
+            "--tier",
+            help="Comma-separated nodes of the next tier (repeat, earliest "
+            "first); no edge points to an earlier tier; unlisted nodes come last.",
+        ),
     ] = None,
     bootstrap: Annotated[
         int,

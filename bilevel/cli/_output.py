@@ -200,7 +200,9 @@ def axis_label(keys: Sequence[str]) -> str:
         return keys[0].replace("_", " ")
     words = [k.split("_") for k in keys]
     common: list[str] = []
-    while all(len(w) > len(common) for w in words) and len({w[-1 - len(common)] for w in words}) == 1:
+    while (
+        all(len(w) > len(common) for w in words) and len({w[-1 - len(common)] for w in words}) == 1
+    ):
         common.insert(0, words[0][-1 - len(common)])
     return " ".join(common) if common else ", ".join(keys)
 

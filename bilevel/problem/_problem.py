@@ -373,6 +373,8 @@ def _describe(tree: PyTree) -> str:
                 parts.append(f"tensor(shape={tuple(leaf.shape)}, {dtype})")
         else:
             parts.append(type(leaf).__name__)
-    return parts[0] if len(parts) == 1 and not isinstance(tree, dict | list | tuple) else (
-        "[" + ", ".join(parts) + "]"
+    return (
+        parts[0]
+        if len(parts) == 1 and not isinstance(tree, dict | list | tuple)
+        else ("[" + ", ".join(parts) + "]")
     )

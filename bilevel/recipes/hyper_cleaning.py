@@ -48,7 +48,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bilevel.recipes._common import BestIterate, Progress, conjugate_gradient, jsonable, torch_threads
+from bilevel.recipes._common import (
+    BestIterate,
+    Progress,
+    conjugate_gradient,
+    jsonable,
+    torch_threads,
+)
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 from bilevel.solvers import LBFGS, GradientDescent
 
@@ -331,13 +337,18 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         W, info = inner.run(init.detach(), logits, X, y)
         return W, info
 
+    n_baselines = 3 + (len(BASELINE_REGS) if config.tune_baseline else 0)
+    baseline_bar = Progress(n_baselines, "hyper_cleaning: baselines", progress)
     with torch.no_grad():
         W_noisy, _ = fit(ones, X_train, y_noisy, zeros)  # (a)
+        baseline_bar.update()
         W_oracle, _ = fit(ones, X_train, data["y_train"], zeros)  # (c)
+        baseline_bar.update()
         keep = ~corrupted  # clean-subset reference (none when every label is corrupted)
         W_subset = (
             fit(ones[keep], X_train[keep], data["y_train"][keep], zeros)[0] if keep.any() else None
         )
+        baseline_bar.update()
     val_noisy = float(F.cross_entropy(X_val @ W_noisy, y_val))
     tuned_acc, tuned_reg = math.nan, math.nan
     if config.tune_baseline:  # (a'): noisy training, reg chosen on validation accuracy
@@ -345,9 +356,11 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         for reg in BASELINE_REGS:
             with torch.no_grad():
                 W_reg, _ = make_solver(config.replace(reg=reg)).run(zeros, ones, X_train, y_noisy)
+            baseline_bar.update()
             val_acc = accuracy(W_reg, X_val, y_val)
             if val_acc > best:
                 best, tuned_reg, tuned_acc = val_acc, reg, accuracy(W_reg, X_test, y_test)
+    baseline_bar.close()
 
     logits = torch.zeros(n, dtype=DTYPE, requires_grad=True)
     optimizer = torch.optim.Adam([logits], lr=config.lr)
@@ -365,7 +378,7 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
     }
     inner_iterations: list[int] = []
     W = W_noisy.detach()
-    best = BestIterate()  # early stopping on the validation loss
+    early = BestIterate()  # early stopping on the validation loss
     start = time.perf_counter()
     with Progress(config.outer_steps, "hyper_cleaning: hypergradient descent", progress) as bar:
         for k in range(config.outer_steps + 1):
@@ -389,14 +402,16 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
                     float(weights[corrupted].mean()) if corrupted.any() else math.nan
                 )
                 history["time"].append(time.perf_counter() - start)
-                best.update(k, history["val_loss"][-1], lambda: (weights.clone(), W))
+                early.update(
+                    k, history["val_loss"][-1], lambda weights=weights, W=W: (weights.clone(), W)
+                )
             if k == config.outer_steps:
                 break
             optimizer.step()
             bar.update(val_loss=float(loss.detach()), hypergrad=grad_norm)
 
-    settled = not best.warn_if_unsettled("hyper_cleaning (hypergradient descent)")
-    best_weights, W = best.state
+    settled = not early.warn_if_unsettled("hyper_cleaning (hypergradient descent)")
+    best_weights, W = early.state
     return HyperCleaningResult(
         config=config,
         test_accuracy_corrupted=accuracy(W_noisy, X_test, y_test),
@@ -407,14 +422,14 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         ),
         test_accuracy_corrupted_tuned=tuned_acc,
         reg_corrupted_tuned=tuned_reg,
-        val_loss=best.value,
+        val_loss=early.value,
         val_loss_corrupted=val_noisy,
         weights=best_weights.tolist(),
         corrupted=corrupted.tolist(),
         history=history,
         runtime=time.perf_counter() - start_all,
         inner_iterations=inner_iterations,
-        best_iteration=best.iteration,
+        best_iteration=early.iteration,
         last_val_loss=history["val_loss"][-1],
         converged=settled,
     )

@@ -367,10 +367,12 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
     grid = torch.linspace(math.log(config.grid_min_strength), hi, config.grid_size, dtype=DTYPE)
     w = torch.zeros(n_features, dtype=DTYPE)
     grid_losses = []
-    with torch.no_grad():
+    desc = "hyperparameter: grid search (shared strength)"
+    with torch.no_grad(), Progress(config.grid_size, desc, progress) as grid_bar:
         for log_lam in grid:
             w = solve(torch.full((n_features - 1,), float(log_lam), dtype=DTYPE), w)
             grid_losses.append(float(val_loss(w)))
+            grid_bar.update(val_loss=grid_losses[-1])
         best = int(np.argmin(grid_losses))
         w_grid = solve(
             torch.full((n_features - 1,), float(grid[best]), dtype=DTYPE),
@@ -392,7 +394,7 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
         "time": [],
     }
     w = w_grid.detach()
-    best = BestIterate()  # early stopping on the validation loss
+    early = BestIterate()  # early stopping on the validation loss
     start = time.perf_counter()
     with Progress(config.outer_steps, "hyperparameter: hypergradient descent", progress) as bar:
         for k in range(config.outer_steps + 1):
@@ -410,7 +412,7 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
             history["hypergrad_norm"].append(grad_norm)
             history["projected_hypergrad_norm"].append(projected_norm)
             history["time"].append(time.perf_counter() - start)
-            best.update(k, history["val_loss"][-1], lambda: (theta.detach().clone(), w))
+            early.update(k, history["val_loss"][-1], lambda w=w: (theta.detach().clone(), w))
             if k == config.outer_steps:
                 break
             optimizer.step()
@@ -418,11 +420,11 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
                 theta.clamp_(lo, hi)
             bar.update(val_loss=float(loss.detach()), hypergrad=grad_norm)
 
-    settled = not best.warn_if_unsettled("hyperparameter (hypergradient descent)")
-    theta_best, w = best.state
+    settled = not early.warn_if_unsettled("hyperparameter (hypergradient descent)")
+    theta_best, w = early.state
     return HyperparameterResult(
         config=config,
-        val_loss=best.value,
+        val_loss=early.value,
         test_loss=float(cross_entropy(w, data["X_test"], data["y_test"])),
         test_accuracy=accuracy(w, data["X_test"], data["y_test"]),
         grid_val_loss=grid_val,
@@ -433,7 +435,7 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
         strengths=torch.exp(theta_best).tolist(),
         history=history,
         grid={"strength": torch.exp(grid).tolist(), "val_loss": grid_losses},
-        best_iteration=best.iteration,
+        best_iteration=early.iteration,
         last_val_loss=history["val_loss"][-1],
         converged=settled,
         runtime=time.perf_counter() - start_all,

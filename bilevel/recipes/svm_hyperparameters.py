@@ -51,7 +51,7 @@ import torch
 
 import bilevel
 from bilevel.constrained import LVHBA, solve_lower
-from bilevel.recipes._common import BestIterate, jsonable, torch_threads
+from bilevel.recipes._common import BestIterate, Progress, jsonable, torch_threads
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 
 __all__ = [
@@ -275,7 +275,9 @@ def _sklearn_baselines(data: dict[str, torch.Tensor], seed: int) -> tuple[float,
 def _run(config: SVMHyperparametersConfig, progress: bool) -> SVMHyperparametersResult:
     start = time.perf_counter()
     data = load_data(config.n_train, config.n_val, config.seed)
-    cv_acc, cv_C, default_acc = _sklearn_baselines(data, config.seed)
+    with Progress(1, "svm_hyperparameters: cross-validated baseline", progress) as bar:
+        cv_acc, cv_C, default_acc = _sklearn_baselines(data, config.seed)
+        bar.update()
     problem = make_problem(data, config.kappa)
     n, d = data["X_train"].shape
     c0 = torch.full((n,), config.c_init, dtype=DTYPE)
