@@ -359,15 +359,9 @@ def run(
     seed: Annotated[
         int | None, typer.Option("--seed", help="The recipe's seed option (default: its own).")
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force/--no-force", help="Overwrite an existing --output folder.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bar, no notes.")
-    ] = False,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
-    ] = True,
+    force: _output.ForceOption = False,
+    quiet: _output.QuietOption = False,
+    progress: _output.ProgressOption = True,
 ) -> None:
     """Run RECIPE with [--option value ...], save result.json and convergence.png.
 
@@ -406,12 +400,8 @@ def demo(
         Path | None, typer.Option("--output-dir", help=_OUTPUT_DIR_HELP, file_okay=False)
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and noise.")] = 0,
-    force: Annotated[
-        bool, typer.Option("--force/--no-force", help="Overwrite an existing --output folder.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bar, no notes.")
-    ] = False,
+    force: _output.ForceOption = False,
+    quiet: _output.QuietOption = False,
 ) -> None:
     """Per-feature L2 hyperparameter optimisation (breast_cancer plus noise features) with a
     progress bar, against a grid search over one shared strength; saves result.json and

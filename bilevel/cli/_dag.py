@@ -45,6 +45,9 @@ import typer
 from bilevel.cli._output import (
     EXIT_NOT_CONVERGED,
     EXIT_USAGE,
+    ForceOption,
+    ProgressOption,
+    QuietOption,
     check_output,
     fail,
     open_output,
@@ -463,15 +466,9 @@ def fit(
             help="Whether DATA's first row holds node names (default: detected).",
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
-    ] = False,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = True,
-    quiet: Annotated[
-        bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bars or notes.")
-    ] = False,
+    force: ForceOption = False,
+    progress: ProgressOption = True,
+    quiet: QuietOption = False,
 ) -> None:
     """Learn a DAG from data with TOPO and write its weighted adjacency matrix.
 
@@ -675,9 +672,7 @@ def simulate(
     noise: Annotated[str, typer.Option("--noise", help="gauss, exp, gumbel or uniform.")] = "gauss",
     sem: Annotated[str, typer.Option("--sem", help="linear, or mlp (nonlinear).")] = "linear",
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    force: Annotated[
-        bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Simulate SEM data from a random DAG (header X0, X1, ...) and write its true graph."""
     from bilevel.dag.simulate import (

@@ -28,7 +28,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Annotated, Any, NoReturn
+
+import typer
 
 #: Success.
 EXIT_OK = 0
@@ -43,10 +45,27 @@ EXIT_NOT_CONVERGED = 3
 EXIT_TIME_LIMIT = 4
 
 
+#: ``--force/--no-force``, ``--quiet/--no-quiet`` (``-q``) and ``--progress/--no-progress``,
+#: the same on every command (``def cmd(force: ForceOption = False, ...)``).
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force/--no-force", help="Overwrite existing outputs (otherwise an error, exit 2)."
+    ),
+]
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet/--no-quiet", "-q", help="No progress bars, no notes (results still printed)."
+    ),
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show progress bars (on stderr).")
+]
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print ``Error: message`` on stderr and exit with ``code`` (default: usage error)."""
-    import typer
-
     typer.echo(f"Error: {message}", err=True)
     raise typer.Exit(code)
 
