@@ -321,3 +321,22 @@ def test_dag_simulate_writes_lf_line_endings(runner, tmp_path):
     result = _run(runner, "dag", "simulate", "--out", data, "--graph-out", true, "-d", 3, "-s", 2)
     assert result.exit_code == 0, result.output
     assert b"\r" not in data.read_bytes() and b"\r" not in true.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--graph", "er"], "--graph"),
+        (["--graph", "SF", "--nodes", "3", "--edges", "9"], "--graph SF"),
+        (["--nodes", "4", "--edges", "7"], "--edges 7"),
+        (["--noise", "cauchy"], "--noise"),
+        (["--sem", "gp"], "--sem"),
+        (["--nodes", "1"], "--nodes"),
+    ],
+)
+def test_dag_simulate_errors_use_option_names(runner, tmp_path, args, option):
+    result = runner.invoke(app, ["dag", "simulate", "--out", str(tmp_path / "d.csv"),
+                                 "--graph-out", str(tmp_path / "t.csv"), *args])  # fmt: skip
+    assert result.exit_code == 2 and option in result.output, result.output
+    for internal in ("s0", "graph_type", "noise_type", "sem_type", "Traceback"):
+        assert internal not in result.output
