@@ -75,13 +75,20 @@ _ATTRIBUTES = {
 def __getattr__(name: str) -> Any:
     """Import subpackages and the top-level names on first use (PEP 562), so that
     ``import bilevel`` (and ``bilevel --help``) does not load PyTorch and SciPy."""
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or (not name.startswith("_") and _is_subpackage(name)):
         return importlib.import_module(f"bilevel.{name}")
     if name in _ATTRIBUTES:
         value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'bilevel' has no attribute {name!r}")
+
+
+def _is_subpackage(name: str) -> bool:
+    """Whether ``bilevel.<name>`` is a module (``problem``, ``recipes``, ``cli``, ...)."""
+    from importlib.util import find_spec
+
+    return find_spec(f"bilevel.{name}") is not None
 
 
 def __dir__() -> list[str]:
