@@ -47,24 +47,6 @@ if TYPE_CHECKING:  # the names below are imported lazily (see __getattr__)
     from bilevel.methods import solve
     from bilevel.problem import BilevelProblem, BilevelResult
 
-_SUBMODULES = frozenset(
-    {
-        "constrained",
-        "dag",
-        "errors",
-        "hypergrad",
-        "implicit",
-        "linalg",
-        "methods",
-        "nn",
-        "operators",
-        "optimality",
-        "problems",
-        "robust",
-        "solvers",
-        "tree",
-    }
-)
 _ATTRIBUTES = {
     "solve": "bilevel.methods",
     "BilevelProblem": "bilevel.problem",
@@ -75,7 +57,7 @@ _ATTRIBUTES = {
 def __getattr__(name: str) -> Any:
     """Import subpackages and the top-level names on first use (PEP 562), so that
     ``import bilevel`` (and ``bilevel --help``) does not load PyTorch and SciPy."""
-    if name in _SUBMODULES or (not name.startswith("_") and _is_subpackage(name)):
+    if not name.startswith("_") and _is_subpackage(name):
         return importlib.import_module(f"bilevel.{name}")
     if name in _ATTRIBUTES:
         value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
@@ -92,7 +74,7 @@ def _is_subpackage(name: str) -> bool:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_SUBMODULES, *_ATTRIBUTES})
+    return sorted({*globals(), *__all__})
 
 
 __version__ = "0.1.0"
