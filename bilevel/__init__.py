@@ -24,24 +24,58 @@ Layers (see ``docs/architecture.md``):
 
 from __future__ import annotations
 
-from bilevel import (
-    constrained,
-    dag,
-    errors,
-    hypergrad,
-    implicit,
-    linalg,
-    methods,
-    nn,
-    operators,
-    optimality,
-    problems,
-    robust,
-    solvers,
-    tree,
-)
-from bilevel.methods import solve
-from bilevel.problem import BilevelProblem, BilevelResult
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below are imported lazily (see __getattr__)
+    from bilevel import (
+        constrained,
+        dag,
+        errors,
+        hypergrad,
+        implicit,
+        linalg,
+        methods,
+        nn,
+        operators,
+        optimality,
+        problems,
+        robust,
+        solvers,
+        tree,
+    )
+    from bilevel.methods import solve
+    from bilevel.problem import BilevelProblem, BilevelResult
+
+_ATTRIBUTES = {
+    "solve": "bilevel.methods",
+    "BilevelProblem": "bilevel.problem",
+    "BilevelResult": "bilevel.problem",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import subpackages and the top-level names on first use (PEP 562), so that
+    ``import bilevel`` (and ``bilevel --help``) does not load PyTorch and SciPy."""
+    if not name.startswith("_") and _is_subpackage(name):
+        return importlib.import_module(f"bilevel.{name}")
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bilevel' has no attribute {name!r}")
+
+
+def _is_subpackage(name: str) -> bool:
+    """Whether ``bilevel.<name>`` is a module (``problem``, ``recipes``, ``cli``, ...)."""
+    from importlib.util import find_spec
+
+    return find_spec(f"bilevel.{name}") is not None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 

@@ -77,13 +77,13 @@ def test_runs_never_overwrite(runner, tmp_path, fixed_stamp):
     taken.mkdir(parents=True)
     (taken / "result.json").write_text("do not touch")
 
-    first = _invoke(runner, "run", "hyper_cleaning", *TINY, "-o", str(out))
+    first = _invoke(runner, "run", "hyper_cleaning", *TINY, "--output-dir", str(out))
     assert first.exit_code == 0, first.output
     first_dir = out / f"hyper_cleaning-{fixed_stamp}-1"
     first_json = (first_dir / "result.json").read_bytes()
     first_png = (first_dir / "convergence.png").read_bytes()
 
-    second = _invoke(runner, "run", "hyper_cleaning", *TINY, "--seed", "1", "-o", str(out))
+    second = _invoke(runner, "run", "hyper_cleaning", *TINY, "--seed", "1", "--output-dir", str(out))
     assert second.exit_code == 0, second.output
     second_dir = out / f"hyper_cleaning-{fixed_stamp}-2"
     assert json.loads((second_dir / "result.json").read_text())["config"]["seed"] == 1
@@ -112,13 +112,14 @@ def test_make_run_dir_and_files_are_exclusive(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "hyper_cleaning", "--sise", "fast"], "unknown option 'sise'; did you mean 'size'"),
-        (["run", "hyper_cleaning", "--lr", "abc"], "option 'lr' must be a number, got 'abc'"),
-        (["run", "hyper_cleaning", "--outer-steps", "-3"], "'outer_steps' must be >= 0"),
-        (["run", "hyper_cleaning", "--size", "huge"], "'size' must be one of"),
-        (["run", "hyper_cleaning", "--seed"], "option --seed needs a value"),
+        (["run", "hyper_cleaning", "--sise", "fast"], "unknown option --sise; did you mean --size"),
+        (["run", "hyper_cleaning", "--lr", "abc"], "option --lr must be a number, got 'abc'"),
+        (["run", "hyper_cleaning", "--outer-steps", "-3"], "--outer-steps must be >= 0"),
+        (["run", "hyper_cleaning", "--size", "huge"], "--size must be one of"),
+        (["run", "hyper_cleaning", "--tune-baseline", "maybe"], "unexpected argument 'maybe'"),
+        (["run", "hyper_cleaning", "--lr"], "option --lr needs a value"),
         (["run", "hyper_cleaning", "fast"], "unexpected argument 'fast'"),
-        (["run", "hyper_cleaning", "--seed", "1", "--seed", "2"], "given twice"),
+        (["run", "hyper_cleaning", "--lr", "1", "--lr", "2"], "given twice"),
         (["run", "nope"], "unknown recipe 'nope'; available: architecture_search, data_mixing, distillation, hyper_cleaning"),
         (["run", "hyperparameter", "--config", "missing.toml"], "does not exist"),
     ],
@@ -162,7 +163,7 @@ def test_config_file_with_command_line_override(runner, tmp_path, fixed_stamp):
     out = tmp_path / "runs"
     result = _invoke(
         runner, "run", "hyper_cleaning", "--config", str(cfg), "--seed", "2", "--no-progress",
-        "-o", str(out),
+        "--output-dir", str(out),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     payload = json.loads((out / f"hyper_cleaning-{fixed_stamp}" / "result.json").read_text())
@@ -171,7 +172,7 @@ def test_config_file_with_command_line_override(runner, tmp_path, fixed_stamp):
     bad = tmp_path / "bad.toml"
     bad.write_text("lr = -1\n")
     result = runner.invoke(app, ["run", "hyper_cleaning", "--config", str(bad), "-o", str(out)])
-    assert result.exit_code == 2 and "'lr' must be > 0" in result.output
+    assert result.exit_code == 2 and "--lr must be > 0" in result.output
 
 
 def test_list_and_demo(runner):

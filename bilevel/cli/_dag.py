@@ -3,13 +3,14 @@
 ==================================================  ==========================================
 command                                             does
 ==================================================  ==========================================
-``bilevel dag fit DATA.csv --out graph.csv``        TOPO (:class:`bilevel.dag.topo.TopoSearch`)
-``[--plot graph.png] [--score ls|nv|logistic|mlp]`` on the columns of ``DATA.csv``; writes the
-``[--w-threshold 0.3] [--standardize] [--seed 0]``  weighted adjacency (rows: cause, columns:
-``[--truth true.csv] [--json result.json]``         effect) with the node names, the plot and
-``[--require A->B] [--forbid B->A] [--tier A,B]``   a JSON edge list with the metrics; prior
-``[--bootstrap 50 --jobs -1] [--force]``            knowledge, bootstrap edge stability
-``bilevel dag fit --sachs --out graph.csv``         the bundled Sachs observational data
+``bilevel dag fit DATA.csv -o result.json``         TOPO (:class:`bilevel.dag.topo.TopoSearch`)
+``[--graph graph.csv] [--plot graph.png]``          on the columns of ``DATA.csv``; writes a
+``[--score ls|nv|logistic|gam|gam-nv|mlp]``         JSON result (edge list, metrics, settings),
+``[--w-threshold 0.3] [--standardize] [--seed 0]``  the weighted adjacency (rows: cause,
+``[--truth true.csv] [--delimiter ;]``              columns: effect) with the node names and
+``[--require A->B] [--forbid B->A] [--tier A,B]``   the plot; prior knowledge, bootstrap edge
+``[--bootstrap 50 --jobs -1] [--force] [--quiet]``  stability
+``bilevel dag fit --sachs -o sachs.json``           the bundled Sachs observational data
                                                     (raw intensities), scored against the
                                                     18-edge consensus network
 ``bilevel dag simulate --out data.csv``             linear-SEM (or MLP-SEM) data from a random
@@ -17,10 +18,14 @@ command                                             does
 ==================================================  ==========================================
 
 A CSV file has a header row of node names if its first row is not all numbers (or say so with
-``--header/--no-header``); without one, nodes are named ``X0, X1, ...``. Output files are never
-overwritten unless ``--force`` is given. Progress goes to stderr, results to stdout. Invalid
-input exits with status 2 and a one-line ``Error:`` message naming the option; a search that
-stopped at its iteration limit exits with status 3 after writing its results.
+``--header/--no-header``); without one, nodes are named ``X0, X1, ...``. Its field separator
+(comma, semicolon, tab, ``|`` or space) is detected, or given by ``--delimiter``. Written CSV
+files have ``\n`` line endings. ``fit`` writes ``graph.csv`` when none of ``-o/--output``,
+``--graph``, ``--plot`` is given (``--out`` and ``--json`` are the older names of ``--graph``
+and ``--output``). Output files are never overwritten unless ``--force`` is given (exit 2).
+Progress goes to stderr (off with ``--quiet``), results to stdout. Invalid input exits with
+status 2 and a one-line ``Error:`` message naming the option; a search that stopped at its
+iteration limit exits with status 3 after writing its results.
 """
 
 from __future__ import annotations
@@ -37,7 +42,16 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from bilevel.errors import ConvergenceWarning
+from bilevel.cli._output import (
+    EXIT_NOT_CONVERGED,
+    EXIT_USAGE,
+    ForceOption,
+    ProgressOption,
+    QuietOption,
+    check_output,
+    fail,
+    open_output,
+)
 
 app = typer.Typer(
     name="dag",
@@ -47,8 +61,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXIT_USAGE = 2
-EXIT_NOT_CONVERGED = 3
 SCORES = ("ls", "nv", "logistic", "gam", "gam-nv", "mlp")
 
 
@@ -57,8 +69,7 @@ class CLIInputError(ValueError):
 
 
 def _fail(message: str) -> typing.NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(EXIT_USAGE)
+    fail(message, EXIT_USAGE)
 
 
 def _info(message: str) -> None:
@@ -78,12 +89,48 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def read_data_csv(path: Path, header: bool | None = None) -> tuple[np.ndarray, list[str]]:
-    """Read an ``(n, d)`` numeric table; the first row is a header if ``header`` (``None``:
-    if any of its cells is not a number). Raises :class:`CLIInputError` with the position of
-    the first bad cell."""
+DELIMITERS = {",": ",", ";": ";", "tab": "\t", "\\t": "\t", "\t": "\t", "|": "|", "space": " "}
+
+
+def delimiter_of(text: str, given: str | None, path: Path, option: str = "--delimiter") -> str:
+    """The field separator: ``given`` (``,``, ``;``, ``tab``, ``|`` or ``space``), or the one
+    :class:`csv.Sniffer` finds among those in the first lines of ``text`` (``,`` when the
+    file has a single column)."""
+    if given is not None:
+        if given not in DELIMITERS:
+            raise CLIInputError(f"{option} must be one of , ; tab | space, got {given!r}")
+        return DELIMITERS[given]
+    lines = [line for line in text.splitlines() if line.strip()][:50]
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=",;\t| ").delimiter
+    except csv.Error:  # ragged rows: the separator that splits the most lines like the first
+        pass
+    best, agreeing = ",", 0
+    for sep in ",;\t| ":
+        counts = [len(row) for row in csv.reader(lines, delimiter=sep, skipinitialspace=True)]
+        if counts and counts[0] > 1 and counts.count(counts[0]) > agreeing:
+            best, agreeing = sep, counts.count(counts[0])
+    if agreeing == 0 and any(sep in line for line in lines for sep in ",;\t|"):
+        raise CLIInputError(f"{path}: cannot tell the field separator; give it with {option}")
+    return best
+
+
+def _read_rows(path: Path, delimiter: str | None) -> list[list[str]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+        text = f.read()
+    sep = delimiter_of(text, delimiter, path)
+    rows = csv.reader(text.splitlines(), delimiter=sep, skipinitialspace=sep == " ")
+    return [row for row in rows if row and any(cell.strip() for cell in row)]
+
+
+def read_data_csv(
+    path: Path, header: bool | None = None, delimiter: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Read an ``(n, d)`` numeric table; the first row is a header if ``header`` (``None``:
+    if any of its cells is not a number); fields are separated by ``delimiter`` (see
+    :func:`delimiter_of`; ``None``: sniffed). Raises :class:`CLIInputError` with the
+    position of the first bad cell."""
+    rows = _read_rows(path, delimiter)
     if not rows:
         raise CLIInputError(f"{path} is empty")
     first = [cell.strip() for cell in rows[0]]
@@ -116,25 +163,20 @@ def read_data_csv(path: Path, header: bool | None = None) -> tuple[np.ndarray, l
     return X, names
 
 
-def _open_new(path: Path, force: bool):
-    """Open for writing, refusing to replace an existing file unless ``force``."""
-    return open(path, "w" if force else "x", newline="", encoding="utf-8")
-
-
 def write_matrix_csv(path: Path, W: np.ndarray, names: list[str], force: bool) -> None:
-    """Adjacency matrix with the node names as header and first column (row = cause)."""
-    with _open_new(path, force) as f:
-        writer = csv.writer(f)
+    """Adjacency matrix with the node names as header and first column (row = cause);
+    ``\n`` line endings."""
+    with open_output(path, force) as f:
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["", *names])
         for name, row in zip(names, W, strict=True):
             writer.writerow([name, *(repr(float(w)) for w in row)])
 
 
-def read_matrix_csv(path: Path, names: list[str]) -> np.ndarray:
+def read_matrix_csv(path: Path, names: list[str], delimiter: str | None = None) -> np.ndarray:
     """Read an adjacency matrix written by :func:`write_matrix_csv` (or a bare ``d x d``
-    table) and check it has the given nodes."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [row for row in csv.reader(f) if row]
+    table; the separator sniffed unless given) and check it has the given nodes."""
+    rows = _read_rows(path, delimiter)
     d = len(names)
     if rows and len(rows[0]) == d + 1 and not _is_number(rows[0][1]):
         cols = [c.strip() for c in rows[0][1:]]
@@ -148,15 +190,6 @@ def read_matrix_csv(path: Path, names: list[str]) -> np.ndarray:
     if B.shape != (d, d):
         raise CLIInputError(f"{path}: adjacency of shape {B.shape}, the data have {d} nodes")
     return B
-
-
-def _check_new(path: Path | None, force: bool) -> None:
-    if path is None:
-        return
-    if path.exists() and not force:
-        _fail(f"{path} exists; choose another name or pass --force to overwrite it")
-    if not path.parent.exists():
-        _fail(f"directory {path.parent} does not exist")
 
 
 # --------------------------------------------------------------------------------------
@@ -200,6 +233,7 @@ class _Progress:
 
 def _fit_topo(X: np.ndarray, options: dict, prior: dict, progress: bool):
     from bilevel.dag.topo import TopoSearch
+    from bilevel.errors import ConvergenceWarning
 
     bar = _Progress(progress)
     try:
@@ -260,7 +294,9 @@ def _parse_tiers(specs: list[str], names: list[str]) -> np.ndarray | None:
     return tiers
 
 
-def _scaling_warnings(X_fit: np.ndarray, W: np.ndarray, score: str, standardized: bool) -> list[str]:
+def _scaling_warnings(
+    X_fit: np.ndarray, W: np.ndarray, score: str, standardized: bool
+) -> list[str]:
     """When the data's scaling makes the chosen score unreliable, say so."""
     from bilevel.dag.diagnostics import var_sortability
 
@@ -312,18 +348,32 @@ def fit(
         ),
     ] = None,
     out: Annotated[
-        Path,
-        typer.Option("--out", "-o", help="Where to write the weighted adjacency matrix (CSV)."),
-    ] = Path("graph.csv"),
+        Path | None,
+        typer.Option(
+            "--graph",
+            "--out",
+            help="Write the weighted adjacency matrix (CSV) here. Default: graph.csv when "
+            "neither --output nor --plot is given.",
+        ),
+    ] = None,
     plot: Annotated[
         Path | None, typer.Option("--plot", help="Also draw the learned graph (PNG, PDF, SVG).")
     ] = None,
     json_out: Annotated[
         Path | None,
         typer.Option(
+            "--output",
+            "-o",
             "--json",
-            help="Also write a JSON result: the edge list (weights, bootstrap stability), the "
+            help="Write the JSON result: the edge list (weights, bootstrap stability), the "
             "metrics and the settings.",
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None,
+        typer.Option(
+            "--delimiter",
+            help="Field separator of DATA and --truth: , ; tab | or space (default: detected).",
         ),
     ] = None,
     sachs: Annotated[
@@ -375,8 +425,11 @@ def fit(
     ] = "auto",
     require: Annotated[
         list[str] | None,
-        typer.Option("--require", help="Required edge CAUSE->EFFECT (names or 0-based indices; "
-                     "repeat or separate by commas)."),
+        typer.Option(
+            "--require",
+            help="Required edge CAUSE->EFFECT (names or 0-based indices; "
+            "repeat or separate by commas).",
+        ),
     ] = None,
     forbid: Annotated[
         list[str] | None,
@@ -384,8 +437,11 @@ def fit(
     ] = None,
     tier: Annotated[
         list[str] | None,
-        typer.Option("--tier", help="Comma-separated nodes of the next tier (repeat, earliest "
-                     "first); no edge points to an earlier tier; unlisted nodes come last."),
+        typer.Option(
+            "--tier",
+            help="Comma-separated nodes of the next tier (repeat, earliest "
+            "first); no edge points to an earlier tier; unlisted nodes come last.",
+        ),
     ] = None,
     bootstrap: Annotated[
         int,
@@ -410,15 +466,9 @@ def fit(
             help="Whether DATA's first row holds node names (default: detected).",
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
-    ] = False,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = True,
-    quiet: Annotated[
-        bool, typer.Option("--quiet/--no-quiet", "-q", help="No progress bars or notes.")
-    ] = False,
+    force: ForceOption = False,
+    progress: ProgressOption = True,
+    quiet: QuietOption = False,
 ) -> None:
     """Learn a DAG from data with TOPO and write its weighted adjacency matrix.
 
@@ -444,15 +494,18 @@ def fit(
         _fail(f"--prune bic needs --score ls, nv or gam without --l1, got --score {score}")
     if sachs == (data is not None):
         _fail("give either a DATA file or --sachs (exactly one)")
-    outputs = [p for p in (out, plot, json_out) if p is not None]
+    if out is None and plot is None and json_out is None:
+        out = Path("graph.csv")
+    named = {"--graph": out, "--plot": plot, "--output": json_out}
+    outputs = [p for p in named.values() if p is not None]
     if len({p.resolve() for p in outputs}) < len(outputs):
-        _fail("--out, --plot and --json must be different files")
+        _fail("--graph, --plot and --output must be different files")
     if data is not None and any(p.resolve() == data.resolve() for p in outputs):
         _fail("the output files must differ from the DATA file (even with --force)")
     if plot is not None and plot.suffix.lower().lstrip(".") not in _plot_formats():
         _fail(f"--plot: unsupported format {plot.suffix!r}; use one of .png, .pdf, .svg")
-    for path in outputs:
-        _check_new(path, force)
+    for option, path in named.items():
+        check_output(path, force, option)
     progress = progress and not quiet
 
     B_true = None
@@ -463,7 +516,7 @@ def fit(
             X, B_true, names = load_sachs(standardize=False)
             source = "Sachs et al. (2005), 853 observational cells"
         else:
-            X, names = read_data_csv(data, header)
+            X, names = read_data_csv(data, header, delimiter)
             source = str(data)
         if standardize:
             std = X.std(axis=0)
@@ -472,7 +525,7 @@ def fit(
                 raise CLIInputError(f"constant column(s) {const} cannot be standardized")
             X = (X - X.mean(axis=0)) / std
         if truth is not None:
-            B_true = read_matrix_csv(truth, names)
+            B_true = read_matrix_csv(truth, names, delimiter)
         prior = {
             "required": _parse_edges(require or [], names, "--require"),
             "forbidden": _parse_edges(forbid or [], names, "--forbid"),
@@ -549,8 +602,10 @@ def fit(
     for message in _scaling_warnings(X, W, score, standardize):
         _info(f"Warning: {message}")
 
-    write_matrix_csv(out, W, names, force)
-    written = [str(out)]
+    written = []
+    if out is not None:
+        write_matrix_csv(out, W, names, force)
+        written.append(str(out))
     if json_out is not None:
         payload = {
             "nodes": names,
@@ -575,7 +630,7 @@ def fit(
                 for i, j in zip(*np.nonzero(stability), strict=True)
             ]
         text = json.dumps(payload, indent=2, allow_nan=False)
-        with _open_new(json_out, force) as f:
+        with open_output(json_out, force) as f:
             f.write(text + "\n")
         written.append(str(json_out))
     if plot is not None:
@@ -617,9 +672,7 @@ def simulate(
     noise: Annotated[str, typer.Option("--noise", help="gauss, exp, gumbel or uniform.")] = "gauss",
     sem: Annotated[str, typer.Option("--sem", help="linear, or mlp (nonlinear).")] = "linear",
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    force: Annotated[
-        bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
-    ] = False,
+    force: ForceOption = False,
 ) -> None:
     """Simulate SEM data from a random DAG (header X0, X1, ...) and write its true graph."""
     from bilevel.dag.simulate import (
@@ -645,8 +698,8 @@ def simulate(
     if graph == "SF" and not 1 <= round(edges / nodes) < nodes:
         _fail(f"--graph SF attaches round(--edges / --nodes) edges per node, which must be in "
               f"[1, --nodes); got --edges {edges}, --nodes {nodes}")  # fmt: skip
-    _check_new(out, force)
-    _check_new(graph_out, force)
+    check_output(out, force, "--out")
+    check_output(graph_out, force, "--graph-out")
     rng = np.random.default_rng(seed)
     try:
         B = simulate_dag(nodes, edges, graph, rng)
@@ -659,8 +712,8 @@ def simulate(
     except ValueError as exc:
         _fail(str(exc))
     names = [f"X{k}" for k in range(nodes)]
-    with _open_new(out, force) as f:
-        writer = csv.writer(f)
+    with open_output(out, force) as f:
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(names)
         writer.writerows([[repr(float(v)) for v in row] for row in X])
     write_matrix_csv(graph_out, W, names, force)

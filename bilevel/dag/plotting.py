@@ -41,6 +41,57 @@ def _layout(G, d: int) -> dict:
     return {node: (x, -y) for node, (x, y) in pos.items()}
 
 
+_RADS = (0.08, 0.25, -0.25, 0.4, -0.4, 0.6, -0.6)
+
+
+def _route(pos: dict, edges: Sequence[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """A curvature (Matplotlib ``arc3`` ``rad``) per edge such that the arc keeps clear of
+    the other nodes: the first of ``_RADS`` whose quadratic Bezier curve (control point
+    ``midpoint + rad * (dy, -dx)``, as ``arc3`` draws it) stays at least 0.3 node spacings
+    away from every other node, else the one that gets farthest."""
+    nodes = np.array([pos[k] for k in sorted(pos)], dtype=float)
+    keys = sorted(pos)
+    if len(nodes) < 3:
+        return {e: _RADS[0] for e in edges}
+    gaps = np.linalg.norm(nodes[:, None] - nodes[None], axis=-1)
+    clearance = 0.3 * gaps[gaps > 0].min()
+    t = np.linspace(0.15, 0.85, 15)[:, None]
+    out = {}
+    for i, j in edges:
+        a, b = np.asarray(pos[i], float), np.asarray(pos[j], float)
+        others = nodes[[k for k, key in enumerate(keys) if key not in (i, j)]]
+        best_rad, best_gap = _RADS[0], -1.0
+        for rad in _RADS:
+            control = (a + b) / 2 + rad * np.array([b[1] - a[1], a[0] - b[0]])
+            curve = (1 - t) ** 2 * a + 2 * t * (1 - t) * control + t**2 * b
+            gap = np.linalg.norm(curve[:, None] - others[None], axis=-1).min()
+            if gap >= clearance:
+                best_rad = rad
+                break
+            if gap > best_gap:
+                best_rad, best_gap = rad, gap
+        out[(i, j)] = best_rad
+    return out
+
+
+def _draw_edges(G, pos, edges, rads, ax, **style) -> None:
+    """``networkx.draw_networkx_edges`` per curvature group, below the nodes; list-valued
+    ``style`` entries (widths, colours, alphas) are split along with the edges."""
+    import networkx as nx
+
+    for rad in sorted({rads[e] for e in edges}):
+        index = [k for k, e in enumerate(edges) if rads[e] == rad]
+        part = {
+            key: [value[k] for k in index] if isinstance(value, list) else value
+            for key, value in style.items()
+        }
+        drawn = nx.draw_networkx_edges(
+            G, pos, edgelist=[edges[k] for k in index], ax=ax, arrows=True,
+            connectionstyle=f"arc3,rad={rad}", **part,
+        )  # fmt: skip
+        _below(drawn)
+
+
 def plot_graph(
     W: np.ndarray,
     node_names: Sequence[str] | None = None,
@@ -84,7 +135,8 @@ def plot_graph(
     Notes
     -----
     Edge width grows linearly with ``|W_ij|`` (the legend shows the widths of the smallest
-    and the largest weight). Edges are drawn below the nodes and end at the circles' rims.
+    and the largest weight). Edges are drawn below the nodes, end at the circles' rims and
+    bend around the other nodes (the least curvature that keeps clear of them).
     """
     import networkx as nx
     from matplotlib.figure import Figure
@@ -147,12 +199,10 @@ def plot_graph(
             if W[i, j] == 0 and W[j, i] == 0
         ]
         G.add_edges_from(missing)
-        drawn = nx.draw_networkx_edges(
-            G, pos, edgelist=missing, ax=ax, style="dashed", edge_color=COLORS["missing"],
-            arrows=True, arrowsize=12, node_size=node_size, alpha=0.8,
-            connectionstyle="arc3,rad=0.08",
+        _draw_edges(
+            G, pos, missing, _route(pos, missing), ax, style="dashed",
+            edge_color=COLORS["missing"], arrowsize=12, node_size=node_size, alpha=0.8,
         )  # fmt: skip
-        _below(drawn)
         handles += [
             Line2D([], [], color=COLORS["correct"], lw=2, label="correct edge"),
             Line2D([], [], color=COLORS["reversed"], lw=2, label="reversed edge"),
@@ -162,16 +212,17 @@ def plot_graph(
     alphas = None
     if stability is not None and edges:
         alphas = [0.25 + 0.75 * float(stability[i, j]) for i, j in edges]
-    drawn = nx.draw_networkx_edges(
-        G, pos, edgelist=edges, ax=ax, width=widths, edge_color=colors, arrows=True,
-        arrowsize=14, node_size=node_size, connectionstyle="arc3,rad=0.08", alpha=alphas,
+    rads = _route(pos, edges)
+    _draw_edges(
+        G, pos, edges, rads, ax, width=widths, edge_color=colors, arrowsize=14,
+        node_size=node_size, alpha=alphas,
     )  # fmt: skip
-    _below(drawn)
     if stability is not None and edges:
-        labels = {(i, j): f"{stability[i, j]:.2f}" for i, j in edges}
-        nx.draw_networkx_edge_labels(
-            G, pos, edge_labels=labels, ax=ax, font_size=6, connectionstyle="arc3,rad=0.08"
-        )
+        for rad in sorted({rads[e] for e in edges}):
+            labels = {(i, j): f"{stability[i, j]:.2f}" for i, j in edges if rads[(i, j)] == rad}
+            nx.draw_networkx_edge_labels(
+                G, pos, edge_labels=labels, ax=ax, font_size=6, connectionstyle=f"arc3,rad={rad}"
+            )
     nodes = nx.draw_networkx_nodes(
         G, pos, ax=ax, node_color="white", edgecolors="black", node_size=node_size
     )

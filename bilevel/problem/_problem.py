@@ -338,3 +338,43 @@ class BilevelResult:
     def converged(self) -> bool:
         """Whether the stopping criterion was met."""
         return self.status == "converged"
+
+    def __repr__(self) -> str:
+        """A summary: status, iterations, the shapes of ``x`` and ``y``, the last recorded
+        value of each history entry (with its length) and the keys of ``info``; the full
+        arrays stay in the attributes."""
+        last = ", ".join(
+            f"{key}={_short(values[-1])}" for key, values in self.history.items() if values
+        )
+        length = max((len(v) for v in self.history.values()), default=0)
+        return (
+            f"BilevelResult(status={self.status!r}, n_iter={self.n_iter}, "
+            f"x={_describe(self.x)}, y={_describe(self.y)}, "
+            f"history[{length} records; last: {last}], "
+            f"info keys={sorted(map(str, self.info))}, message={self.message!r})"
+        )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else repr(value)
+
+
+def _describe(tree: PyTree) -> str:
+    """``tensor(shape=(3,), float64)`` per leaf; small tensors show their values."""
+    leaves = tree_leaves(tree)
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            if leaf.numel() <= 4:
+                values = ", ".join(f"{v:.4g}" for v in leaf.detach().flatten().tolist())
+                parts.append(f"tensor([{values}])")
+            else:
+                dtype = str(leaf.dtype).removeprefix("torch.")
+                parts.append(f"tensor(shape={tuple(leaf.shape)}, {dtype})")
+        else:
+            parts.append(type(leaf).__name__)
+    return (
+        parts[0]
+        if len(parts) == 1 and not isinstance(tree, dict | list | tuple)
+        else ("[" + ", ".join(parts) + "]")
+    )

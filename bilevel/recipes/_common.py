@@ -1,11 +1,13 @@
-"""Helpers shared by the recipes: thread count, progress bar, history, linear solver."""
+"""Helpers shared by the recipes: thread count, progress bar, best iterate (early stopping),
+history, linear solver."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 import torch
@@ -69,6 +71,49 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BestIterate:
+    """Early stopping on a validation value (lower is better): remembers the iterate of the
+    lowest ``value`` seen by :meth:`update` (the first one on ties), which a recipe returns
+    instead of the last iterate; :meth:`warn_if_unsettled` reports a run whose last value
+    is worse than its best as not converged.
+    """
+
+    def __init__(self) -> None:
+        self.value = math.inf
+        self.iteration = -1
+        self.state: Any = None
+        self.last_value = math.nan
+        self.last_iteration = -1
+
+    def update(self, iteration: int, value: float, state: Callable[[], Any]) -> bool:
+        """Record ``value`` at ``iteration``; ``state()`` (a snapshot, e.g. cloned tensors)
+        is taken only for a new best. Returns whether it is one."""
+        self.last_value, self.last_iteration = float(value), iteration
+        if value < self.value:
+            self.value, self.iteration, self.state = float(value), iteration, state()
+            return True
+        return False
+
+    def warn_if_unsettled(self, what: str, rtol: float = 0.01) -> bool:
+        """A :class:`~bilevel.errors.ConvergenceWarning` when the last value exceeds the
+        best by more than ``rtol`` (relative to ``|best|``): the iterates had not settled,
+        and the best one is returned. Returns whether it warned."""
+        from bilevel.errors import ConvergenceWarning
+
+        margin = rtol * max(abs(self.value), 1e-12)
+        if not self.last_value > self.value + margin:
+            return False
+        warnings.warn(
+            f"{what}: the last iterate (iteration {self.last_iteration}, validation value "
+            f"{self.last_value:.6g}) is worse than the best one (iteration {self.iteration}, "
+            f"{self.value:.6g}), which is returned: the iterates have not converged (more "
+            "iterations or smaller steps may help)",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+        return True
 
 
 def conjugate_gradient(tol: float, maxiter: int | None = None) -> Any:

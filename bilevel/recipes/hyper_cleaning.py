@@ -48,7 +48,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bilevel.recipes._common import Progress, conjugate_gradient, jsonable, torch_threads
+from bilevel.recipes._common import (
+    BestIterate,
+    Progress,
+    conjugate_gradient,
+    jsonable,
+    torch_threads,
+)
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 from bilevel.solvers import LBFGS, GradientDescent
 
@@ -203,8 +209,11 @@ class HyperCleaningResult:
 
     ``history`` has one entry per outer iterate ``a_0 .. a_K``: validation loss and
     accuracy, hypergradient norm, mean weight of clean and of corrupted training examples,
-    and seconds since the outer loop started. ``weights`` are the final ``sigmoid(a_i)``;
-    ``corrupted`` the ground-truth corruption mask.
+    and seconds since the outer loop started. ``weights`` are the ``sigmoid(a_i)`` of the
+    outer iterate of lowest validation loss (early stopping: ``best_iteration``; the
+    cleaned model and ``val_loss`` are that iterate's, ``last_val_loss`` the last one's; a
+    last iterate more than 1 % worse than the best is a ConvergenceWarning and
+    ``converged: False``); ``corrupted`` is the ground-truth corruption mask.
     """
 
     config: HyperCleaningConfig
@@ -221,6 +230,9 @@ class HyperCleaningResult:
     history: dict[str, list[float]]
     runtime: float = 0.0
     inner_iterations: list[int] = field(default_factory=list)
+    best_iteration: int = 0
+    last_val_loss: float = math.nan
+    converged: bool = True
 
     #: panels of the convergence plot (history keys; a tuple shares one panel)
     PLOT: ClassVar[tuple[str | tuple[str, ...], ...]] = (
@@ -250,6 +262,9 @@ class HyperCleaningResult:
             "reg_corrupted_tuned": self.reg_corrupted_tuned,
             "gap_recovered": self.gap_recovered,
             "val_loss": self.val_loss,
+            "best_iteration": self.best_iteration,
+            "last_val_loss": self.last_val_loss,
+            "converged": self.converged,
             "val_loss_corrupted": self.val_loss_corrupted,
             "weight_clean_mean": float(w[~mask].mean()) if (~mask).any() else math.nan,
             "weight_corrupted_mean": float(w[mask].mean()) if mask.any() else math.nan,
@@ -322,13 +337,18 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         W, info = inner.run(init.detach(), logits, X, y)
         return W, info
 
+    n_baselines = 3 + (len(BASELINE_REGS) if config.tune_baseline else 0)
+    baseline_bar = Progress(n_baselines, "hyper_cleaning: baselines", progress)
     with torch.no_grad():
         W_noisy, _ = fit(ones, X_train, y_noisy, zeros)  # (a)
+        baseline_bar.update()
         W_oracle, _ = fit(ones, X_train, data["y_train"], zeros)  # (c)
+        baseline_bar.update()
         keep = ~corrupted  # clean-subset reference (none when every label is corrupted)
         W_subset = (
             fit(ones[keep], X_train[keep], data["y_train"][keep], zeros)[0] if keep.any() else None
         )
+        baseline_bar.update()
     val_noisy = float(F.cross_entropy(X_val @ W_noisy, y_val))
     tuned_acc, tuned_reg = math.nan, math.nan
     if config.tune_baseline:  # (a'): noisy training, reg chosen on validation accuracy
@@ -336,9 +356,11 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         for reg in BASELINE_REGS:
             with torch.no_grad():
                 W_reg, _ = make_solver(config.replace(reg=reg)).run(zeros, ones, X_train, y_noisy)
+            baseline_bar.update()
             val_acc = accuracy(W_reg, X_val, y_val)
             if val_acc > best:
                 best, tuned_reg, tuned_acc = val_acc, reg, accuracy(W_reg, X_test, y_test)
+    baseline_bar.close()
 
     logits = torch.zeros(n, dtype=DTYPE, requires_grad=True)
     optimizer = torch.optim.Adam([logits], lr=config.lr)
@@ -356,6 +378,7 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
     }
     inner_iterations: list[int] = []
     W = W_noisy.detach()
+    early = BestIterate()  # early stopping on the validation loss
     start = time.perf_counter()
     with Progress(config.outer_steps, "hyper_cleaning: hypergradient descent", progress) as bar:
         for k in range(config.outer_steps + 1):
@@ -379,11 +402,16 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
                     float(weights[corrupted].mean()) if corrupted.any() else math.nan
                 )
                 history["time"].append(time.perf_counter() - start)
+                early.update(
+                    k, history["val_loss"][-1], lambda weights=weights, W=W: (weights.clone(), W)
+                )
             if k == config.outer_steps:
                 break
             optimizer.step()
             bar.update(val_loss=float(loss.detach()), hypergrad=grad_norm)
 
+    settled = not early.warn_if_unsettled("hyper_cleaning (hypergradient descent)")
+    best_weights, W = early.state
     return HyperCleaningResult(
         config=config,
         test_accuracy_corrupted=accuracy(W_noisy, X_test, y_test),
@@ -394,11 +422,14 @@ def _run(config: HyperCleaningConfig, progress: bool) -> HyperCleaningResult:
         ),
         test_accuracy_corrupted_tuned=tuned_acc,
         reg_corrupted_tuned=tuned_reg,
-        val_loss=history["val_loss"][-1],
+        val_loss=early.value,
         val_loss_corrupted=val_noisy,
-        weights=torch.sigmoid(logits.detach()).tolist(),
+        weights=best_weights.tolist(),
         corrupted=corrupted.tolist(),
         history=history,
         runtime=time.perf_counter() - start_all,
         inner_iterations=inner_iterations,
+        best_iteration=early.iteration,
+        last_val_loss=history["val_loss"][-1],
+        converged=settled,
     )

@@ -40,7 +40,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from bilevel.recipes._common import Progress, conjugate_gradient, jsonable, torch_threads
+from bilevel.recipes._common import (
+    BestIterate,
+    Progress,
+    conjugate_gradient,
+    jsonable,
+    torch_threads,
+)
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 from bilevel.solvers import LBFGS
 
@@ -209,7 +215,10 @@ class HyperparameterResult:
     """Outcome of the hyperparameter recipe.
 
     ``val_loss``/``test_loss``/``test_accuracy`` are those of the per-feature strengths
-    learned by hypergradient descent; ``grid_*`` those of the best shared strength
+    learned by hypergradient descent, at the outer iterate of lowest validation loss
+    (early stopping: ``best_iteration``; ``last_val_loss`` is the last iterate's, and a
+    last iterate more than 1 % worse than the best is a ConvergenceWarning and
+    ``converged: False``); ``grid_*`` those of the best shared strength
     (``grid_interior``: whether it lies strictly inside the grid). ``strengths`` lists the
     30 real features first, then the noise ones. ``history`` has one
     entry per outer iterate ``theta_0 .. theta_K`` (``theta_0``: the grid's best), with the
@@ -231,6 +240,9 @@ class HyperparameterResult:
     strengths: list[float]
     history: dict[str, list[float]]
     grid: dict[str, list[float]] = field(default_factory=dict)
+    best_iteration: int = 0
+    last_val_loss: float = math.nan
+    converged: bool = True
     runtime: float = 0.0
 
     #: panels of the convergence plot (history keys; a tuple shares one panel)
@@ -245,6 +257,9 @@ class HyperparameterResult:
         lo, hi = self.config.min_strength, self.config.max_strength
         return {
             "val_loss": self.val_loss,
+            "best_iteration": self.best_iteration,
+            "last_val_loss": self.last_val_loss,
+            "converged": self.converged,
             "test_loss": self.test_loss,
             "test_accuracy": self.test_accuracy,
             "grid_val_loss": self.grid_val_loss,
@@ -352,10 +367,12 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
     grid = torch.linspace(math.log(config.grid_min_strength), hi, config.grid_size, dtype=DTYPE)
     w = torch.zeros(n_features, dtype=DTYPE)
     grid_losses = []
-    with torch.no_grad():
+    desc = "hyperparameter: grid search (shared strength)"
+    with torch.no_grad(), Progress(config.grid_size, desc, progress) as grid_bar:
         for log_lam in grid:
             w = solve(torch.full((n_features - 1,), float(log_lam), dtype=DTYPE), w)
             grid_losses.append(float(val_loss(w)))
+            grid_bar.update(val_loss=grid_losses[-1])
         best = int(np.argmin(grid_losses))
         w_grid = solve(
             torch.full((n_features - 1,), float(grid[best]), dtype=DTYPE),
@@ -377,6 +394,7 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
         "time": [],
     }
     w = w_grid.detach()
+    early = BestIterate()  # early stopping on the validation loss
     start = time.perf_counter()
     with Progress(config.outer_steps, "hyperparameter: hypergradient descent", progress) as bar:
         for k in range(config.outer_steps + 1):
@@ -394,6 +412,7 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
             history["hypergrad_norm"].append(grad_norm)
             history["projected_hypergrad_norm"].append(projected_norm)
             history["time"].append(time.perf_counter() - start)
+            early.update(k, history["val_loss"][-1], lambda w=w: (theta.detach().clone(), w))
             if k == config.outer_steps:
                 break
             optimizer.step()
@@ -401,9 +420,11 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
                 theta.clamp_(lo, hi)
             bar.update(val_loss=float(loss.detach()), hypergrad=grad_norm)
 
+    settled = not early.warn_if_unsettled("hyperparameter (hypergradient descent)")
+    theta_best, w = early.state
     return HyperparameterResult(
         config=config,
-        val_loss=history["val_loss"][-1],
+        val_loss=early.value,
         test_loss=float(cross_entropy(w, data["X_test"], data["y_test"])),
         test_accuracy=accuracy(w, data["X_test"], data["y_test"]),
         grid_val_loss=grid_val,
@@ -411,8 +432,11 @@ def _run(config: HyperparameterConfig, progress: bool) -> HyperparameterResult:
         grid_test_accuracy=grid_acc,
         grid_strength=float(math.exp(float(grid[best]))),
         grid_interior=0 < best < config.grid_size - 1,
-        strengths=torch.exp(theta.detach()).tolist(),
+        strengths=torch.exp(theta_best).tolist(),
         history=history,
         grid={"strength": torch.exp(grid).tolist(), "val_loss": grid_losses},
+        best_iteration=early.iteration,
+        last_val_loss=history["val_loss"][-1],
+        converged=settled,
         runtime=time.perf_counter() - start_all,
     )

@@ -23,6 +23,13 @@ scaled by ``1/sqrt(k)``: ``c0 = 1``, ``p = 0.5``). Unlike the official script, w
 ``C.add(...)`` is not in place so that ``C`` never changes, ``c`` is updated here;
 ``c_change`` (the largest ``|c_i - c_i^0|``) and the upper-objective history show it.
 
+Early stopping: the validation objective ``F`` is evaluated at the start and after every
+iteration, and the iterate of lowest ``F`` is returned (``best_iteration``; 0 is the
+initial point); the last iterate's figures are reported as ``last_*``. LV-HBA is not a
+descent method on ``F``: when the last iterate's ``F`` exceeds the best by more than 1 %,
+the iterates have not converged, and the recipe says so with a
+:class:`~bilevel.errors.ConvergenceWarning` and ``converged: False``.
+
 Baselines (reported with the same test split):
 
 * ``cv``: one ``C`` for all samples chosen by 5-fold cross-validation on the training part
@@ -33,6 +40,7 @@ Baselines (reported with the same test split):
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,7 +51,7 @@ import torch
 
 import bilevel
 from bilevel.constrained import LVHBA, solve_lower
-from bilevel.recipes._common import jsonable, torch_threads
+from bilevel.recipes._common import BestIterate, Progress, jsonable, torch_threads
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 
 __all__ = [
@@ -166,7 +174,8 @@ class SVMHyperparametersConfig(RecipeConfig):
 
 @dataclass
 class SVMHyperparametersResult:
-    """Outcome of the SVM recipe: LV-HBA's accuracies and the baselines', the learned
+    """Outcome of the SVM recipe: the accuracies of LV-HBA's best validation iterate
+    (``best_iteration``) and of its last one (``last_*``), the baselines', the learned
     ``C_i``, and the history (upper objective, validation/test accuracy per recorded
     iteration)."""
 
@@ -183,6 +192,11 @@ class SVMHyperparametersResult:
     log_C: list[float]
     history: dict[str, list[float]]
     status: str
+    best_iteration: int = 0
+    last_test_accuracy: float = math.nan
+    last_val_accuracy: float = math.nan
+    last_upper_value: float = math.nan
+    converged: bool = True
     runtime: float = 0.0
 
     PLOT: ClassVar[tuple[str | tuple[str, ...], ...]] = (
@@ -201,11 +215,24 @@ class SVMHyperparametersResult:
             "cv_C": self.cv_C,
             "default_test_accuracy": self.default_test_accuracy,
             "c_change": self.c_change,
+            "best_iteration": self.best_iteration,
+            "last_test_accuracy": self.last_test_accuracy,
+            "last_val_accuracy": self.last_val_accuracy,
+            "last_upper_value": self.last_upper_value,
+            "converged": self.converged,
             "runtime_s": self.runtime,
         }
 
     def reference_lines(self) -> dict[str, dict[str, float]]:
-        return {"upper_value": {"initial C": self.initial_upper_value}}
+        """The initial point and the returned best iterate on the objective panel; the
+        cross-validated single ``C`` on the accuracy panel."""
+        return {
+            "upper_value": {
+                "initial C": self.initial_upper_value,
+                f"best iterate ({self.best_iteration}, returned)": self.upper_value,
+            },
+            "test_accuracy": {f"cross-validated C = {self.cv_C:.3g} (test)": self.cv_test_accuracy},
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
@@ -248,7 +275,9 @@ def _sklearn_baselines(data: dict[str, torch.Tensor], seed: int) -> tuple[float,
 def _run(config: SVMHyperparametersConfig, progress: bool) -> SVMHyperparametersResult:
     start = time.perf_counter()
     data = load_data(config.n_train, config.n_val, config.seed)
-    cv_acc, cv_C, default_acc = _sklearn_baselines(data, config.seed)
+    with Progress(1, "svm_hyperparameters: cross-validated baseline", progress) as bar:
+        cv_acc, cv_C, default_acc = _sklearn_baselines(data, config.seed)
+        bar.update()
     problem = make_problem(data, config.kappa)
     n, d = data["X_train"].shape
     c0 = torch.full((n,), config.c_init, dtype=DTYPE)
@@ -268,11 +297,15 @@ def _run(config: SVMHyperparametersConfig, progress: bool) -> SVMHyperparameters
         "time": [],
     }
     record_every = max(1, config.iterations // 40)
+    best = BestIterate()  # early stopping on the validation objective, start included
+    best.update(0, initial_upper, lambda: (c0.clone(), y0.clone()))
 
     def callback(k: int, state: Any) -> None:
+        value = float(problem.upper_value(state.x, state.y))
+        best.update(k, value, lambda: (state.x.detach().clone(), state.y.detach().clone()))
         if k % record_every == 0 or k == config.iterations:
             history["iteration"].append(k)
-            history["upper_value"].append(float(problem.upper_value(state.x, state.y)))
+            history["upper_value"].append(value)
             history["val_accuracy"].append(test_accuracy(state.y, data, "val"))
             history["test_accuracy"].append(test_accuracy(state.y, data))
             history["time"].append(time.perf_counter() - start)
@@ -302,19 +335,31 @@ def _run(config: SVMHyperparametersConfig, progress: bool) -> SVMHyperparameters
             progress=progress,
             record_every=config.iterations,
         )
+    settled = not best.warn_if_unsettled("svm_hyperparameters (LV-HBA)")
+    if result.status == "diverged":
+        settled = False
+        warnings.warn(f"svm_hyperparameters (LV-HBA) diverged: {result.message}; the best "
+                      "iterate before it is returned", bilevel.errors.ConvergenceWarning,
+                      stacklevel=2)  # fmt: skip
+    x_best, y_best = best.state
     return SVMHyperparametersResult(
         config=config,
-        test_accuracy=test_accuracy(result.y, data),
-        val_accuracy=test_accuracy(result.y, data, "val"),
-        upper_value=float(problem.upper_value(result.x, result.y)),
+        test_accuracy=test_accuracy(y_best, data),
+        val_accuracy=test_accuracy(y_best, data, "val"),
+        upper_value=best.value,
         initial_upper_value=initial_upper,
         initial_test_accuracy=initial_acc,
         cv_test_accuracy=cv_acc,
         cv_C=cv_C,
         default_test_accuracy=default_acc,
-        c_change=float((result.x - c0).abs().max()),
-        log_C=result.x.tolist(),
+        c_change=float((x_best - c0).abs().max()),
+        log_C=x_best.tolist(),
         history=history,
         status=result.status,
+        best_iteration=min(best.iteration, config.iterations),
+        last_test_accuracy=test_accuracy(result.y, data),
+        last_val_accuracy=test_accuracy(result.y, data, "val"),
+        last_upper_value=float(problem.upper_value(result.x, result.y)),
+        converged=settled,
         runtime=time.perf_counter() - start,
     )

@@ -103,7 +103,7 @@ print(f"stability of the learnt edges: min {S[found].min():.2f}, mean {S[found].
 #
 # ```bash
 # bilevel dag simulate --out data.csv --graph-out true.csv
-# bilevel dag fit data.csv --out graph.csv --truth true.csv --json result.json --plot graph.png
+# bilevel dag fit data.csv --graph graph.csv --truth true.csv -o result.json --plot graph.png
 # ```
 #
 # The formats are described in [Config and instance formats](../formats.md). Other

@@ -104,7 +104,7 @@ def test_cli_writes_the_distilled_images_and_flags_non_convergence(tmp_path, mon
     from bilevel.nn import distillation as D
 
     runner = CliRunner()
-    args = ["run", "distillation", "--steps", "3", "--no-progress", "-o", str(tmp_path / "ok")]
+    args = ["run", "distillation", "--steps", "3", "--no-progress", "--output-dir", str(tmp_path / "ok")]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "ok").iterdir()
@@ -117,7 +117,7 @@ def test_cli_writes_the_distilled_images_and_flags_non_convergence(tmp_path, mon
     real = D.fit_logistic
     monkeypatch.setattr(D, "fit_logistic", lambda *a, **k: (False, real(*a, **k)[1] + 1.0))
     args = ["run", "distillation", "--inner-solver", "logistic", "--steps", "1", "--no-progress",
-            "-o", str(tmp_path / "bad")]
+            "--output-dir", str(tmp_path / "bad")]
     result = runner.invoke(app, args, catch_exceptions=False)  # the CLI reports the warning
     assert result.exit_code == 3
     assert "inner solve" in result.output
