@@ -432,3 +432,19 @@ def test_bad_inputs_have_clear_errors():
     # the cholesky state refuses a singular Gram matrix
     with pytest.raises(np.linalg.LinAlgError, match="singular"):
         CholeskyOrder(np.zeros((2, 2)), np.arange(2), lambda D: D)
+
+
+def test_least_squares_accepts_badly_scaled_columns_and_stays_accurate():
+    # raw data of a deep scale-free graph has variances from 1 to 1e9: the Gram matrix's
+    # condition number passes 1e12 although the correlation matrix is well conditioned
+    X, _ = linear_data(d=6, n=200, seed=3)
+    Xs = X * 10.0 ** (1.5 * np.arange(6))  # variances 1 .. 1e15
+    score = LeastSquares().setup(Xs)
+    order = np.arange(6)
+    state = score.state(order)
+    Xc = Xs - Xs.mean(axis=0)
+    for j in range(1, 6):
+        coef, *_ = np.linalg.lstsq(Xc[:, :j], Xc[:, j], rcond=None)
+        resid = Xc[:, j] - Xc[:, :j] @ coef
+        expected = 0.5 * float(resid @ resid) / len(Xc)
+        assert abs(state.node_loss[j] - expected) <= 1e-8 * expected

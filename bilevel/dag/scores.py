@@ -323,8 +323,13 @@ class LeastSquares(Score):
         self._S = self._X.T @ self._X / n
         self._St = self._S + self._l2 * np.eye(d)
         if self._l2 == 0:
-            ev = np.linalg.eigvalsh(self._S)
-            if ev[0] <= 1e-12 * ev[-1]:
+            # The node fits are scale-equivariant and a Cholesky factorisation is accurate
+            # for any column scaling (van der Sluis), so collinearity is judged on the
+            # correlation matrix: raw data with variances 1 to 1e9 (hubs of a scale-free
+            # graph) is fine; only a condition number near 1/(d eps) is refused.
+            sd = np.sqrt(np.diag(self._S))  # > 0: constant columns are refused above
+            ev = np.linalg.eigvalsh(self._S / np.outer(sd, sd))
+            if ev[0] <= d * np.finfo(float).eps * ev[-1]:
                 raise ValueError(
                     "X has (numerically) collinear columns; the least-squares score is not "
                     "identifiable; use l2 > 0"
