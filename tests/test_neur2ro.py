@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy.optimize import linprog
 
+from bilevel.robust import worst_case
 from bilevel.robust.model import TwoStageRobustProblem, UncertaintySet
 from bilevel.robust.neur2ro import (
     NetworkConfig,
@@ -387,7 +388,7 @@ def test_capital_budgeting_returns_robust_feasible_decision():
         problem, n_first_stage=10, n_scenarios=5, seed=0, model_params={"n_epochs": 20}
     )
     assert np.isfinite(result.objective)
-    wc = problem.worst_case(result.x)
+    wc = worst_case(problem, result.x)
     assert result.objective == pytest.approx(wc.objective, rel=1e-9)
 
 
@@ -491,5 +492,5 @@ def test_main_problem_cut_by_time_limit_returns_last_completed_decision(
         assert result.info["termination"] == "main_problem_Time_limit_reached"
         np.testing.assert_array_equal(result.x, calls[0])
         assert result.n_iter == 1 and result.status == "heuristic"
-        wc = problem.worst_case(calls[0])
+        wc = worst_case(problem, calls[0])
         assert result.objective == pytest.approx(wc.objective, rel=1e-9)
