@@ -62,10 +62,10 @@ def test_generate_then_solve_knapsack(runner, tmp_path):
     # Never overwrites: neither the result nor the instance.
     before = out.read_text()
     res = _invoke(runner, "solve", str(inst), "--out", str(out))
-    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "pass --force to overwrite" in res.output
     assert out.read_text() == before
     res = _invoke(runner, "generate", "knapsack", "--n", "5", "--out", str(inst))
-    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "pass --force to overwrite" in res.output
 
 
 def test_solve_knapsack_text_file(runner, tmp_path):
@@ -239,7 +239,7 @@ def test_train_then_solve_with_the_saved_model(runner, tmp_path):
     assert res.exit_code == 0, res.output
     assert model.is_file() and "wrote" in res.output
     res = runner.invoke(app, ["robust", *args])  # never overwrites
-    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "pass --force to overwrite" in res.output
     inst = tmp_path / "inst.json"
     for n, path in ((5, inst), (6, tmp_path / "inst6.json")):
         gen = ["generate", "knapsack", "--n", str(n), "--type", "SC", "--out", str(path)]

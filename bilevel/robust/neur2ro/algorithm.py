@@ -353,6 +353,7 @@ def solve_neur2ro(
     evaluation_time_limit: float | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
+    n_jobs: int | None = 1,
 ) -> RobustResult:
     """Solve ``problem`` with Neur2RO and evaluate the returned ``x`` exactly.
 
@@ -388,6 +389,9 @@ def solve_neur2ro(
     progress:
         tqdm bars (stderr, with rate and ETA) over labelling, training and the iterations;
         each appears after 2 s.
+    n_jobs:
+        joblib workers for labelling the training data when ``model`` is ``None`` (see
+        :func:`~bilevel.robust.neur2ro.data.generate_dataset`).
 
     Returns
     -------
@@ -432,6 +436,7 @@ def solve_neur2ro(
             n_scenarios=n_scenarios,
             vertex_fraction=vertex_fraction,
             seed=seed,
+            n_jobs=n_jobs,
             progress=progress,
             **params,
         )

@@ -435,8 +435,9 @@ class Neur2ROValueModel:
         return prep.offset + prep.factor * out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write hyperparameters, scalings and the state dict with :func:`torch.save`."""
+    def save(self, path: str | os.PathLike | Any) -> None:
+        """Write hyperparameters, scalings, the state dict and :attr:`training_info_` with
+        :func:`torch.save` (``path``: a file name or a binary file object)."""
         self._check_fitted()
         payload = {
             "format": _FORMAT,
@@ -461,7 +462,7 @@ class Neur2ROValueModel:
                 "training_info": self.training_info_,
             },
         }
-        torch.save(payload, os.fspath(path))
+        torch.save(payload, path if hasattr(path, "write") else os.fspath(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Neur2ROValueModel:
