@@ -214,6 +214,12 @@ def solve_command(
     time_limit: Annotated[
         float | None, typer.Option("--time-limit", help="Seconds for the whole solve.")
     ] = None,
+    max_iter: Annotated[
+        int | None,
+        typer.Option(
+            "--max-iter", min=1, help="Most iterations (CCG masters, Neur2RO main problems)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", "--out", help="Write the result and metrics as JSON."),
@@ -322,6 +328,8 @@ def solve_command(
     options["callback"] = progress
     if time_limit is not None:
         options["time_limit"] = time_limit
+    if max_iter is not None:
+        options["max_iter" if method == "exact" else "max_iterations"] = max_iter
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         try:
