@@ -46,7 +46,7 @@ def main() -> None:
     from bilevel.robust.neur2ro import generate_dataset
 
     problems = sample_knapsack_class(args.n, args.type, args.instances, seed=0)
-    kw = dict(n_first_stage=args.n_first_stage, n_scenarios=args.n_scenarios, seed=0)
+    kw = {"n_first_stage": args.n_first_stage, "n_scenarios": args.n_scenarios, "seed": 0}
     runs, labels = [], None
     for rep in range(args.repeats):
         for jobs in (1, 2):
@@ -57,15 +57,28 @@ def main() -> None:
             if labels is None:
                 labels = data.label
             assert np.array_equal(labels, data.label), "labels differ between runs"
-            runs.append({"repeat": rep, "n_jobs": jobs, "wall": wall, "load_before": load,
-                         "load_after": os.getloadavg()[0], "samples": len(data) + data.n_infeasible})  # fmt: skip
-            print(f"repeat {rep} n_jobs {jobs}: {wall:.2f} s for {runs[-1]['samples']} MILPs "
-                  f"(load {load:.1f} -> {runs[-1]['load_after']:.1f})", flush=True)  # fmt: skip
+            runs.append(
+                {
+                    "repeat": rep,
+                    "n_jobs": jobs,
+                    "wall": wall,
+                    "load_before": load,
+                    "load_after": os.getloadavg()[0],
+                    "samples": len(data) + data.n_infeasible,
+                }
+            )
+            print(
+                f"repeat {rep} n_jobs {jobs}: {wall:.2f} s for {runs[-1]['samples']} MILPs "
+                f"(load {load:.1f} -> {runs[-1]['load_after']:.1f})",
+                flush=True,
+            )
     one = [r["wall"] for r in runs if r["n_jobs"] == 1]
     two = [r["wall"] for r in runs if r["n_jobs"] == 2]
-    print(f"\nspeed-up at 2 workers: {np.median(one) / np.median(two):.2f}x "
-          f"(median of {len(one)} runs each: {np.median(one):.2f} s vs {np.median(two):.2f} s; "
-          f"per-pair ratios {[round(a / b, 2) for a, b in zip(one, two)]})")  # fmt: skip
+    print(
+        f"\nspeed-up at 2 workers: {np.median(one) / np.median(two):.2f}x "
+        f"(median of {len(one)} runs each: {np.median(one):.2f} s vs {np.median(two):.2f} s; "
+        f"per-pair ratios {[round(a / b, 2) for a, b in zip(one, two)]})"
+    )
     if args.json:
         write_json(args.json, args, runs=runs)
 

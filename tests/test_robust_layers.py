@@ -9,11 +9,12 @@ import math
 import time
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
-import bilevel.robust as robust
+from bilevel import robust
 from bilevel.errors import ConvergenceWarning
 from bilevel.robust import brute_force, generate_knapsack, solve_ccg
 from bilevel.robust._deadline import Deadline
@@ -51,9 +52,7 @@ def _imports(path: Path, name: str) -> set[str]:
 def test_no_import_circles_below_the_package_facades():
     """The graph of module-to-module imports inside bilevel.robust (package __init__
     facades excluded: they only re-export) has no cycle."""
-    files = {
-        _module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
-    }
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
     graph = {
         name: {m for m in _imports(path, name) if m in files and m != name}
         for name, path in files.items()
@@ -94,23 +93,34 @@ def test_deadline():
 def test_from_cost_bounds_converts_sense_and_gap_once(sense):
     problem = generate_knapsack(3, "UN", seed=0)
     object.__setattr__(problem, "sense", sense)
-    worst = WorstCase.from_cost(problem, 10.0, np.zeros(3), np.zeros(problem.n_y), "optimal",
-                                10.0, 1)  # fmt: skip
-    r = RobustResult.from_cost_bounds(8.0, 10.0, sense, x=np.ones(3), worst=worst,
-                                      status="optimal", n_iter=2, time=0.1)  # fmt: skip
+    worst = WorstCase.from_cost(
+        problem, 10.0, np.zeros(3), np.zeros(problem.n_y), "optimal", 10.0, 1
+    )
+    r = RobustResult.from_cost_bounds(
+        8.0, 10.0, sense, x=np.ones(3), worst=worst, status="optimal", n_iter=2, time=0.1
+    )
     assert r.gap == pytest.approx(0.2) == cost_gap(8.0, 10.0)
     assert (r.lower_bound, r.upper_bound) == own_bounds(8.0, 10.0, sense)
     assert (r.lower_bound, r.upper_bound) == ((8.0, 10.0) if sense == "min" else (-10.0, -8.0))
     assert r.objective == problem.to_objective(10.0)
     assert r.xi is worst.xi and r.info["xi"] is worst.xi
     with pytest.warns(ConvergenceWarning, match="time_limit"):
-        t = RobustResult.from_cost_bounds(-math.inf, math.inf, sense, x=None, worst=None,
-                                          status="time_limit", n_iter=0, time=0.0)  # fmt: skip
+        t = RobustResult.from_cost_bounds(
+            -math.inf, math.inf, sense, x=None, worst=None, status="time_limit", n_iter=0, time=0.0
+        )
     assert t.gap == math.inf and math.isnan(t.objective)
     partial = WorstCase.from_cost(problem, 9.0, np.zeros(3), None, "time_limit", 12.0, 1)
     with pytest.warns(ConvergenceWarning):
-        p = RobustResult.from_cost_bounds(8.0, math.inf, sense, x=np.ones(3), worst=partial,
-                                          status="time_limit", n_iter=1, time=0.0)  # fmt: skip
+        p = RobustResult.from_cost_bounds(
+            8.0,
+            math.inf,
+            sense,
+            x=np.ones(3),
+            worst=partial,
+            status="time_limit",
+            n_iter=1,
+            time=0.0,
+        )
     assert math.isnan(p.objective)
     assert p.info["objective_bounds"] == own_bounds(9.0, 12.0, sense)
 
@@ -120,7 +130,7 @@ def test_parallel_labelling_equals_sequential():
     from bilevel.robust.neur2ro import generate_dataset
 
     problems = [generate_knapsack(6, t, seed=s) for s, t in enumerate(("UN", "WC", "SC"))]
-    kw = dict(n_first_stage=4, n_scenarios=5, seed=3)
+    kw = {"n_first_stage": 4, "n_scenarios": 5, "seed": 3}
     one = generate_dataset(problems, n_jobs=1, **kw)
     two = generate_dataset(problems, n_jobs=2, **kw)
     assert len(one) == len(two) == 60 - one.n_infeasible
@@ -140,7 +150,7 @@ def test_parallel_labelling_equals_sequential():
 class _Bar:
     """A stand-in for tqdm that records totals and updates."""
 
-    made: list[_Bar] = []
+    made: ClassVar[list[_Bar]] = []
 
     def __init__(self, total=None, desc="", **kw):
         self.total, self.desc, self.n, self.kw = total, desc, 0, kw
@@ -166,8 +176,14 @@ def test_progress_bars_over_labelling_training_and_iterations(monkeypatch):
     problem = generate_knapsack(5, "UN", seed=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = solve_neur2ro(problem, n_first_stage=3, n_scenarios=3, max_iterations=3,
-                               model_params={"n_epochs": 4}, progress=True)  # fmt: skip
+        result = solve_neur2ro(
+            problem,
+            n_first_stage=3,
+            n_scenarios=3,
+            max_iterations=3,
+            model_params={"n_epochs": 4},
+            progress=True,
+        )
     bars = {b.desc: b for b in _Bar.made}
     assert bars["labelling"].n == bars["labelling"].total == 9
     assert bars["training"].n == bars["training"].total == 4

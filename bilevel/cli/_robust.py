@@ -61,9 +61,7 @@ EXIT_TIME_LIMIT = 4
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 # Options shared by the commands (one definition, one help text).
-Force = Annotated[
-    bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")
-]
+Force = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")]
 Quiet = Annotated[
     bool,
     typer.Option("--quiet/--no-quiet", "-q", help="No progress bars or per-iteration lines."),
@@ -365,9 +363,7 @@ def solve_command(
         if not quiet:
             typer.echo(f"wrote {output}")
     if plot is not None:
-        plot_bounds(
-            plot, result, problem.sense, published.objective if published else None, force
-        )
+        plot_bounds(plot, result, problem.sense, published.objective if published else None, force)
         if not quiet:
             typer.echo(f"wrote {plot}")
     code = _exit_code(result.status, convergence)
@@ -414,7 +410,9 @@ def _print_result(result: Any, sense: str, published: Any) -> None:
         trained = ", ".join(
             f"{k} {record[k]}" for k in ("problem", "n", "type", "n_samples") if k in record
         )
-        typer.echo(f"model      {result.info.get('model_path', 'given')} ({trained or 'pretrained'})")
+        typer.echo(
+            f"model      {result.info.get('model_path', 'given')} ({trained or 'pretrained'})"
+        )
     if result.x is not None:
         typer.echo("x          " + _vector(result.x))
     if result.xi is not None:

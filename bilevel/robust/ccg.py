@@ -230,8 +230,7 @@ def solve_ccg(
                 incumbent, incumbent_wc, ub_cost = x0, wc0, wc0.cost
                 if warm_start:
                     inc_recourse = [
-                        problem.second_stage_value(x0, xi_s, solver=solver).y
-                        for xi_s in scenarios
+                        problem.second_stage_value(x0, xi_s, solver=solver).y for xi_s in scenarios
                     ]
     while n_iter < max_iter:
         if deadline.expired():

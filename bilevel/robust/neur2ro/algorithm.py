@@ -552,7 +552,9 @@ def solve_neur2ro(
     x, wc, predicted, _ = min(candidates, key=lambda cand: cand[1].cost)
     if not exact:
         x, wc, predicted, _ = candidates[-1]
-    info["predicted_value"] = problem.to_objective(predicted) if math.isfinite(predicted) else math.nan
+    info["predicted_value"] = (
+        problem.to_objective(predicted) if math.isfinite(predicted) else math.nan
+    )
     info["worst_case_xi"] = np.asarray(wc.xi).tolist()
     info["evaluation_status"] = wc.status
     info["n_candidates"] = len(candidates)
