@@ -23,19 +23,23 @@ from bilevel.robust import brute_force, load_instance
 
 ROOT = Path(__file__).resolve().parents[1]
 
-INFEASIBLE = {
-    "format": "bilevel.robust/1",
-    "problem": "general",
-    "c": [1.0],
-    "x_types": "B",
-    "d": [1.0],
-    "y_types": "B",
-    "W": [[1.0]],
-    "T": [[1.0]],
-    "h": [-0.5],
-    "H": [[1.0]],
-    "uncertainty": {"kind": "box", "lb": [0.0], "ub": [1.0]},
-}
+
+def _infeasible_instance(path: Path) -> Path:
+    """x, y binary and y + x <= -0.5 + xi: at xi = 0 no (x, y) is feasible, so every first
+    stage has an infeasible recourse in some scenario (status infeasible)."""
+    from bilevel.robust import TwoStageRobustProblem, UncertaintySet, write_instance
+
+    problem = TwoStageRobustProblem(
+        c=[1.0], x_types="B", uncertainty=UncertaintySet.box([0.0], [1.0]), d=[1.0],
+        y_types="B", W=[[1.0]], T=[[1.0]], h=[-0.5], H=[[1.0]],
+    )  # fmt: skip
+    return write_instance(problem, path)
+
+
+def _train_args(model: Path, kind: str, *extra: object) -> list[object]:
+    """A tiny ``robust train`` run: 2 instances x 3 decisions x 3 scenarios, 2 epochs."""
+    return ["train", "-o", model, "--n", 4, "--type", kind, "--instances", 2,
+            "--n-first-stage", 3, "--n-scenarios", 3, "--epochs", 2, *extra]  # fmt: skip
 
 
 def _run(*args: object):
@@ -94,25 +98,7 @@ def test_train_force_seed_quiet_metrics_and_recorded_settings(tmp_path):
     from bilevel.robust.neur2ro import Neur2ROValueModel
 
     model, metrics = tmp_path / "m.pt", tmp_path / "m.json"
-    args = [
-        "train",
-        "-o",
-        model,
-        "--n",
-        4,
-        "--type",
-        "UN",
-        "--instances",
-        2,
-        "--n-first-stage",
-        3,
-        "--n-scenarios",
-        3,
-        "--epochs",
-        2,
-        "--seed",
-        5,
-    ]
+    args = _train_args(model, "UN", "--seed", 5)
     res = _run(*args, "--metrics", metrics, "--quiet")
     assert res.exit_code == 0, res.output
     assert "labelling" not in res.output  # --quiet: no chatter, results still printed
@@ -134,8 +120,7 @@ def test_train_force_seed_quiet_metrics_and_recorded_settings(tmp_path):
 
 def test_exit_codes_0_1_2_3_4(knapsack, tmp_path):
     assert _run("solve", knapsack, "--quiet").exit_code == 0
-    infeasible = tmp_path / "infeasible.json"
-    infeasible.write_text(json.dumps(INFEASIBLE))
+    infeasible = _infeasible_instance(tmp_path / "infeasible.json")
     assert _run("solve", infeasible, "--quiet").exit_code == 1
     assert _run("solve", knapsack, "--time-limit", "-1").exit_code == 2
     # one CCG iteration cannot close this knapsack's gap: not converged (3), result written
@@ -239,24 +224,7 @@ def test_iteration_lines_never_print_nan():
 
 def test_saved_model_prints_no_training_time(tmp_path):
     model, inst = tmp_path / "m.pt", tmp_path / "i.json"
-    args = [
-        "train",
-        "-o",
-        model,
-        "--n",
-        4,
-        "--type",
-        "SC",
-        "--instances",
-        2,
-        "--n-first-stage",
-        3,
-        "--n-scenarios",
-        3,
-        "--epochs",
-        2,
-        "--quiet",
-    ]
+    args = _train_args(model, "SC", "--quiet")
     assert _run(*args).exit_code == 0
     assert _run("generate", "knapsack", "--n", 4, "--type", "SC", "-o", inst).exit_code == 0
     res = _run("solve", inst, "--method", "neur2ro", "--model", model, "--quiet")
