@@ -238,7 +238,7 @@ def test_robust_time_limit_exits_nonzero_with_strict_json(tmp_path):
         ["robust", "solve", str(inst), "--time-limit", "1e-6", "--quiet", "--out", str(out)],
         catch_exceptions=False,
     )
-    assert res.exit_code == 3, res.output
+    assert res.exit_code == 4, res.output  # EXIT_TIME_LIMIT (CLI conventions)
     assert "objective  nan" not in res.output
     assert "status     time_limit" in res.output and "not proven optimal" in res.output
     data = _strict_json(out.read_text())

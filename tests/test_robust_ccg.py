@@ -25,7 +25,8 @@ from bilevel.robust import (
     solve,
     worst_case,
 )
-from bilevel.robust.ccg import _worst_case_objective
+from bilevel.robust._deadline import Deadline
+from bilevel.robust.adversary import _worst_case_objective
 from bilevel.robust.enumeration import brute_force_worst_case
 
 
@@ -122,14 +123,14 @@ def test_lp_recourse_duality_matches_column_generation():
         for x in ([0, 0, 0], [1, 0, 1], [1, 1, 1]):
             x = np.array(x, dtype=float)
             dual = worst_case(p, x)
-            colgen = _worst_case_objective(p, x, None, 1e-9, 10_000)
+            colgen = _worst_case_objective(p, x, Deadline(), 1e-9, 10_000)
             assert dual.cost == pytest.approx(colgen.cost, rel=1e-7)
             assert p.total_cost(x, dual.xi) == pytest.approx(dual.cost, rel=1e-7)
         result = solve(p)
         assert result.status == "optimal"
         # Optimal over all 8 first-stage decisions evaluated by column generation.
         values = [
-            _worst_case_objective(p, np.array(b, float), None, 1e-9, 10_000).cost
+            _worst_case_objective(p, np.array(b, float), Deadline(), 1e-9, 10_000).cost
             for b in np.ndindex(2, 2, 2)
         ]
         assert result.objective == pytest.approx(min(values), rel=1e-7)

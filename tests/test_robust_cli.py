@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bilevel.cli._app import app
-from bilevel.robust import brute_force, load_instance
+from bilevel.robust import brute_force, load_instance, worst_case
 
 KNAPSACK_FILE = """4 900 1
  300 150 100 250 400
@@ -62,10 +62,10 @@ def test_generate_then_solve_knapsack(runner, tmp_path):
     # Never overwrites: neither the result nor the instance.
     before = out.read_text()
     res = _invoke(runner, "solve", str(inst), "--out", str(out))
-    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "pass --force to overwrite" in res.output
     assert out.read_text() == before
     res = _invoke(runner, "generate", "knapsack", "--n", "5", "--out", str(inst))
-    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "pass --force to overwrite" in res.output
 
 
 def test_solve_knapsack_text_file(runner, tmp_path):
@@ -154,7 +154,7 @@ def test_solve_neur2ro_method_prints_its_rows_and_times(runner, tmp_path, monkey
     def fake(problem, *, callback=None, **options):
         callback({"iteration": 1.0, "gap": 0.5, "time": 0.1, "predicted_adversarial": 12.0})
         x = np.zeros(problem.n_x)
-        value = problem.worst_case(x).objective
+        value = worst_case(problem, x).objective
         return RobustResult(
             x=x,
             objective=value,
@@ -239,7 +239,7 @@ def test_train_then_solve_with_the_saved_model(runner, tmp_path):
     assert res.exit_code == 0, res.output
     assert model.is_file() and "wrote" in res.output
     res = runner.invoke(app, ["robust", *args])  # never overwrites
-    assert res.exit_code == 2 and "refusing to overwrite" in res.output
+    assert res.exit_code == 2 and "pass --force to overwrite" in res.output
     inst = tmp_path / "inst.json"
     for n, path in ((5, inst), (6, tmp_path / "inst6.json")):
         gen = ["generate", "knapsack", "--n", str(n), "--type", "SC", "--out", str(path)]
@@ -262,7 +262,7 @@ def test_train_then_solve_with_the_saved_model(runner, tmp_path):
     assert payload["info"]["model_path"] == str(model)
     # the reported objective is the exact worst case of the returned decision
     problem = load_instance(inst)
-    exact = problem.worst_case(payload["x"]).objective
+    exact = worst_case(problem, payload["x"]).objective
     assert payload["objective"] == pytest.approx(exact, rel=1e-9)
     assert payload["objective"] <= brute_force(problem).objective + 1e-6
     for extra, message in (

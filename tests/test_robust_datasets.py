@@ -48,6 +48,6 @@ def test_exact_ccg_reproduces_published_optimum(name):
     # the CSV holds 6 significant digits (C++ stream default)
     assert float(f"{result.objective:.6g}") == robust.published_knapsack_result(name).objective
     # the returned decision's exact worst case is the objective
-    wc = problem.worst_case(result.x)
+    wc = robust.worst_case(problem, result.x)
     assert wc.objective == pytest.approx(result.objective, rel=1e-9)
     assert np.isin(result.x, (0.0, 1.0)).all()

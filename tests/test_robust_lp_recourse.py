@@ -31,6 +31,7 @@ from bilevel.robust import (
     write_instance,
 )
 from bilevel.robust import lp_adversary as la
+from bilevel.robust._deadline import Deadline
 from bilevel.robust.lp_adversary import default_dual_bound, lp_worst_case
 
 
@@ -217,14 +218,14 @@ def test_feasibility_phase_values_equal_vertex_enumeration(seed):
     static = la._static_violation_bound(problem, r0, R, "highs")
     assert static >= oracle - 1e-9  # a valid upper bound
     vertex = la._feasibility_vertex_milp(
-        problem, r0, R, *la._binary_vertices(problem.uncertainty), None, "highs"
+        problem, r0, R, *la._binary_vertices(problem.uncertainty), Deadline(), "highs"
     )
     assert vertex.value == pytest.approx(oracle, abs=1e-7)
     assert _least_violation(problem, x, vertex.x) == pytest.approx(oracle, abs=1e-7)
     kkt = la._pattern_search(
         la._feasibility_milp(problem, r0, R, static),
         lambda best, bound: bound - best <= 1e-9 * max(1.0, abs(bound)),
-        None,
+        Deadline(),
         "highs",
         50,
     )
@@ -556,7 +557,9 @@ def test_cli_dual_bound_option_and_warning(tmp_path):
     res = runner.invoke(app, ["robust", "solve", str(path), "--quiet", "--dual-bound", "0.3334"])
     assert res.exit_code == 0 and "warning" not in res.output
     res = runner.invoke(app, ["robust", "solve", str(path), "--quiet", "--dual-bound", "0.2"])
-    assert res.exit_code == 0 and "warning    " in res.output and "dual_bound=0.2" in res.output
+    # a convergence warning: exit 3 (CLI conventions: not converged), result still printed
+    assert res.exit_code == 3 and "warning    " in res.output and "dual_bound=0.2" in res.output
+    assert "status     optimal" in res.output
     for bad in ("-1", "inf"):
         res = runner.invoke(app, ["robust", "solve", str(path), "--dual-bound", bad])
         assert res.exit_code == 2 and "--dual-bound must be a positive finite" in res.output

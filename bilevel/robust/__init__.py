@@ -2,14 +2,18 @@
 
 ``min_{x in X} max_{xi in Xi} min_{y in Y(x, xi)} c(xi)^T x + d(xi)^T y`` with integer or
 continuous ``x`` and ``y`` and a polytope ``Xi``; see :mod:`bilevel.robust.model` for the
-model and its API, :mod:`bilevel.robust.ccg` for the exact method.
+model and its API, :mod:`bilevel.robust.adversary` for the exact worst case of a decision,
+:mod:`bilevel.robust.ccg` for the exact method and :mod:`bilevel.robust.neur2ro` for the
+learned one. Layers, bottom up: ``_deadline``, ``_highs``/``_scip`` (leaf MILP backends),
+``_milp`` (dispatch), ``model``, ``lp_adversary``, ``adversary``, ``ccg``, ``neur2ro``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bilevel.robust.ccg import solve_ccg, worst_case
+from bilevel.robust.adversary import worst_case
+from bilevel.robust.ccg import solve_ccg
 from bilevel.robust.datasets import (
     PublishedResult,
     load_published_knapsack,
@@ -80,7 +84,8 @@ def solve(problem: TwoStageRobustProblem, method: str = "exact", **options: Any)
     method:
         ``"exact"``: column-and-constraint generation (:func:`bilevel.robust.ccg.solve_ccg`;
         options ``time_limit``, ``gap_tol``, ``max_iter``, ``epsilon``, ``callback``,
-        ``solver`` (``"highs"`` or ``"scip"``), ``warm_start``, and ``dual_bound`` for a
+        ``solver`` (``"highs"`` or ``"scip"``), ``warm_start``, ``initial_x``, ``progress``,
+        and ``dual_bound`` for a
         continuous recourse under constraint uncertainty, see
         :mod:`bilevel.robust.lp_adversary`).
         ``"neur2ro"``: the learned method of :mod:`bilevel.robust.neur2ro` (options: see

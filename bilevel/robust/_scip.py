@@ -1,4 +1,4 @@
-"""SCIP (``pyscipopt``) backend of :func:`bilevel.robust._highs.solve_milp` (optional)."""
+"""SCIP (``pyscipopt``) backend of :func:`bilevel.robust._milp.solve_milp` (optional)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
-
-from bilevel.robust._highs import MilpSolution
 
 __all__ = ["solve_milp_scip"]
 
@@ -25,8 +23,10 @@ def solve_milp_scip(
     time_limit: float | None,
     mip_rel_gap: float,
     mip_abs_gap: float,
-) -> MilpSolution:
-    """Same contract as :func:`~bilevel.robust._highs.solve_milp`, solved by SCIP."""
+    initial: np.ndarray | None = None,
+) -> tuple[str, np.ndarray | None, float, float]:
+    """Same contract as :func:`~bilevel.robust._highs.solve_milp_highs`, solved by SCIP
+    (``initial`` is ignored)."""
     try:
         import pyscipopt
     except ImportError as err:
@@ -50,7 +50,7 @@ def solve_milp_scip(
         start, end = A.indptr[i], A.indptr[i + 1]
         if start == end:  # empty row: 0 must lie in [lower, upper]
             if row_lower[i] > 0 or row_upper[i] < 0:
-                return MilpSolution("infeasible", None, math.nan, math.nan)
+                return "infeasible", None, math.nan, math.nan
             continue
         expr = pyscipopt.quicksum(
             float(v) * xs[j] for j, v in zip(A.indices[start:end], A.data[start:end])
@@ -66,7 +66,7 @@ def solve_milp_scip(
     model.setParam("limits/gap", float(mip_rel_gap))
     model.setParam("limits/absgap", float(mip_abs_gap))
     if time_limit is not None:
-        model.setParam("limits/time", max(float(time_limit), 1e-3))
+        model.setParam("limits/time", float(time_limit))
     model.optimize()
     status = model.getStatus()
     if status == "inforunbd":
@@ -88,10 +88,10 @@ def solve_milp_scip(
     if name == "optimal" and x is None:
         name = "error"
     bound = float(model.getDualbound()) if name in ("optimal", "time_limit") else math.nan
-    return MilpSolution(status=name, x=x, objective=objective, bound=bound)
+    return name, x, objective, bound
 
 
-def _disambiguate(c, A, row_lower, row_upper, lb, ub, integrality, time_limit) -> MilpSolution:
+def _disambiguate(c, A, row_lower, row_upper, lb, ub, integrality, time_limit):
     feas = solve_milp_scip(
         np.zeros_like(c),
         A,
@@ -105,5 +105,5 @@ def _disambiguate(c, A, row_lower, row_upper, lb, ub, integrality, time_limit) -
         mip_rel_gap=0.0,
         mip_abs_gap=0.0,
     )
-    status = "unbounded" if feas.status == "optimal" else feas.status
-    return MilpSolution(status=status, x=None, objective=math.nan, bound=math.nan)
+    status = "unbounded" if feas[0] == "optimal" else feas[0]
+    return status, None, math.nan, math.nan

@@ -282,11 +282,14 @@ def problem_from_dict(data: Any) -> TwoStageRobustProblem:
     )
 
 
-def write_instance(problem: TwoStageRobustProblem, path: str | Path) -> Path:
-    """Write ``problem`` as JSON to ``path``; never overwrites (``FileExistsError``)."""
+def write_instance(
+    problem: TwoStageRobustProblem, path: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write ``problem`` as JSON to ``path``; an existing file is replaced only when
+    ``overwrite`` (``FileExistsError`` otherwise)."""
     path = Path(path)
     text = json.dumps(problem_to_dict(problem), indent=1)
-    with path.open("x", encoding="utf-8") as fh:
+    with path.open("w" if overwrite else "x", encoding="utf-8", newline="\n") as fh:
         fh.write(text + "\n")
     return path
 

@@ -113,7 +113,6 @@ slacks of the KKT feasibility MILP.
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +122,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from bilevel.errors import BilevelError, ConvergenceWarning
-from bilevel.robust._highs import MilpSolution, solve_milp
+from bilevel.robust._deadline import Deadline
+from bilevel.robust._milp import MilpSolution, solve_milp
 from bilevel.robust.model import TwoStageRobustProblem, WorstCase
 
 __all__ = ["default_dual_bound", "lp_worst_case", "lp_worst_case_supported"]
@@ -298,7 +298,7 @@ class _Search:
 def _pattern_search(
     model: _KktMilp,
     done: Callable[[float, float], bool],
-    deadline: float | None,
+    deadline: Deadline,
     solver: str,
     max_rounds: int,
 ) -> _Search:
@@ -311,7 +311,7 @@ def _pattern_search(
     bound = INF
     n = model.obj.shape[0]
     for rounds in range(1, max_rounds + 1):
-        sol = _solve_milp_with_cuts(model, cuts, _remaining(deadline), solver)
+        sol = _solve_milp_with_cuts(model, cuts, deadline.remaining(), solver)
         if sol.status == "infeasible":
             return _Search(best_x, best, best, rounds, "exhausted")
         if sol.status not in ("optimal", "time_limit"):
@@ -319,7 +319,7 @@ def _pattern_search(
         if sol.x is None:
             return _Search(best_x, best, bound, rounds, "time_limit")
         pattern = np.round(sol.x[n - model.n_bin :])
-        lp = _solve_pattern_lp(model, pattern, _remaining(deadline), solver)
+        lp = _solve_pattern_lp(model, pattern, deadline.remaining(), solver)
         if lp.status == "optimal" and lp.objective > best:
             best_x, best = lp.x, lp.objective
         if math.isfinite(sol.bound):  # excluded patterns are worth at most ``best``
@@ -498,7 +498,7 @@ def _feasibility_vertex_milp(
     R: np.ndarray,
     base: np.ndarray,
     delta: np.ndarray,
-    deadline: float | None,
+    deadline: Deadline,
     solver: str,
 ) -> _Search:
     r"""Phase 1 over the 0/1 vertices ``xi = base + delta * b`` by LP duality (no KKT).
@@ -567,7 +567,7 @@ def _feasibility_vertex_milp(
         ub,
         integrality,
         maximize=True,
-        time_limit=_remaining(deadline),
+        time_limit=deadline.remaining(),
         solver=solver,
     )
     if sol.status not in ("optimal", "time_limit"):
@@ -741,10 +741,6 @@ def _smallest_optimal_dual(
     return float(lp.objective) if lp.status == "optimal" else None
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.perf_counter(), 0.0)
-
-
 def lp_worst_case(
     problem: TwoStageRobustProblem,
     x: Any,
@@ -835,7 +831,7 @@ def lp_worst_case(
         raise ValueError(f"feas_tol must be a positive finite number, got {feas_tol}")
     x = problem.check_first_stage(x)
     x = np.where(problem.x_integer, np.round(x), x)
-    deadline = None if time_limit is None else time.perf_counter() + time_limit
+    deadline = Deadline(time_limit)
     U = problem.uncertainty
     p, n, m = problem.n_xi, problem.n_y, problem.m_y
     r0, R = _rhs_affine(problem, x)
@@ -865,7 +861,7 @@ def lp_worst_case(
         )
     if phase1.x is not None and phase1.value > feas_tol:
         xi = np.clip(phase1.x[:p], U.lb, U.ub)
-        sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
+        sol = problem.second_stage_value(x, xi, time_limit=deadline.remaining(), solver=solver)
         if sol.status == "infeasible":
             return WorstCase.from_cost(problem, INF, xi, None, "optimal", INF, phase1.rounds)
         if vertices is None and phase1.bound - phase1.value > tol * max(1.0, abs(phase1.bound)):
@@ -885,7 +881,7 @@ def lp_worst_case(
             if phase1.x is not None and phase1.value > feas_tol:
                 xi = np.clip(phase1.x[:p], U.lb, U.ub)
                 sol = problem.second_stage_value(
-                    x, xi, time_limit=_remaining(deadline), solver=solver
+                    x, xi, time_limit=deadline.remaining(), solver=solver
                 )
                 if sol.status == "infeasible":
                     return WorstCase.from_cost(
@@ -959,7 +955,7 @@ def lp_worst_case(
             ConvergenceWarning,
             stacklevel=3,
         )
-    sol = problem.second_stage_value(x, xi, time_limit=_remaining(deadline), solver=solver)
+    sol = problem.second_stage_value(x, xi, time_limit=deadline.remaining(), solver=solver)
     if sol.status == "time_limit":
         return WorstCase.from_cost(problem, -INF, xi, None, "time_limit", upper, rounds)
     if sol.status == "infeasible":  # within the tolerance of phase 1: report it

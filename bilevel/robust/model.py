@@ -39,24 +39,27 @@ API for other modules (e.g. :mod:`bilevel.robust.neur2ro`)
   - ``second_stage_value(x, xi)`` -> :class:`SecondStageSolution` (exact MILP with HiGHS;
     ``value = +inf`` when ``Y(x, xi)`` is empty; raises :class:`UnboundedRecourseError`);
   - ``total_cost(x, xi)``: ``first_stage_cost + second_stage_value`` (cost form);
-  - ``worst_case(x)`` -> :class:`WorstCase`: exact ``max_{xi in Xi} total_cost(x, xi)``
-    by the adversarial subproblems of :mod:`bilevel.robust.ccg`;
   - ``to_objective(cost)``: cost -> the instance's own sense (``-cost`` when ``sense="max"``);
   - ``check_first_stage(x)``: raises ``ValueError`` when ``x`` is not in ``X``.
+- :class:`WorstCase`: the exact worst case of a fixed ``x``, computed by
+  :func:`bilevel.robust.adversary.worst_case` (``bilevel.robust.worst_case(problem, x)``).
 - :class:`RobustResult`: what every method returns (bounds and objective in the instance's
-  own sense; see its docstring).
+  own sense; see its docstring), built from cost-form bounds by
+  :meth:`RobustResult.from_cost_bounds`; :func:`own_bounds` and :func:`cost_gap` are the
+  one sense and gap conversion.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from bilevel.errors import BilevelError
-from bilevel.robust._highs import solve_milp
+from bilevel.errors import BilevelError, ConvergenceWarning
+from bilevel.robust._milp import solve_milp
 
 __all__ = [
     "RobustResult",
@@ -65,6 +68,8 @@ __all__ = [
     "UnboundedRecourseError",
     "UncertaintySet",
     "WorstCase",
+    "cost_gap",
+    "own_bounds",
 ]
 
 _TYPES = frozenset("BIC")
@@ -534,20 +539,6 @@ class TwoStageRobustProblem:
         """``c^T x + xi^T C x + Q(x, xi)`` (``+inf`` when the recourse is infeasible)."""
         return self.first_stage_cost(x, xi) + self.second_stage_value(x, xi).value
 
-    def worst_case(
-        self,
-        x: Any,
-        *,
-        time_limit: float | None = None,
-        solver: str = "highs",
-        dual_bound: float | None = None,
-    ) -> WorstCase:
-        """Exact ``max_{xi in Xi}`` of :meth:`total_cost` for a fixed ``x`` (see
-        :func:`bilevel.robust.ccg.worst_case`, also for ``dual_bound``)."""
-        from bilevel.robust.ccg import worst_case
-
-        return worst_case(self, x, time_limit=time_limit, solver=solver, dual_bound=dual_bound)
-
     def check_first_stage(self, x: Any, tol: float = FEAS_TOL) -> np.ndarray:
         """Return ``x`` as a float array; raise ``ValueError`` unless ``x in X``."""
         x = np.asarray(x, dtype=float)
@@ -598,10 +589,14 @@ class RobustResult:
         One list per quantity, one entry per iteration: ``iteration``, ``lower_bound``,
         ``upper_bound``, ``gap``, ``time``.
     info:
-        Method-specific details (worst-case scenario ``xi``, number of scenarios,
-        message, data-generation and training times for learned methods, ...).
+        Method-specific details (number of scenarios, message, data-generation and
+        training times for learned methods, ...).
     method:
         ``"exact"``, ``"neur2ro"``, ...
+    xi, y:
+        A worst-case scenario of ``x`` and the optimal second-stage decision of ``x`` in it
+        (from the exact evaluation; ``None`` when there is none, ``y`` also when the
+        recourse is infeasible in ``xi``).
     """
 
     x: np.ndarray | None
@@ -615,6 +610,71 @@ class RobustResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     method: str = "exact"
+    xi: np.ndarray | None = None
+    y: np.ndarray | None = None
+
+    @classmethod
+    def from_cost_bounds(
+        cls,
+        lb: float,
+        ub: float,
+        sense: str,
+        *,
+        x: np.ndarray | None,
+        worst: WorstCase | None,
+        status: str,
+        n_iter: int,
+        time: float,
+        history: dict[str, list[float]] | None = None,
+        info: dict[str, Any] | None = None,
+        method: str = "exact",
+        warning: str | None = None,
+    ) -> RobustResult:
+        """The result of a run that ends with cost-form bounds ``lb <= optimum <= ub``.
+
+        ``lb``, ``ub``: proven bounds on the robust optimum in cost form (``ub`` is the
+        worst-case cost of the incumbent ``x``; ``+-inf`` or ``nan`` where a method has
+        none), converted to the instance's ``sense`` by :func:`own_bounds`, with ``gap =``
+        :func:`cost_gap` ``(lb, ub)`` (``nan`` when ``lb`` is ``nan``). ``worst`` is the exact
+        evaluation of ``x``: ``objective`` is its value when it is exact, else ``nan`` with
+        ``info["objective_bounds"]`` (own sense). ``info["xi"]``/``info["y"]`` and the fields
+        ``xi``/``y`` hold its scenario and recourse. A ``status`` of ``"time_limit"``,
+        ``"max_iterations"`` or ``"stalled"`` emits :class:`~bilevel.errors.ConvergenceWarning`
+        (``warning``, or a sentence with the status and the gap).
+        """
+        info = dict(info or {})
+        objective = math.nan
+        xi = y = None
+        if x is not None and worst is not None:
+            xi, y = worst.xi, worst.y
+            info.update(xi=xi, y=y, objective_exact=worst.status == "optimal")
+            if worst.status == "optimal":
+                objective = worst.objective
+            else:  # the time ran out while evaluating x: bounds, no value
+                info["objective_bounds"] = own_bounds(worst.cost, worst.upper_bound, sense)
+        lower, upper = own_bounds(lb, ub, sense)
+        gap = math.nan if math.isnan(lb) or math.isnan(ub) else cost_gap(lb, ub)
+        if status in ("time_limit", "max_iterations", "stalled"):
+            warnings.warn(
+                warning or f"{method} stopped with status {status!r}, gap {gap:.3g}",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return cls(
+            x=x,
+            objective=float(objective),
+            status=status,
+            lower_bound=lower,
+            upper_bound=upper,
+            gap=gap,
+            n_iter=n_iter,
+            time=time,
+            history=history if history is not None else {},
+            info=info,
+            method=method,
+            xi=xi,
+            y=y,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form: arrays as lists, and every non-finite float (``nan``:
@@ -644,6 +704,22 @@ class RobustResult:
             "gap": conv(self.gap),
             "n_iter": self.n_iter,
             "time": self.time,
+            "xi": conv(self.xi) if self.xi is not None else None,
+            "y": conv(self.y) if self.y is not None else None,
             "history": conv(self.history),
             "info": conv(self.info),
         }
+
+
+def own_bounds(lb: float, ub: float, sense: str) -> tuple[float, float]:
+    """Cost-form bounds ``lb <= cost <= ub`` as ``(lower, upper)`` in the instance's sense
+    (``(-ub, -lb)`` for ``sense="max"``)."""
+    return (-ub, -lb) if sense == "max" else (lb, ub)
+
+
+def cost_gap(lb: float, ub: float) -> float:
+    """Relative gap ``max(ub - lb, 0) / max(1, |ub|)`` of cost-form bounds, ``ub`` being the
+    incumbent's worst-case cost (``inf`` unless both are finite)."""
+    if not (math.isfinite(lb) and math.isfinite(ub)):
+        return math.inf
+    return max(ub - lb, 0.0) / max(1.0, abs(ub))

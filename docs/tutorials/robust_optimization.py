@@ -56,17 +56,17 @@ print(f"n_x={problem.n_x}, n_y={problem.n_y}, n_xi={problem.n_xi}, "
 result = robust.solve(problem, method="exact")
 print(f"status {result.status}: x = {result.x}, worst-case cost {result.objective:.4f}, "
       f"bounds [{result.lower_bound:.4f}, {result.upper_bound:.4f}], {result.n_iter} iterations")
-print("worst-case scenario xi =", np.round(result.info["xi"], 4))
+print("worst-case scenario xi =", np.round(result.xi, 4), " recourse y =", np.round(result.y, 4))
 
 # %% [markdown]
 # The model validates shapes, bounds and types when it is built (a wrong shape raises a
-# `ValueError` naming the array). Every returned `x` is evaluated exactly: `worst_case(x)`
+# `ValueError` naming the array). Every returned `x` is evaluated exactly: `robust.worst_case(problem, x)`
 # solves the adversarial problem for any first-stage decision, which is how one compares
 # alternatives:
 
 # %%
 for capacity in (10.0, 13.0, 15.0, 18.0):
-    wc = problem.worst_case(np.array([capacity]))
+    wc = robust.worst_case(problem, np.array([capacity]))
     print(f"x = {capacity:4.1f}: worst-case cost {wc.objective:.4f} at xi = {np.round(wc.xi, 4)}")
 
 # %% [markdown]

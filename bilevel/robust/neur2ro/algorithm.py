@@ -33,7 +33,7 @@ incumbent at all). Only the first main problem's incumbent is accepted as it is,
 being no earlier decision.
 
 **Exact evaluation.** The returned ``x`` is evaluated by the model's exact worst case
-(:meth:`~bilevel.robust.model.TwoStageRobustProblem.worst_case`), never by sampling. Two
+(:func:`bilevel.robust.adversary.worst_case`), never by sampling. Two
 additions to the paper use that evaluation; both add the exact worst-case scenario
 ``xi^e`` to the main problem *as in exact CCG* (a recourse copy and ``z >= G_e(x, y^e)``,
 no network) and resume the loop:
@@ -59,14 +59,14 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from bilevel.errors import ConvergenceWarning
-from bilevel.robust.model import RobustResult, TwoStageRobustProblem
+from bilevel.robust._deadline import Deadline
+from bilevel.robust.adversary import worst_case
+from bilevel.robust.model import RobustResult, TwoStageRobustProblem, own_bounds
 from bilevel.robust.neur2ro.data import generate_dataset
 from bilevel.robust.neur2ro.embedding import (
     Affine,
@@ -78,13 +78,6 @@ from bilevel.robust.neur2ro.embedding import (
 from bilevel.robust.neur2ro.estimator import Neur2ROValueModel, PreparedInstance
 
 __all__ = ["solve_adversarial", "solve_main", "solve_neur2ro", "train_value_model"]
-
-
-def _remaining(deadline: float | None, cap: float | None) -> float | None:
-    left = None if deadline is None else max(deadline - time.perf_counter(), 1e-3)
-    if cap is None:
-        return left
-    return cap if left is None else min(cap, left)
 
 
 def _prediction_expr(
@@ -299,10 +292,14 @@ def train_value_model(
     n_scenarios: int = 10,
     vertex_fraction: float = 0.3,
     seed: int = 0,
+    n_jobs: int | None = 1,
+    progress: bool = False,
     **model_params: Any,
 ) -> tuple[Neur2ROValueModel, dict[str, Any]]:
     """Generate data on ``problems`` and fit a :class:`Neur2ROValueModel` on it.
 
+    ``n_jobs`` parallelises the labelling (:func:`~bilevel.robust.neur2ro.data.generate_dataset`);
+    ``progress`` shows tqdm bars over labelling and training.
     Returns the model and a record with ``data_generation_time``, ``training_time``,
     ``n_samples``, ``n_infeasible_samples`` and ``validation_mae`` (cost units).
     """
@@ -312,9 +309,11 @@ def train_value_model(
         n_scenarios=n_scenarios,
         vertex_fraction=vertex_fraction,
         seed=seed,
+        n_jobs=n_jobs,
+        progress=progress,
     )
     model_params.setdefault("seed", seed)
-    model = Neur2ROValueModel(**model_params).fit(data)
+    model = Neur2ROValueModel(**model_params).fit(data, progress=progress)
     record = {
         "data_generation_time": data.generation_time,
         "training_time": model.training_time_,
@@ -353,6 +352,8 @@ def solve_neur2ro(
     mip_time_limit: float | None = None,
     evaluation_time_limit: float | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    n_jobs: int | None = 1,
 ) -> RobustResult:
     """Solve ``problem`` with Neur2RO and evaluate the returned ``x`` exactly.
 
@@ -385,20 +386,31 @@ def solve_neur2ro(
         Cap on the exact worst-case evaluation of the returned ``x`` (``None``: none).
     callback:
         Called after every iteration with the iteration's record (the ``history`` row).
+    progress:
+        tqdm bars (stderr, with rate and ETA) over labelling, training and the iterations;
+        each appears after 2 s.
+    n_jobs:
+        joblib workers for labelling the training data when ``model`` is ``None`` (see
+        :func:`~bilevel.robust.neur2ro.data.generate_dataset`).
 
     Returns
     -------
     RobustResult
         ``x`` is the last main problem's decision (the best evaluated one after repairs or
         refinements) and ``objective`` its exact worst-case value in the instance's own
-        sense; ``status`` is ``"heuristic"`` (no optimality claim), ``"time_limit"`` when the
-        exact evaluation was cut short, or ``"infeasible"``. The incumbent's side of the
+        sense (``xi``/``y``: its worst-case scenario and the recourse there); ``status`` is
+        ``"heuristic"`` (no optimality claim), ``"time_limit"`` when the exact evaluation was
+        cut short (``objective`` is then ``nan`` and ``info["objective_bounds"]`` bounds it),
+        or ``"infeasible"``. The incumbent's side of the
         bounds (``lower_bound`` for a maximisation, ``upper_bound`` for a minimisation)
         equals ``objective``; the other side is the proven bound of the module docstring
         (``nan`` for ``main_form="max"``) and ``gap`` their relative difference.
         ``history`` holds per iteration the predicted main and adversarial values (own
-        sense) and their relative ``gap`` (the stopping test); ``info`` holds
-        ``data_generation_time``, ``training_time``, ``n_samples``, ``validation_mae``,
+        sense), their relative ``gap`` (the stopping test) and the proven bound so far on
+        its side (the other side ``nan``); ``info`` holds ``data_generation_time`` and
+        ``training_time`` when a model was trained here (a given model instead gives
+        ``pretrained=True`` and ``model_training``, its recorded training settings),
+        ``n_samples``, ``validation_mae``,
         ``predicted_value`` (the network's worst-case estimate for ``x``, own sense),
         ``termination``, the scenarios and the main/adversarial/evaluation times.
     """
@@ -424,6 +436,8 @@ def solve_neur2ro(
             n_scenarios=n_scenarios,
             vertex_fraction=vertex_fraction,
             seed=seed,
+            n_jobs=n_jobs,
+            progress=progress,
             **params,
         )
         info.update(record)
@@ -433,18 +447,17 @@ def solve_neur2ro(
             model = Neur2ROValueModel.load(model)
         if not isinstance(model, Neur2ROValueModel):
             raise TypeError(f"model must be a Neur2ROValueModel or a path, got {type(model)}")
+        # no training happened here: the model's own record says how it was trained
         info.update(
-            data_generation_time=0.0,
-            training_time=0.0,
             n_samples=getattr(model, "n_samples_", 0),
             pretrained=True,
+            model_training=dict(getattr(model, "training_info_", {}) or {}),
         )
     prep = model.prepare(problem)  # refuses models for other sizes / feature kinds
     if not (np.all(np.isfinite(problem.x_lb)) and np.all(np.isfinite(problem.x_ub))):
         raise ValueError("Neur2RO needs finite bounds on every first-stage variable")
 
-    start = time.perf_counter()
-    deadline = None if time_limit is None else start + time_limit
+    clock = Deadline(time_limit)
     scenarios: list[np.ndarray] = []  # found by the adversary over the network
     exact: list[np.ndarray] = []  # from the exact evaluation (repairs, refinements)
     history: dict[str, list[float]] = {
@@ -459,13 +472,17 @@ def solve_neur2ro(
             "predicted_adversarial",
         )
     }
-    sign = -1.0 if problem.sense == "max" else 1.0
     timers = {"main_time": 0.0, "adversarial_time": 0.0, "evaluation_time": 0.0}
     timers["main_bound"] = -math.inf
     n_iter = 0
     n_repairs = n_refinements = 0
     candidates: list[tuple[np.ndarray, Any, float, str]] = []  # (x, worst case, pred, stop)
     termination = "max_iterations"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_iterations, desc="Neur2RO", unit="it", leave=False, delay=2.0)
     while True:
         x, predicted, termination, n_round = _neur2ro_loop(
             problem,
@@ -477,20 +494,19 @@ def solve_neur2ro(
             tol=tol,
             duplicate_tol=duplicate_tol,
             max_iterations=max_iterations,
-            deadline=deadline,
+            deadline=clock,
             mip_time_limit=mip_time_limit,
             history=history,
             timers=timers,
-            sign=sign,
-            start=start,
             first_iteration=n_iter,
             callback=callback,
+            bar=bar,
         )
         n_iter += n_round
         if x is None:
             break
         t0 = time.perf_counter()
-        wc = problem.worst_case(x, time_limit=evaluation_time_limit)
+        wc = worst_case(problem, x, time_limit=evaluation_time_limit)
         timers["evaluation_time"] += time.perf_counter() - t0
         candidates.append((x, wc, predicted, termination))
         if termination == "time_limit" or _is_duplicate(wc.xi, exact, 1e-9):
@@ -502,7 +518,9 @@ def solve_neur2ro(
         else:
             break
         exact.append(np.asarray(wc.xi, dtype=float))
-    elapsed = time.perf_counter() - start - timers["evaluation_time"]
+    if bar is not None:
+        bar.close()
+    elapsed = clock.elapsed() - timers["evaluation_time"]
     info.update(
         termination=termination,
         main_form=main_form,
@@ -514,15 +532,16 @@ def solve_neur2ro(
         **timers,
     )
     info.setdefault("validation_mae", getattr(model, "validation_mae_", math.nan))
-    bound = info.pop("main_bound")
+    bound = info.pop("main_bound")  # cost form; argmax form: <= the robust optimum
+    info["proven_bound"] = problem.to_objective(bound) if math.isfinite(bound) else math.nan
     if not candidates:
-        return RobustResult(
+        return RobustResult.from_cost_bounds(
+            math.nan,
+            math.nan,
+            problem.sense,
             x=None,
-            objective=math.nan,
+            worst=None,
             status="infeasible" if termination == "infeasible" else "error",
-            lower_bound=math.nan,
-            upper_bound=math.nan,
-            gap=math.nan,
             n_iter=n_iter,
             time=elapsed,
             history=history,
@@ -533,45 +552,36 @@ def solve_neur2ro(
     x, wc, predicted, _ = min(candidates, key=lambda cand: cand[1].cost)
     if not exact:
         x, wc, predicted, _ = candidates[-1]
-    info["predicted_value"] = sign * (predicted if math.isfinite(predicted) else math.nan)
+    info["predicted_value"] = (
+        problem.to_objective(predicted) if math.isfinite(predicted) else math.nan
+    )
     info["worst_case_xi"] = np.asarray(wc.xi).tolist()
     info["evaluation_status"] = wc.status
     info["n_candidates"] = len(candidates)
-    objective = float(wc.objective)
     status = "heuristic"
     if wc.status != "optimal":
         status = "time_limit"
-        warnings.warn(
-            "the exact worst-case evaluation of Neur2RO's decision stopped at its time limit; "
-            "objective is a bound, not the exact value",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
     if math.isinf(wc.cost):
         status = "infeasible"
         info["message"] = (
             "the returned x has an infeasible recourse in some scenario of Xi "
             "(feasibility repairs exhausted)"
         )
-    # argmax form: every main problem's optimum is <= the robust optimum (module docstring)
-    bound = problem.to_objective(bound) if math.isfinite(bound) else math.nan
-    info["proven_bound"] = bound
-    gap = math.nan
-    if math.isfinite(bound) and math.isfinite(objective):
-        gap = max(abs(bound - objective), 0.0) / max(1.0, abs(objective))
-    lower, upper = (objective, bound) if problem.sense == "max" else (bound, objective)
-    return RobustResult(
+    upper = wc.cost if wc.status == "optimal" else math.nan
+    return RobustResult.from_cost_bounds(
+        bound if math.isfinite(bound) else math.nan,
+        upper,
+        problem.sense,
         x=x,
-        objective=objective,
+        worst=wc,
         status=status,
-        lower_bound=lower,
-        upper_bound=upper,
-        gap=gap,
         n_iter=n_iter,
         time=elapsed,
         history=history,
         info=info,
         method="neur2ro",
+        warning="the exact worst-case evaluation of Neur2RO's decision stopped at its time "
+        "limit; objective is not evaluated (info['objective_bounds'] bounds it)",
     )
 
 
@@ -590,17 +600,16 @@ def _neur2ro_loop(
     mip_time_limit,
     history,
     timers,
-    sign,
-    start,
     first_iteration,
     callback,
+    bar=None,
 ) -> tuple[np.ndarray | None, float, str, int]:
     """Main/adversarial iterations until a stopping rule fires; returns
     ``(x, predicted worst-case cost of x, termination, iterations)``; ``scenarios`` grows."""
     x = None
     predicted = math.nan
     for it in range(1, max(max_iterations, 1) + 1):
-        if deadline is not None and time.perf_counter() >= deadline and x is not None:
+        if deadline.expired() and x is not None:
             return x, predicted, "time_limit", it - 1
         t0 = time.perf_counter()
         x_new, main_info = solve_main(
@@ -610,13 +619,13 @@ def _neur2ro_loop(
             scenarios,
             exact_scenarios=exact,
             form=main_form,
-            time_limit=_remaining(deadline, mip_time_limit),
+            time_limit=deadline.remaining(mip_time_limit),
         )
         timers["main_time"] += time.perf_counter() - t0
         if x is not None and not status_ok(main_info) and main_info["status"] != "Infeasible":
             # a main problem cut short by a time limit: its incumbent may be arbitrarily
             # poor, so the decision of the last completed iteration is returned
-            timed_out = deadline is not None and time.perf_counter() >= deadline
+            timed_out = deadline.expired()
             return (
                 x,
                 predicted,
@@ -640,7 +649,7 @@ def _neur2ro_loop(
         )
         t0 = time.perf_counter()
         xi, adv_info = solve_adversarial(
-            problem, model, prep, x, time_limit=_remaining(deadline, mip_time_limit)
+            problem, model, prep, x, time_limit=deadline.remaining(mip_time_limit)
         )
         timers["adversarial_time"] += time.perf_counter() - t0
         if xi is None:
@@ -648,17 +657,25 @@ def _neur2ro_loop(
         adv_val = float(model.predict_prepared(prep, x, xi)[0])
         predicted = c_x + adv_val
         gap = abs(adv_val - main_val) / max(abs(adv_val), 1e-12) if scenarios else math.inf
+        # the proven bound so far on one side (argmax form), nothing on the incumbent's side:
+        # the exact worst case is computed after the loop
+        lower, upper = own_bounds(timers["main_bound"], math.nan, problem.sense)
         row = {
             "iteration": float(first_iteration + it),
-            "lower_bound": math.nan,
-            "upper_bound": math.nan,
+            "lower_bound": lower if math.isfinite(lower) else math.nan,
+            "upper_bound": upper if math.isfinite(upper) else math.nan,
             "gap": gap,
-            "time": time.perf_counter() - start,
-            "predicted_main": sign * (c_x + main_val),
-            "predicted_adversarial": sign * predicted,
+            "time": deadline.elapsed(),
+            "predicted_main": problem.to_objective(c_x + main_val),
+            "predicted_adversarial": problem.to_objective(predicted),
         }
         for key, value in row.items():
             history[key].append(value)
+        if bar is not None:
+            bar.set_postfix_str(
+                f"predicted {row['predicted_adversarial']:.6g} gap {gap:.2e}", refresh=False
+            )
+            bar.update(1)
         if callback is not None:
             callback(dict(row))
         if gap <= tol:

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bilevel.robust._highs import solve_milp
+from bilevel.errors import BilevelError
+from bilevel.robust._milp import solve_milp
 from bilevel.robust.model import TwoStageRobustProblem
 
 __all__ = [
@@ -283,6 +284,76 @@ class Neur2RODataset:
         return len(self.label)
 
 
+def _label_chunk(
+    problem: TwoStageRobustProblem,
+    xs: np.ndarray,
+    xis: np.ndarray,
+    time_limit: float | None,
+) -> list[float | None]:
+    """Exact labels ``G(x, xi)`` of the pairs ``(xs[i], xis[i])`` (``None``: the recourse is
+    infeasible). The unit of parallel work: plain arrays in, floats out (picklable)."""
+    out: list[float | None] = []
+    for x, xi in zip(xs, xis, strict=True):
+        sol = problem.second_stage_value(x, xi, time_limit=time_limit)
+        if sol.status == "infeasible":
+            out.append(None)
+        elif sol.status != "optimal":
+            raise BilevelError(
+                f"a second-stage MILP ended with status {sol.status!r} (time limit per "
+                f"sample {time_limit} s): its label would not be exact"
+            )
+        else:
+            out.append(problem.first_stage_cost(x, xi) - float(problem.c @ x) + sol.value)
+    return out
+
+
+def _label(
+    tasks: list[tuple[int, np.ndarray, np.ndarray]],
+    problems: list[TwoStageRobustProblem],
+    time_limit: float | None,
+    n_jobs: int | None,
+    progress: bool,
+    chunk: int = 25,
+) -> list[float | None]:
+    """Labels of ``tasks = [(instance, x, xi), ...]`` in order, in chunks of ``chunk`` pairs
+    of one instance; ``n_jobs`` other than 1 runs the chunks with :class:`joblib.Parallel`
+    (its active backend: loky by default, Ray or Dask under
+    :func:`joblib.parallel_config`)."""
+    chunks: list[tuple[int, list[int]]] = []
+    for i, (k, _, _) in enumerate(tasks):
+        if chunks and chunks[-1][0] == k and len(chunks[-1][1]) < chunk:
+            chunks[-1][1].append(i)
+        else:
+            chunks.append((k, [i]))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc="labelling", unit="MILP", leave=False, delay=2.0)
+
+    def args(k: int, idx: list[int]):
+        xs = np.array([tasks[i][1] for i in idx])
+        xis = np.array([tasks[i][2] for i in idx])
+        return problems[k], xs, xis, time_limit
+
+    if n_jobs == 1:
+        results = (_label_chunk(*args(k, idx)) for k, idx in chunks)
+    else:
+        from joblib import Parallel, delayed
+
+        results = Parallel(n_jobs=n_jobs, return_as="generator")(
+            delayed(_label_chunk)(*args(k, idx)) for k, idx in chunks
+        )
+    labels: list[float | None] = []
+    for out in results:
+        labels += out
+        if bar is not None:
+            bar.update(len(out))
+    if bar is not None:
+        bar.close()
+    return labels
+
+
 def generate_dataset(
     problems: TwoStageRobustProblem | Sequence[TwoStageRobustProblem],
     *,
@@ -291,6 +362,8 @@ def generate_dataset(
     vertex_fraction: float = 0.3,
     seed: int = 0,
     time_limit_per_sample: float | None = 30.0,
+    n_jobs: int | None = 1,
+    progress: bool = False,
 ) -> Neur2RODataset:
     """Sample ``n_first_stage`` decisions per instance and ``n_scenarios`` scenarios per
     decision, and label each pair with the exact ``G(x, xi)``.
@@ -299,6 +372,15 @@ def generate_dataset(
     budgeting) with a 30 s limit per second-stage MILP. Pairs whose recourse is infeasible
     are dropped and counted in ``n_infeasible``; a sample whose MILP hits the time limit
     raises (its label would not be exact).
+
+    Sampling runs in this process (one ``seed``, so the samples do not depend on
+    ``n_jobs``); labelling, an embarrassingly parallel batch of exact MILPs, runs in chunks
+    on :class:`joblib.Parallel` when ``n_jobs != 1`` (``-1``: all cores). The backend is
+    joblib's active one: loky processes by default; on a cluster, the same call under
+    ``with joblib.parallel_config(backend="ray"):`` (after ``ray.init()`` and
+    ``ray.util.joblib.register_ray()``) or ``backend="dask"`` (with a
+    ``dask.distributed.Client``) runs on its workers. ``progress`` shows a tqdm bar on
+    stderr.
     """
     if isinstance(problems, TwoStageRobustProblem):
         problems = [problems]
@@ -310,45 +392,44 @@ def generate_dataset(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not 0.0 <= vertex_fraction <= 1.0:
         raise ValueError(f"vertex_fraction must lie in [0, 1], got {vertex_fraction}")
+    if n_jobs is not None and (not isinstance(n_jobs, int) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be a nonzero int or None, got {n_jobs!r}")
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     features = [instance_features(p) for p in problems]
     kinds = {f.kind for f in features}
     if len(kinds) > 1:
         raise ValueError(f"all instances of a dataset must share one feature kind, got {kinds}")
-    inst_idx: list[int] = []
-    groups: list[int] = []
+    tasks: list[tuple[int, np.ndarray, np.ndarray]] = []
+    task_group: list[int] = []
     n_groups = 0
-    xs: list[np.ndarray] = []
-    xis: list[np.ndarray] = []
-    labels: list[float] = []
-    n_infeasible = 0
     for k, problem in enumerate(problems):
         for x in sample_first_stage(problem, n_first_stage, rng):
             n_groups += 1
             for xi in sample_scenarios(problem, n_scenarios, rng, vertex_fraction=vertex_fraction):
-                sol = problem.second_stage_value(x, xi, time_limit=time_limit_per_sample)
-                if sol.status == "infeasible":
-                    n_infeasible += 1
-                    continue
-                inst_idx.append(k)
-                groups.append(n_groups - 1)
-                xs.append(x)
-                xis.append(xi)
-                labels.append(problem.first_stage_cost(x, xi) - float(problem.c @ x) + sol.value)
-    if not labels:
+                tasks.append((k, x, xi))
+                task_group.append(n_groups - 1)
+    labels = _label(tasks, problems, time_limit_per_sample, n_jobs, progress)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    if not keep:
         raise ValueError(
             "every sampled (x, xi) pair has an infeasible recourse: no training labels"
         )
     return Neur2RODataset(
         problems=problems,
         features=features,
-        instance=np.asarray(inst_idx, dtype=np.int64),
-        x=xs,
-        xi=xis,
-        label=np.asarray(labels, dtype=float),
-        group=np.asarray(groups, dtype=np.int64),
+        instance=np.asarray([tasks[i][0] for i in keep], dtype=np.int64),
+        x=[tasks[i][1] for i in keep],
+        xi=[tasks[i][2] for i in keep],
+        label=np.asarray([labels[i] for i in keep], dtype=float),
+        group=np.asarray([task_group[i] for i in keep], dtype=np.int64),
         generation_time=time.perf_counter() - start,
-        n_infeasible=n_infeasible,
-        info={"n_first_stage": n_first_stage, "n_scenarios": n_scenarios, "seed": seed},
+        n_infeasible=len(labels) - len(keep),
+        info={
+            "n_first_stage": n_first_stage,
+            "n_scenarios": n_scenarios,
+            "vertex_fraction": vertex_fraction,
+            "seed": seed,
+            "n_jobs": n_jobs,
+        },
     )

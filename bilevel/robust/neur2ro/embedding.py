@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bilevel.robust._highs import new_highs
+
 __all__ = [
     "Affine",
     "MilpBuilder",
@@ -86,8 +88,7 @@ class MilpBuilder:
     """
 
     def __init__(self, *, feasibility_tol: float = 1e-9) -> None:
-        self.highs = highspy.Highs()
-        self.highs.setOptionValue("output_flag", False)
+        self.highs = new_highs()  # silent, banner included
         self.highs.setOptionValue("primal_feasibility_tolerance", feasibility_tol)
         self.highs.setOptionValue("mip_feasibility_tolerance", feasibility_tol)
         self.lower: list[float] = []

@@ -103,6 +103,11 @@ class Neur2ROValueModel:
         Seconds of training, number of samples, final training loss (scaled units) and the
         selected epoch's validation mean absolute error in cost units (``nan`` without a
         validation split).
+    training_info_:
+        The training settings and figures (JSON-serialisable, saved with the model): the
+        dataset's sampling settings (``n_first_stage``, ``n_scenarios``, ``seed``, ...),
+        ``n_instances``, ``n_samples``, times, ``validation_mae``; callers may add entries
+        (``bilevel robust train`` records the instance class) before :meth:`save`.
     """
 
     def __init__(
@@ -229,8 +234,9 @@ class Neur2ROValueModel:
         return torch.from_numpy(out), torch.from_numpy(mask)
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, dataset: Neur2RODataset) -> Neur2ROValueModel:
-        """Train on ``dataset`` (see the module docstring for the scalings)."""
+    def fit(self, dataset: Neur2RODataset, *, progress: bool = False) -> Neur2ROValueModel:
+        """Train on ``dataset`` (see the module docstring for the scalings); ``progress``
+        shows a tqdm bar over the epochs on stderr (rate, ETA, validation loss)."""
         self._check_hyperparameters()
         if not isinstance(dataset, Neur2RODataset) or len(dataset) == 0:
             raise ValueError("fit needs a non-empty Neur2RODataset")
@@ -322,6 +328,13 @@ class Neur2ROValueModel:
             )
             best_state, best_val, best_mae = copy.deepcopy(net.state_dict()), math.inf, math.nan
             train_loss = math.nan
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(
+                    total=self.n_epochs, desc="training", unit="epoch", leave=False, delay=2.0
+                )
             for _ in range(self.n_epochs):
                 net.train()
                 order = tr_groups[torch.randperm(len(tr_groups), generator=gen)].tolist()
@@ -345,6 +358,11 @@ class Neur2ROValueModel:
                         best_mae = float(
                             torch.mean(torch.abs(pred - target[val_idx]) * unit[val_idx])
                         )
+                if bar is not None:
+                    bar.set_postfix_str(f"loss {train_loss:.3g} val MAE {best_mae:.3g}", False)
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
             if n_val_groups:
                 net.load_state_dict(best_state)
         net.eval()
@@ -353,6 +371,15 @@ class Neur2ROValueModel:
         self.train_loss_ = float(train_loss)
         self.validation_mae_ = best_mae
         self.training_time_ = time.perf_counter() - start
+        self.training_info_ = {
+            **{k: v for k, v in dataset.info.items() if _jsonable(v)},
+            "n_instances": len(dataset.problems),
+            "n_samples": int(n),
+            "n_infeasible_samples": int(dataset.n_infeasible),
+            "data_generation_time": float(dataset.generation_time),
+            "training_time": float(self.training_time_),
+            "validation_mae": float(best_mae),
+        }
         return self
 
     @torch.no_grad()
@@ -408,8 +435,9 @@ class Neur2ROValueModel:
         return prep.offset + prep.factor * out
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Write hyperparameters, scalings and the state dict with :func:`torch.save`."""
+    def save(self, path: str | os.PathLike | Any) -> None:
+        """Write hyperparameters, scalings, the state dict and :attr:`training_info_` with
+        :func:`torch.save` (``path``: a file name or a binary file object)."""
         self._check_fitted()
         payload = {
             "format": _FORMAT,
@@ -431,9 +459,10 @@ class Neur2ROValueModel:
                 "train_loss": self.train_loss_,
                 "validation_mae": self.validation_mae_,
                 "training_time": self.training_time_,
+                "training_info": self.training_info_,
             },
         }
-        torch.save(payload, os.fspath(path))
+        torch.save(payload, path if hasattr(path, "write") else os.fspath(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Neur2ROValueModel:
@@ -455,4 +484,17 @@ class Neur2ROValueModel:
         for key in ("label_mean", "label_std", "train_loss", "validation_mae", "training_time"):
             setattr(model, key + "_", float(fitted[key]))
         model.n_samples_ = int(fitted["n_samples"])
+        model.training_info_ = dict(fitted.get("training_info", {}))  # absent before 0.2
         return model
+
+
+def _jsonable(value: Any) -> bool:
+    """Whether ``value`` is a plain JSON scalar or a list/dict of them (``torch.save``'s
+    ``weights_only`` loading accepts these)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_jsonable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _jsonable(v) for k, v in value.items())
+    return False
