@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 
 pytest.importorskip("typer")
 pytest.importorskip("matplotlib")
@@ -104,8 +105,9 @@ def test_make_run_dir_and_files_are_exclusive(tmp_path):
     b = _output.make_run_dir(tmp_path, "r", "stamp")
     assert (a.name, b.name) == ("r-stamp", "r-stamp-1")
     _output.write_json(a / "result.json", {"x": 1})
-    with pytest.raises(FileExistsError):
+    with pytest.raises(typer.Exit) as exc:  # a usage error naming the option, file kept
         _output.write_json(a / "result.json", {"x": 2})
+    assert exc.value.exit_code == _output.EXIT_USAGE
     assert json.loads((a / "result.json").read_text()) == {"x": 1}
 
 

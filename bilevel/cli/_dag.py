@@ -202,7 +202,7 @@ class _Progress:
     bootstrap), fed by :class:`~bilevel.dag.topo.TopoSearch`'s ``progress`` hook; the search
     bar counts model fits (or outer iterations), so it advances with the work."""
 
-    LABELS = {
+    LABELS: typing.ClassVar[dict[str, str]] = {
         "init": "initial order",
         "search": "TOPO search",
         "prune": "pruning",

@@ -73,12 +73,16 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
 def exit_code(
     status: str | None = None, converged: bool | None = None, warnings: Sequence[str] = ()
 ) -> int:
-    """The exit code of a finished computation: :data:`EXIT_TIME_LIMIT` when ``status`` is
-    ``"time_limit"``, :data:`EXIT_NOT_CONVERGED` when ``converged`` is ``False`` or there
-    were convergence ``warnings``, :data:`EXIT_OK` otherwise."""
+    """The exit code of a finished computation: :data:`EXIT_FAILURE` when ``status`` is
+    ``"infeasible"``, ``"unbounded"`` or ``"error"``; :data:`EXIT_TIME_LIMIT` when it is
+    ``"time_limit"``; :data:`EXIT_NOT_CONVERGED` when it is ``"max_iterations"`` or
+    ``"stalled"``, ``converged`` is ``False`` or there were convergence ``warnings``;
+    :data:`EXIT_OK` otherwise."""
+    if status in ("infeasible", "unbounded", "error"):
+        return EXIT_FAILURE
     if status == "time_limit":
         return EXIT_TIME_LIMIT
-    if converged is False or warnings:
+    if status in ("max_iterations", "stalled") or converged is False or warnings:
         return EXIT_NOT_CONVERGED
     return EXIT_OK
 
@@ -151,12 +155,17 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def write_json(path: Path, payload: Mapping[str, Any], force: bool = False) -> None:
+def write_json(
+    path: Path, payload: Mapping[str, Any], force: bool = False, option: str = "--output"
+) -> None:
     """Write ``payload`` as strict JSON (no NaN) to a file that must not exist yet (unless
-    ``force``)."""
+    ``force``); a file that appeared while computing is a usage error naming ``option``."""
     text = json.dumps(payload, indent=2, allow_nan=False, sort_keys=False)
-    with open_output(path, force) as f:
-        f.write(text + "\n")
+    try:
+        with open_output(path, force) as f:
+            f.write(text + "\n")
+    except FileExistsError:
+        fail(f"{option} {path} exists; choose another name or pass --force to overwrite it")
 
 
 _REFERENCE_STYLES = (("tab:red", "--"), ("tab:purple", ":"), ("tab:brown", "-."), ("black", "--"))

@@ -29,14 +29,26 @@ bad input; 3 not converged (``max_iterations``, ``stalled``, or a convergence wa
 
 from __future__ import annotations
 
-import json
 import math
-import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 import typer
+
+from bilevel.cli._output import (
+    EXIT_FAILURE,
+    EXIT_NOT_CONVERGED,
+    EXIT_OK,
+    EXIT_TIME_LIMIT,
+    ForceOption,
+    QuietOption,
+    check_output,
+    exit_code,
+    fail,
+    open_output,
+    write_json,
+)
 
 app = typer.Typer(
     name="robust",
@@ -51,21 +63,9 @@ generate_app = typer.Typer(
 )
 app.add_typer(generate_app, name="generate")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-#: Finished without converging (``max_iterations``, ``stalled``, a ConvergenceWarning).
-EXIT_NOT_CONVERGED = 3
-#: Stopped by the time limit (status ``time_limit``); the result is still written.
-EXIT_TIME_LIMIT = 4
 PLOT_FORMATS = ("png", "pdf", "svg")
 
 # Options shared by the commands (one definition, one help text).
-Force = Annotated[bool, typer.Option("--force/--no-force", help="Overwrite existing output files.")]
-Quiet = Annotated[
-    bool,
-    typer.Option("--quiet/--no-quiet", "-q", help="No progress bars or per-iteration lines."),
-]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Jobs = Annotated[
     int,
@@ -75,49 +75,6 @@ Jobs = Annotated[
         help="Parallel labelling workers (joblib; -1: all cores). Neur2RO training only.",
     ),
 ]
-
-
-def _fail(message: str, code: int = EXIT_USAGE) -> typing.NoReturn:
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _check_output(path: Path | None, force: bool, option: str = "--output") -> None:
-    """Usage error naming ``option`` when ``path`` exists (without ``--force``) or its
-    folder does not."""
-    if path is None:
-        return
-    if path.exists() and not force:
-        _fail(f"{option} {path} exists; choose another name or pass --force to overwrite it")
-    if not path.parent.exists():
-        _fail(f"{option}: directory {path.parent} does not exist")
-
-
-def _open_output(path: Path, force: bool, binary: bool = False) -> IO[Any]:
-    """Replace only with ``force`` (exclusive creation otherwise); ``\\n`` line endings."""
-    mode = ("w" if force else "x") + ("b" if binary else "")
-    if binary:
-        return open(path, mode)
-    return open(path, mode, newline="\n", encoding="utf-8")
-
-
-def _write_json(path: Path, payload: dict[str, Any], force: bool, option: str) -> None:
-    try:
-        with _open_output(path, force) as fh:
-            json.dump(payload, fh, indent=1, allow_nan=False)
-            fh.write("\n")
-    except FileExistsError:  # appeared while computing
-        _fail(f"{option} {path} exists; choose another name or pass --force to overwrite it")
-
-
-def _exit_code(status: str, warnings: list[str]) -> int:
-    if status in ("infeasible", "unbounded", "error"):
-        return EXIT_FAILURE
-    if status == "time_limit":
-        return EXIT_TIME_LIMIT
-    if status in ("max_iterations", "stalled") or warnings:
-        return EXIT_NOT_CONVERGED
-    return EXIT_OK
 
 
 def _fmt(value: float) -> str:
@@ -149,8 +106,8 @@ def _check_plot(plot: Path | None, force: bool) -> None:
         return
     suffix = plot.suffix.lower().lstrip(".")
     if suffix not in PLOT_FORMATS:
-        _fail(f"--plot must end in one of .{', .'.join(PLOT_FORMATS)}, got {plot.name!r}")
-    _check_output(plot, force, "--plot")
+        fail(f"--plot must end in one of .{', .'.join(PLOT_FORMATS)}, got {plot.name!r}")
+    check_output(plot, force, "--plot")
 
 
 def plot_bounds(
@@ -195,7 +152,7 @@ def plot_bounds(
     ax.legend(fontsize="small")
     gap = f", gap {result.gap:.2e}" if math.isfinite(result.gap) else ""
     ax.set_title(f"{result.method}: status {result.status}{gap}", fontsize="medium")
-    with _open_output(path, force, binary=True) as fh:
+    with open_output(path, force, binary=True) as fh:
         fig.savefig(fh, format=path.suffix.lower().lstrip("."), dpi=110)
 
 
@@ -226,8 +183,8 @@ def solve_command(
         Path | None,
         typer.Option("--plot", help="Plot the bounds against the iterations (.png/.pdf/.svg)."),
     ] = None,
-    quiet: Quiet = False,
-    force: Force = False,
+    quiet: QuietOption = False,
+    force: ForceOption = False,
     seed: Seed = 0,
     solver: Annotated[
         str, typer.Option(help="MILP solver of the exact method: highs or scip (optional).")
@@ -272,33 +229,33 @@ def solve_command(
     )
 
     if method not in METHODS:
-        _fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        fail(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if time_limit is not None and not (time_limit > 0):
-        _fail("--time-limit must be positive")
+        fail("--time-limit must be positive")
     if solver not in ("highs", "scip"):
-        _fail(f"--solver must be highs or scip, got {solver!r}")
-    _check_output(output, force)
+        fail(f"--solver must be highs or scip, got {solver!r}")
+    check_output(output, force)
     _check_plot(plot, force)
     if output is not None and plot is not None and output.resolve() == plot.resolve():
-        _fail("--output and --plot must be different files")
+        fail("--output and --plot must be different files")
     options: dict[str, Any] = {"progress": not quiet}
     if method == "exact":
         options.update(solver=solver, warm_start=warm_start)
         if dual_bound is not None:
             if not (dual_bound > 0 and math.isfinite(dual_bound)):
-                _fail("--dual-bound must be a positive finite number")
+                fail("--dual-bound must be a positive finite number")
             options["dual_bound"] = dual_bound
     else:
         if dual_bound is not None:
-            _fail("--dual-bound applies to --method exact only")
+            fail("--dual-bound applies to --method exact only")
         if jobs == 0:
-            _fail("--jobs must be a nonzero integer (-1: all cores)")
+            fail("--jobs must be a nonzero integer (-1: all cores)")
         options["seed"] = seed
     if model is not None:
         if method != "neur2ro":
-            _fail("--model applies to --method neur2ro only")
+            fail("--model applies to --method neur2ro only")
         if not model.is_file():
-            _fail(f"no model file {model}")
+            fail(f"no model file {model}")
         options["model"] = model
     elif method == "neur2ro" and jobs != 1:
         options["n_jobs"] = jobs
@@ -310,9 +267,9 @@ def solve_command(
         try:
             problem = load_instance(instance)
         except FileNotFoundError as err:
-            _fail(f"{err} (nor is it a bundled instance name: see 'bilevel robust instances')")
+            fail(f"{err} (nor is it a bundled instance name: see 'bilevel robust instances')")
         except InstanceFormatError as err:
-            _fail(f"malformed instance: {err}")
+            fail(f"malformed instance: {err}")
     if not quiet:
         typer.echo(
             f"{problem.name or instance.name}: n_x={problem.n_x} n_y={problem.n_y} "
@@ -333,15 +290,15 @@ def solve_command(
         try:
             result = solve(problem, method=method, **options)
         except NotImplementedError as err:
-            _fail(str(err), EXIT_FAILURE)
+            fail(str(err), EXIT_FAILURE)
         except BilevelError as err:  # e.g. no KKT point within --dual-bound
-            _fail(str(err), EXIT_FAILURE)
+            fail(str(err), EXIT_FAILURE)
         except ValueError as err:  # e.g. a saved model for another class or size
             if model is None:
                 raise
-            _fail(str(err))
+            fail(str(err))
         except ImportError as err:
-            _fail(f"method {method!r} is unavailable: {err}", EXIT_FAILURE)
+            fail(f"method {method!r} is unavailable: {err}", EXIT_FAILURE)
     convergence = list(
         dict.fromkeys(  # each distinct convergence warning once
             str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)
@@ -359,14 +316,14 @@ def solve_command(
         payload["seed"] = seed
         payload["warnings"] = convergence
         payload["metrics"] = _metrics(result, published, convergence)
-        _write_json(output, payload, force, "--output")
+        write_json(output, payload, force, "--output")
         if not quiet:
             typer.echo(f"wrote {output}")
     if plot is not None:
         plot_bounds(plot, result, problem.sense, published.objective if published else None, force)
         if not quiet:
             typer.echo(f"wrote {plot}")
-    code = _exit_code(result.status, convergence)
+    code = exit_code(result.status, warnings=convergence)
     if code in (EXIT_NOT_CONVERGED, EXIT_TIME_LIMIT):
         typer.echo(
             f"stopped by a limit ({result.status}): the result is not proven optimal", err=True
@@ -461,10 +418,10 @@ def instances_command(
     from bilevel.robust import KNAPSACK_TYPES, published_knapsack_names, published_knapsack_result
 
     if correlation is not None and correlation not in KNAPSACK_TYPES:
-        _fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
+        fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
     names = published_knapsack_names(correlation, h=h)
     if not names:
-        _fail("no bundled instance matches these filters")
+        fail("no bundled instance matches these filters")
     typer.echo(f"{'instance':<42} {'published optimum':>17}")
     for name in names:
         typer.echo(f"{name:<42} {_fmt(published_knapsack_result(name).objective):>17}")
@@ -502,8 +459,8 @@ def train_command(
     ] = None,
     jobs: Jobs = 1,
     seed: Seed = 0,
-    force: Force = False,
-    quiet: Quiet = False,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Train a Neur2RO value model on generated instances of one class and save it.
 
@@ -516,22 +473,22 @@ def train_command(
     from bilevel.robust.generators import sample_knapsack_class
     from bilevel.robust.neur2ro import Neur2ROValueModel, generate_dataset
 
-    _check_output(output, force)
-    _check_output(metrics, force, "--metrics")
+    check_output(output, force)
+    check_output(metrics, force, "--metrics")
     if metrics is not None and metrics.resolve() == output.resolve():
-        _fail("--output and --metrics must be different files")
+        fail("--output and --metrics must be different files")
     if jobs == 0:
-        _fail("--jobs must be a nonzero integer (-1: all cores)")
+        fail("--jobs must be a nonzero integer (-1: all cores)")
     if problem == "knapsack":
         if correlation not in KNAPSACK_TYPES:
-            _fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
+            fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
         train = sample_knapsack_class(n, correlation, instances, seed=seed)
     elif problem == "capital-budgeting":
         train = [generate_capital_budgeting(n, seed=10_000 * seed + k) for k in range(instances)]
     else:
-        _fail(f"--problem must be knapsack or capital-budgeting, got {problem!r}")
+        fail(f"--problem must be knapsack or capital-budgeting, got {problem!r}")
     if encoder not in ("separate", "joint", "auto"):
-        _fail(f"--encoder must be separate, joint or auto, got {encoder!r}")
+        fail(f"--encoder must be separate, joint or auto, got {encoder!r}")
     if not quiet:
         typer.echo(
             f"labelling {instances} x {n_first_stage} x {n_scenarios} samples exactly "
@@ -550,7 +507,7 @@ def train_command(
             data, progress=not quiet
         )
     except ValueError as err:  # e.g. the joint encoder on unaligned instances
-        _fail(str(err))
+        fail(str(err))
     fitted.training_info_.update(
         command="bilevel robust train",
         problem=problem,
@@ -561,10 +518,10 @@ def train_command(
         epochs=epochs,
     )
     try:
-        with _open_output(output, force, binary=True) as fh:
+        with open_output(output, force, binary=True) as fh:
             fitted.save(fh)
     except FileExistsError:
-        _fail(f"--output {output} exists; choose another name or pass --force to overwrite it")
+        fail(f"--output {output} exists; choose another name or pass --force to overwrite it")
     typer.echo(
         f"{len(data)} samples ({data.n_infeasible} infeasible dropped), data "
         f"{data.generation_time:.1f}s, training {fitted.training_time_:.1f}s, validation MAE "
@@ -577,7 +534,7 @@ def train_command(
             fitted.validation_mae_ if math.isfinite(fitted.validation_mae_) else None
         )
         record["model"] = str(output)
-        _write_json(metrics, {"metrics": record}, force, "--metrics")
+        write_json(metrics, {"metrics": record}, force, "--metrics")
         typer.echo(f"wrote {metrics}")
 
 
@@ -585,15 +542,15 @@ def _generate_and_write(out: Path, force: bool, build: Callable[[], Any]) -> Any
     """Build an instance (``ValueError`` -> usage error) and write it to ``out``."""
     from bilevel.robust import write_instance
 
-    _check_output(out, force)
+    check_output(out, force)
     try:
         problem = build()
     except ValueError as err:
-        _fail(str(err))
+        fail(str(err))
     try:
         write_instance(problem, out, overwrite=force)
     except FileExistsError:
-        _fail(f"--output {out} exists; choose another name or pass --force to overwrite it")
+        fail(f"--output {out} exists; choose another name or pass --force to overwrite it")
     return problem
 
 
@@ -617,14 +574,14 @@ def generate_knapsack_command(
         ),
     ] = 40,
     seed: Seed = 0,
-    force: Force = False,
-    quiet: Quiet = False,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Two-stage robust knapsack (Arslan and Detienne 2022 generator)."""
     from bilevel.robust import KNAPSACK_TYPES, generate_knapsack
 
     if correlation not in KNAPSACK_TYPES:
-        _fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
+        fail(f"--type must be one of {', '.join(KNAPSACK_TYPES)}, got {correlation!r}")
     problem = _generate_and_write(
         output,
         force,
@@ -642,8 +599,8 @@ def generate_capital_budgeting_command(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of projects.")] = 10,
     theta: Annotated[float, typer.Option(help="Late-investment profit factor.")] = 0.8,
     seed: Seed = 0,
-    force: Force = False,
-    quiet: Quiet = False,
+    force: ForceOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Capital budgeting (Subramanyam, Gounaris and Wiesemann 2020 generator)."""
     from bilevel.robust import generate_capital_budgeting
