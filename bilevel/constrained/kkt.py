@@ -40,7 +40,11 @@ import torch
 
 from bilevel.constrained.feasible import InfeasibleError, UnboundedError, jacobian
 from bilevel.errors import BilevelError, ConvergenceWarning
+from bilevel.implicit import root_vjp
+from bilevel.linalg import dense, materialize
+from bilevel.optimality import kkt_conditions
 from bilevel.problem import BilevelProblem
+from bilevel.tree import ravel
 
 __all__ = [
     "KKTHypergradient",
@@ -296,6 +300,139 @@ class KKTHypergradient:
 
 
 def kkt_vjp(
+    problem: BilevelProblem,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    ineq_multipliers: torch.Tensor | None = None,
+    eq_multipliers: torch.Tensor | None = None,
+    active_tol: float = 1e-7,
+    multiplier_tol: float = 1e-8,
+    kkt_tol: float | None = None,
+) -> KKTHypergradient:
+    """``v^T dy*/dx`` at a lower-level KKT point ``y`` (see the module docstring).
+
+    The reduced KKT conditions ``R((y, lam_A), x) = (grad_y L, c_A) = 0``
+    (:func:`bilevel.optimality.kkt_conditions` with the active rows as equalities) define
+    ``(y*, lam_A)(x)``; :func:`bilevel.implicit.root_vjp` with ``solve="dense"`` solves
+    ``K^T [p; q] = [v; 0]`` (``K = dR/d(y, lam_A)``, the reduced KKT matrix) and returns
+    ``-(dR/dx)^T [p; q] = -(L_xy p + (dc_A/dx)^T q)``.
+
+    Multipliers not given are estimated (:func:`estimate_multipliers`); given ones must
+    cover every inequality row (``g`` and the finite bounds of ``y``) and every equality.
+    Raises :class:`~bilevel.errors.BilevelError` when the reduced KKT matrix is singular
+    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or ``v``
+    of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly active
+    constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is not a
+    KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default ``kkt_tol``
+    ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then that of a
+    point which does not solve the lower level.
+    """
+    if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+        raise TypeError("kkt_vjp: x and y must be tensors")
+    if v.shape != y.shape:
+        raise ValueError(f"kkt_vjp: v must have the shape of y {tuple(y.shape)}, got {v.shape}")
+    x, y, v = x.detach(), y.detach(), v.detach()
+    xs, ys = x.shape, y.shape
+    xf, yf = x.flatten(), y.flatten()
+    ineq, eq, m_in, m_eq = _flat_fns(problem, x, y)
+    if ineq_multipliers is None or eq_multipliers is None:
+        mu_est, nu_est, _ = estimate_multipliers(problem, x, y, active_tol=active_tol)
+        mu = mu_est if ineq_multipliers is None else ineq_multipliers.detach()
+        nu = nu_est if eq_multipliers is None else eq_multipliers.detach()
+    else:
+        mu, nu = ineq_multipliers.detach(), eq_multipliers.detach()
+    for name, mult, m in (("ineq_multipliers", mu, m_in), ("eq_multipliers", nu, m_eq)):
+        if mult.shape != (m,):
+            raise ValueError(
+                f"kkt_vjp: {name} must have shape ({m},) (lower_ineq rows, then finite upper "
+                f"and lower bounds of y), got {tuple(mult.shape)}"
+            )
+    mu, nu = mu.to(y.dtype), nu.to(y.dtype)
+    g_val = ineq(xf, yf).detach()
+    active = mu > multiplier_tol
+    degenerate = torch.nonzero((~active) & (g_val.abs() <= active_tol)).flatten().tolist()
+    if degenerate:
+        warnings.warn(
+            f"strict complementarity fails at lower-level inequality rows {degenerate} "
+            "(active with zero multiplier): the solution map is not differentiable there; "
+            "returning the derivative of the branch where they are inactive",
+            StrictComplementarityWarning,
+            stacklevel=2,
+        )
+    idx = torch.nonzero(active).flatten()
+
+    def active_rows(y_: torch.Tensor, x_: torch.Tensor) -> torch.Tensor:
+        """``c_A = (h, g_A)``: equalities, then the active inequality rows."""
+        xf_, yf_ = x_.flatten(), y_.flatten()
+        return torch.cat([eq(xf_, yf_), ineq(xf_, yf_)[idx]])
+
+    optimality = kkt_conditions(
+        lambda y_, x_: problem.lower_value(x_.reshape(xs), y_.reshape(ys)),
+        eq_constraints=active_rows,
+    )
+    lam = torch.cat([nu, mu[idx]])
+    empty = y.new_zeros(0)
+    solver = _ConditionedDense(len(lam))
+    (grad,) = root_vjp(
+        optimality, (y, lam, empty), (x,), (v, torch.zeros_like(lam), empty), solve=solver
+    )
+    with torch.enable_grad():
+        t = yf.clone().requires_grad_(True)
+        (gfy,) = torch.autograd.grad(problem.lower_value(x, t.reshape(ys)), t)
+    residual = _kkt_residual(gfy, ineq, eq, xf, yf, mu, nu)
+    tol = kkt_tol if kkt_tol is not None else (1e-6 if y.dtype == torch.float64 else 1e-3)
+    scale = max(1.0, float(gfy.abs().max())) if gfy.numel() else 1.0
+    if not residual <= tol * scale:
+        warnings.warn(
+            f"kkt_vjp: y is not a KKT point of the lower level (KKT residual {residual:.3e} > "
+            f"{tol:.1e} x {scale:.3g}); the derivative returned is not that of y*(x). Solve "
+            "the lower level first (e.g. solve_lower) or pass its multipliers",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return KKTHypergradient(
+        grad=grad.reshape(xs),
+        active=active,
+        degenerate=degenerate,
+        ineq_multipliers=mu,
+        eq_multipliers=nu,
+        kkt_residual=residual,
+        condition_number=solver.condition_number,
+    )
+
+
+class _ConditionedDense:
+    """:func:`bilevel.linalg.dense` for the reduced KKT system that also records the 2-norm
+    condition number of the matrix and refuses a numerically singular one
+    (``cond >= 1 / (eps (n + m))``) with :class:`~bilevel.errors.BilevelError`: LU would
+    otherwise return a meaningless solution for a nearly singular ``K``."""
+
+    def __init__(self, n_active: int):
+        self.n_active = n_active
+        self.condition_number = math.nan
+
+    def __call__(self, matvec, b, **options):
+        b_flat, raveler = ravel(b)
+        matrix = materialize(raveler.linear_map(matvec), b_flat.numel(), b_flat)
+        sv = torch.linalg.svdvals(matrix)
+        cond = float(sv[0] / sv[-1]) if sv.numel() and float(sv[-1]) > 0 else math.inf
+        if not sv.numel():
+            cond = 1.0
+        self.condition_number = cond
+        eps = torch.finfo(b_flat.dtype).eps
+        if not cond < 1.0 / (eps * max(b_flat.numel(), 1)):
+            raise BilevelError(
+                f"the reduced KKT matrix is singular (condition number {cond:.3e}, "
+                f"{self.n_active} active constraints): LICQ or second-order sufficiency "
+                "fails at this lower-level solution, so y*(x) is not differentiable by the "
+                "implicit function theorem"
+            )
+        return dense(lambda u: raveler.unravel(matrix @ raveler.ravel(u)), b, **options)
+
+
+def _legacy_kkt_vjp(
     problem: BilevelProblem,
     x: torch.Tensor,
     y: torch.Tensor,
