@@ -40,7 +40,7 @@ from bilevel import (
     solvers,
     tree,
 )
-from bilevel.methods import solve
+from bilevel._solve import METHODS, solve
 from bilevel.problem import BilevelProblem, BilevelResult
 
 __version__ = "0.1.0"
@@ -48,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BilevelProblem",
     "BilevelResult",
+    "METHODS",
     "__version__",
     "constrained",
     "dag",

@@ -311,10 +311,10 @@ def test_lower_kkt_residual_matches_a_cvxpy_oracle(monkeypatch, dense_limit):
     the same minimisation written with hand-derived Jacobians and solved by cvxpy, for a
     (2, 2) matrix y with a nonlinear g, an equality and partly infinite bounds."""
     cp = pytest.importorskip("cvxpy")
-    from bilevel.methods import _base
-    from bilevel.methods._base import _lower_kkt_residual
+    from bilevel.problem import _constraints
+    from bilevel.problem._constraints import lower_kkt_residual as _lower_kkt_residual
 
-    monkeypatch.setattr(_base, "_DENSE_KKT_ENTRIES", dense_limit)
+    monkeypatch.setattr(_constraints, "DENSE_KKT_ENTRIES", dense_limit)
 
     inf = float("inf")
     lo = torch.tensor([[-0.5, -inf], [0.0, -inf]])
@@ -372,7 +372,7 @@ def test_lower_kkt_residual_closed_form_for_bounds_equals_least_squares():
     """Bounds only: the separable closed form equals the general bounded least squares
     (forced by adding a constant, inactive inequality, which changes nothing), for iterates
     inside, on and outside a box with some infinite sides, and for a pytree x."""
-    from bilevel.methods._base import _lower_kkt_residual
+    from bilevel.problem._constraints import lower_kkt_residual as _lower_kkt_residual
 
     inf = float("inf")
     lo = torch.tensor([-0.5, -inf, 0.0, -1.0, 0.2])

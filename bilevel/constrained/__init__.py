@@ -1,6 +1,9 @@
 """Bilevel problems with constrained lower levels: LV-HBA, KKT implicit differentiation and
 classical small nonlinear bilevel programs.
 
+Both methods are registered in :data:`bilevel.METHODS` by :mod:`bilevel._solve`, the floor
+above this package and :mod:`bilevel.methods`.
+
 * :class:`LVHBA` (``method="lv-hba"``): single-loop, first-order proximal Lagrangian value
   function method (Yao et al., ICLR 2024) for lower levels with (coupled) constraints;
 * :func:`kkt_hypergradient`, :func:`kkt_vjp`, :func:`kkt_argmin`: implicit differentiation of
@@ -39,7 +42,6 @@ from bilevel.constrained.kkt import (
     solve_lower,
 )
 from bilevel.constrained.lvhba import LVHBA
-from bilevel.methods import METHODS
 
 __all__ = [
     "LVHBA",
@@ -65,6 +67,3 @@ __all__ = [
     "solve_classical",
     "solve_lower",
 ]
-
-# registered here rather than in bilevel.methods, which these modules build on
-METHODS.update({"lv-hba": LVHBA, "classical": Classical})

@@ -1,7 +1,8 @@
 """Implicit differentiation of constrained lower levels through their reduced KKT system.
 
 Lower level (``x`` fixed; ``g`` and ``h`` from :class:`~bilevel.BilevelProblem`, finite
-``y_bounds`` added as rows ``y - u <= 0`` and ``l - y <= 0`` of ``g``)::
+``y_bounds`` added as rows ``y - u <= 0`` and ``l - y <= 0`` of ``g``, in the row order of
+:class:`~bilevel.problem.LowerConstraints`)::
 
     y*(x) in argmin_y f(x, y)  s.t.  g(x, y) <= 0,  h(x, y) = 0.
 
@@ -38,12 +39,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bilevel.constrained.feasible import InfeasibleError, UnboundedError, jacobian
+from bilevel.constrained.feasible import InfeasibleError, UnboundedError
 from bilevel.errors import BilevelError, ConvergenceWarning
 from bilevel.implicit import root_vjp
 from bilevel.linalg import dense, materialize
 from bilevel.optimality import kkt_conditions
-from bilevel.problem import BilevelProblem
+from bilevel.problem import BilevelProblem, LowerConstraints
+from bilevel.problem._constraints import jacobian
 from bilevel.tree import ravel
 
 __all__ = [
@@ -60,47 +62,6 @@ __all__ = [
 
 class StrictComplementarityWarning(UserWarning):
     """An active lower-level constraint has a (numerically) zero multiplier."""
-
-
-# ------------------------------------------------------------------ constraint assembly
-def _flat_fns(problem: BilevelProblem, x: torch.Tensor, y: torch.Tensor):
-    """Constraint functions of the flat ``(x, y)``: ``ineq(xf, yf)`` stacks ``g`` and the
-    finite bound rows of ``y``; ``eq(xf, yf)`` is ``h``. Returns them and the row counts."""
-    xs, ys = x.shape, y.shape
-    lo, hi = problem.bounds_like("y_bounds", y)
-    lo, hi = lo.flatten(), hi.flatten()
-    up_idx = torch.nonzero(torch.isfinite(hi)).flatten()
-    lo_idx = torch.nonzero(torch.isfinite(lo)).flatten()
-    g0 = problem.constraint_value("lower_ineq", x, y)
-    h0 = problem.constraint_value("lower_eq", x, y)
-    m_g = 0 if g0 is None else g0.numel()
-    m_h = 0 if h0 is None else h0.numel()
-
-    def ineq(xf: torch.Tensor, yf: torch.Tensor) -> torch.Tensor:
-        parts = [yf.new_zeros(0)]
-        if problem.lower_ineq is not None:
-            g = problem.lower_ineq(xf.reshape(xs), yf.reshape(ys))
-            if g.shape != (m_g,):
-                raise ValueError(
-                    f"BilevelProblem.lower_ineq must return a 1-D tensor of {m_g} entries, "
-                    f"got shape {tuple(g.shape)}"
-                )
-            parts.append(g)
-        parts += [yf[up_idx] - hi[up_idx], lo[lo_idx] - yf[lo_idx]]
-        return torch.cat(parts)
-
-    def eq(xf: torch.Tensor, yf: torch.Tensor) -> torch.Tensor:
-        if problem.lower_eq is None:
-            return yf.new_zeros(0)
-        h = problem.lower_eq(xf.reshape(xs), yf.reshape(ys))
-        if h.shape != (m_h,):
-            raise ValueError(
-                f"BilevelProblem.lower_eq must return a 1-D tensor of {m_h} entries, got "
-                f"shape {tuple(h.shape)}"
-            )
-        return h
-
-    return ineq, eq, m_g + len(up_idx) + len(lo_idx), m_h
 
 
 # ------------------------------------------------------------------ lower-level solve
@@ -143,8 +104,9 @@ def solve_lower(
     from scipy.optimize import minimize
 
     dtype = y0.dtype
-    xf = x.detach().flatten()
-    ineq, eq, m_in, m_eq = _flat_fns(problem, x.detach(), y0.detach())
+    x = x.detach()
+    rows = LowerConstraints(problem, x, y0.detach())
+    m_in, m_eq = rows.n_ineq, rows.n_eq
     ys = y0.shape
 
     def fy(yf: torch.Tensor) -> torch.Tensor:
@@ -160,18 +122,18 @@ def solve_lower(
 
     def wrap(fn: Callable, sign: float) -> dict:
         return {
-            "fun": lambda v: sign * fn(xf, torch.as_tensor(v, dtype=dtype)).detach().numpy(),
+            "fun": lambda v: sign * fn(x, torch.as_tensor(v, dtype=dtype)).detach().numpy(),
             "jac": lambda v: (
                 sign
-                * jacobian(lambda t: fn(xf, t), torch.as_tensor(v, dtype=dtype)).double().numpy()
+                * jacobian(lambda t: fn(x, t), torch.as_tensor(v, dtype=dtype)).double().numpy()
             ),
         }
 
     constraints = []
     if m_eq:
-        constraints.append({"type": "eq", **wrap(eq, 1.0)})
+        constraints.append({"type": "eq", **wrap(rows.eq, 1.0)})
     if m_in:
-        constraints.append({"type": "ineq", **wrap(ineq, -1.0)})
+        constraints.append({"type": "ineq", **wrap(rows.ineq, -1.0)})
     v0 = y0.detach().flatten().double().numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -184,8 +146,8 @@ def solve_lower(
             options={"maxiter": maxiter, "ftol": tol},
         )
     y = torch.as_tensor(res.x, dtype=dtype).reshape(ys)
-    g_val = ineq(xf, y.flatten()).detach()
-    h_val = eq(xf, y.flatten()).detach()
+    g_val = rows.ineq(x, y).detach()
+    h_val = rows.eq(x, y).detach()
     violation = max(
         float(g_val.clamp(min=0).max()) if m_in else 0.0,
         float(h_val.abs().max()) if m_eq else 0.0,
@@ -220,46 +182,16 @@ def estimate_multipliers(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Multipliers of a (near) KKT point by bounded least squares.
 
-    Solves ``min ||grad_y f + J_h^T nu + J_N^T mu_N||^2`` over ``mu_N >= 0`` (SciPy's
-    ``lsq_linear``), ``N = {i : g_i >= -active_tol}`` the nearly active inequality rows (the
-    others get ``mu_i = 0``). Returns ``(mu, nu, kkt_residual)`` with the residual the
-    infinity norm of stationarity, infeasibility and complementarity.
+    :meth:`LowerConstraints.multipliers <bilevel.problem.LowerConstraints.multipliers>` on
+    the nearly active inequality rows ``N = {i : c_i >= -active_tol}`` (the others get
+    ``mu_i = 0``): ``min ||grad_y f + J_h^T nu + J_N^T mu_N||^2 + ||mu_N c_N||^2`` over
+    ``mu_N >= 0``. Returns ``(mu, nu, kkt_residual)`` with the residual the infinity norm of
+    stationarity, infeasibility and complementarity
+    (:meth:`~bilevel.problem.LowerConstraints.kkt_residual` with ``ord=inf``).
     """
-    from scipy.optimize import lsq_linear
-
-    xf, yf = x.detach().flatten(), y.detach().flatten()
-    ineq, eq, m_in, m_eq = _flat_fns(problem, x.detach(), y.detach())
-    ys = y.shape
-    with torch.enable_grad():
-        t = yf.clone().requires_grad_(True)
-        (gf,) = torch.autograd.grad(problem.lower_value(x.detach(), t.reshape(ys)), t)
-    g_val = ineq(xf, yf).detach()
-    near = torch.nonzero(g_val >= -active_tol).flatten()
-    Jg = jacobian(lambda t: ineq(xf, t), yf)[near] if m_in else yf.new_zeros(0, yf.numel())
-    Jh = jacobian(lambda t: eq(xf, t), yf) if m_eq else yf.new_zeros(0, yf.numel())
-    A = torch.cat([Jh, Jg]).T.double().numpy()
-    mu = yf.new_zeros(m_in)
-    nu = yf.new_zeros(m_eq)
-    if A.shape[1]:
-        lb = np.concatenate([np.full(m_eq, -np.inf), np.zeros(len(near))])
-        sol = lsq_linear(A, -gf.double().numpy(), bounds=(lb, np.inf), tol=1e-14, lsmr_tol=None)
-        nu = torch.as_tensor(sol.x[:m_eq], dtype=yf.dtype)
-        mu[near] = torch.as_tensor(sol.x[m_eq:], dtype=yf.dtype)
-    residual = _kkt_residual(gf, ineq, eq, xf, yf, mu, nu)
-    return mu, nu, residual
-
-
-def _kkt_residual(gf, ineq, eq, xf, yf, mu, nu) -> float:
-    Jg = jacobian(lambda t: ineq(xf, t), yf)
-    Jh = jacobian(lambda t: eq(xf, t), yf)
-    stat = gf + Jg.T @ mu + Jh.T @ nu
-    g, h = ineq(xf, yf).detach(), eq(xf, yf).detach()
-    parts = [stat.abs().max()]
-    if g.numel():
-        parts += [g.clamp(min=0).max(), (mu * g).abs().max(), (-mu).clamp(min=0).max()]
-    if h.numel():
-        parts.append(h.abs().max())
-    return float(torch.stack(parts).max())
+    rows = LowerConstraints(problem, x.detach(), y.detach())
+    mu, nu = rows.multipliers(active_tol)
+    return mu, nu, rows.kkt_residual(mu, nu, ord=math.inf)
 
 
 # ------------------------------------------------------------------ the KKT system
@@ -335,8 +267,8 @@ def kkt_vjp(
         raise ValueError(f"kkt_vjp: v must have the shape of y {tuple(y.shape)}, got {v.shape}")
     x, y, v = x.detach(), y.detach(), v.detach()
     xs, ys = x.shape, y.shape
-    xf, yf = x.flatten(), y.flatten()
-    ineq, eq, m_in, m_eq = _flat_fns(problem, x, y)
+    rows = LowerConstraints(problem, x, y)
+    m_in, m_eq = rows.n_ineq, rows.n_eq
     if ineq_multipliers is None or eq_multipliers is None:
         mu_est, nu_est, _ = estimate_multipliers(problem, x, y, active_tol=active_tol)
         mu = mu_est if ineq_multipliers is None else ineq_multipliers.detach()
@@ -350,7 +282,7 @@ def kkt_vjp(
                 f"and lower bounds of y), got {tuple(mult.shape)}"
             )
     mu, nu = mu.to(y.dtype), nu.to(y.dtype)
-    g_val = ineq(xf, yf).detach()
+    g_val = rows.values()[0]
     active = mu > multiplier_tol
     degenerate = torch.nonzero((~active) & (g_val.abs() <= active_tol)).flatten().tolist()
     if degenerate:
@@ -365,8 +297,7 @@ def kkt_vjp(
 
     def active_rows(y_: torch.Tensor, x_: torch.Tensor) -> torch.Tensor:
         """``c_A = (h, g_A)``: equalities, then the active inequality rows."""
-        xf_, yf_ = x_.flatten(), y_.flatten()
-        return torch.cat([eq(xf_, yf_), ineq(xf_, yf_)[idx]])
+        return torch.cat([rows.eq(x_, y_), rows.ineq(x_, y_)[idx]])
 
     optimality = kkt_conditions(
         lambda y_, x_: problem.lower_value(x_.reshape(xs), y_.reshape(ys)),
@@ -378,10 +309,8 @@ def kkt_vjp(
     (grad,) = root_vjp(
         optimality, (y, lam, empty), (x,), (v, torch.zeros_like(lam), empty), solve=solver
     )
-    with torch.enable_grad():
-        t = yf.clone().requires_grad_(True)
-        (gfy,) = torch.autograd.grad(problem.lower_value(x, t.reshape(ys)), t)
-    residual = _kkt_residual(gfy, ineq, eq, xf, yf, mu, nu)
+    gfy = rows.objective_gradient()
+    residual = rows.kkt_residual(mu, nu, ord=math.inf)
     tol = kkt_tol if kkt_tol is not None else (1e-6 if y.dtype == torch.float64 else 1e-3)
     scale = max(1.0, float(gfy.abs().max())) if gfy.numel() else 1.0
     if not residual <= tol * scale:
