@@ -173,7 +173,27 @@ def test_coupled_lower_constraints_disable_cuts():
     info = method.result_info(problem, state)
     assert info["lower_constraints_depend_on_x"] and info["value_cuts"] == 0
     assert info["certified"] and info["lower_gap"] <= 1e-6
-    assert float(state.hypergrad[0]) == 1e100  # one round cannot show convergence
+    # one round cannot show convergence; no hypergradient is formed
+    assert state.residual == math.inf and state.hypergrad is None
+
+
+def test_the_program_is_built_once_per_run(monkeypatch):
+    """The flattened program (and its linear analysis) is the method's context: built by
+    ``prepare`` once per run, not at every round."""
+    from bilevel.constrained import classical
+
+    built = []
+
+    class Counting(classical._Program):
+        def __init__(self, *args, **kwargs):
+            built.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(classical, "_Program", Counting)
+    p = LITERATURE["mb_2007_13v"]
+    x0, y0 = p.start()
+    result = bilevel.solve(p.problem(), x0, y0, method=Classical(**FAST), maxiter=4)
+    assert result.converged and result.n_iter >= 2 and len(built) == 1
 
 
 # ------------------------------------------------------------------ bad input

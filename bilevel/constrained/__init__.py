@@ -6,7 +6,7 @@ above this package and :mod:`bilevel.methods`.
 
 * :class:`LVHBA` (``method="lv-hba"``): single-loop, first-order proximal Lagrangian value
   function method (Yao et al., ICLR 2024) for lower levels with (coupled) constraints;
-* :func:`kkt_hypergradient`, :func:`kkt_vjp`, :func:`kkt_argmin`: implicit differentiation of
+* :func:`kkt_hypergradient`, :func:`kkt_vjp`, :func:`kkt_jvp`, :func:`kkt_argmin`: implicit differentiation of
   a constrained lower-level solution through its reduced KKT system;
 * :class:`Classical` (``method="classical"``), :func:`solve_classical`: global-quality
   multistart over KKT/MPCC and value-function reformulations for small nonlinear bilevel
@@ -38,6 +38,7 @@ from bilevel.constrained.kkt import (
     estimate_multipliers,
     kkt_argmin,
     kkt_hypergradient,
+    kkt_jvp,
     kkt_vjp,
     solve_lower,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "estimate_multipliers",
     "kkt_argmin",
     "kkt_hypergradient",
+    "kkt_jvp",
     "kkt_vjp",
     "project_affine",
     "project_box",

@@ -41,7 +41,7 @@ import torch
 
 from bilevel.constrained.feasible import InfeasibleError, UnboundedError
 from bilevel.errors import BilevelError, ConvergenceWarning
-from bilevel.implicit import root_vjp
+from bilevel.implicit import root_jvp, root_vjp
 from bilevel.linalg import dense, materialize
 from bilevel.optimality import kkt_conditions
 from bilevel.problem import BilevelProblem, LowerConstraints
@@ -55,6 +55,7 @@ __all__ = [
     "estimate_multipliers",
     "kkt_argmin",
     "kkt_hypergradient",
+    "kkt_jvp",
     "kkt_vjp",
     "solve_lower",
 ]
@@ -203,7 +204,7 @@ class KKTHypergradient:
     ----------
     grad:
         The hypergradient ``d F(x, y*(x)) / dx`` (or the VJP ``v^T dy*/dx``), shaped as
-        ``x``.
+        ``x``; for :func:`kkt_jvp` the tangent ``dy*/dx x_dot``, shaped as ``y``.
     active:
         Boolean mask over the inequality rows (``g``, then finite upper and lower bounds of
         ``y``): strongly active constraints (multiplier above ``multiplier_tol``).
@@ -254,18 +255,80 @@ def kkt_vjp(
     Multipliers not given are estimated (:func:`estimate_multipliers`); given ones must
     cover every inequality row (``g`` and the finite bounds of ``y``) and every equality.
     Raises :class:`~bilevel.errors.BilevelError` when the reduced KKT matrix is singular
-    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or ``v``
-    of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly active
-    constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is not a
-    KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default ``kkt_tol``
-    ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then that of a
-    point which does not solve the lower level.
+    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or
+    vectors of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly
+    active constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is
+    not a KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default
+    ``kkt_tol`` ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then
+    that of a point which does not solve the lower level.
     """
+    if not isinstance(v, torch.Tensor) or not isinstance(y, torch.Tensor) or v.shape != y.shape:
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"kkt_vjp: v must have the shape of y, got {shape}")
+    return _kkt_derivative(
+        "kkt_vjp", problem, x, y, v, ineq_multipliers, eq_multipliers, active_tol,
+        multiplier_tol, kkt_tol,
+    )
+
+
+def kkt_jvp(
+    problem: BilevelProblem,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_dot: torch.Tensor,
+    *,
+    ineq_multipliers: torch.Tensor | None = None,
+    eq_multipliers: torch.Tensor | None = None,
+    active_tol: float = 1e-7,
+    multiplier_tol: float = 1e-8,
+    kkt_tol: float | None = None,
+) -> KKTHypergradient:
+    """``dy*/dx x_dot`` at a lower-level KKT point ``y``: forward mode of :func:`kkt_vjp`.
+
+    :func:`bilevel.implicit.root_jvp` (``solve="dense"``) solves
+    ``K [y_dot; lam_dot] = -(dR/dx) x_dot`` on the same reduced KKT conditions; the
+    result's ``grad`` is ``y_dot``, shaped as ``y``.
+
+    Multipliers not given are estimated (:func:`estimate_multipliers`); given ones must
+    cover every inequality row (``g`` and the finite bounds of ``y``) and every equality.
+    Raises :class:`~bilevel.errors.BilevelError` when the reduced KKT matrix is singular
+    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or
+    vectors of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly
+    active constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is
+    not a KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default
+    ``kkt_tol`` ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then
+    that of a point which does not solve the lower level.
+    """
+    if (
+        not isinstance(x_dot, torch.Tensor)
+        or not isinstance(x, torch.Tensor)
+        or x_dot.shape != x.shape
+    ):
+        shape = tuple(x_dot.shape) if isinstance(x_dot, torch.Tensor) else type(x_dot).__name__
+        raise ValueError(f"kkt_jvp: x_dot must have the shape of x, got {shape}")
+    return _kkt_derivative(
+        "kkt_jvp", problem, x, y, x_dot, ineq_multipliers, eq_multipliers, active_tol,
+        multiplier_tol, kkt_tol,
+    )
+
+
+def _kkt_derivative(
+    caller: str,
+    problem: BilevelProblem,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    direction: torch.Tensor,
+    ineq_multipliers: torch.Tensor | None,
+    eq_multipliers: torch.Tensor | None,
+    active_tol: float,
+    multiplier_tol: float,
+    kkt_tol: float | None,
+) -> KKTHypergradient:
+    """:func:`kkt_vjp` (``caller="kkt_vjp"``, ``direction`` a cotangent of ``y``) or
+    :func:`kkt_jvp` (a tangent of ``x``)."""
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-        raise TypeError("kkt_vjp: x and y must be tensors")
-    if v.shape != y.shape:
-        raise ValueError(f"kkt_vjp: v must have the shape of y {tuple(y.shape)}, got {v.shape}")
-    x, y, v = x.detach(), y.detach(), v.detach()
+        raise TypeError(f"{caller}: x and y must be tensors")
+    x, y, direction = x.detach(), y.detach(), direction.detach()
     xs, ys = x.shape, y.shape
     rows = LowerConstraints(problem, x, y)
     m_in, m_eq = rows.n_ineq, rows.n_eq
@@ -278,7 +341,7 @@ def kkt_vjp(
     for name, mult, m in (("ineq_multipliers", mu, m_in), ("eq_multipliers", nu, m_eq)):
         if mult.shape != (m,):
             raise ValueError(
-                f"kkt_vjp: {name} must have shape ({m},) (lower_ineq rows, then finite upper "
+                f"{caller}: {name} must have shape ({m},) (lower_ineq rows, then finite upper "
                 f"and lower bounds of y), got {tuple(mult.shape)}"
             )
     mu, nu = mu.to(y.dtype), nu.to(y.dtype)
@@ -291,7 +354,7 @@ def kkt_vjp(
             "(active with zero multiplier): the solution map is not differentiable there; "
             "returning the derivative of the branch where they are inactive",
             StrictComplementarityWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     idx = torch.nonzero(active).flatten()
 
@@ -306,23 +369,27 @@ def kkt_vjp(
     lam = torch.cat([nu, mu[idx]])
     empty = y.new_zeros(0)
     solver = _ConditionedDense(len(lam))
-    (grad,) = root_vjp(
-        optimality, (y, lam, empty), (x,), (v, torch.zeros_like(lam), empty), solve=solver
-    )
+    if caller == "kkt_vjp":
+        cotangent = (direction, torch.zeros_like(lam), empty)
+        (out,) = root_vjp(optimality, (y, lam, empty), (x,), cotangent, solve=solver)
+        out = out.reshape(xs)
+    else:
+        out = root_jvp(optimality, (y, lam, empty), (x,), (direction,), solve=solver)[0]
+        out = out.reshape(ys)
     gfy = rows.objective_gradient()
     residual = rows.kkt_residual(mu, nu, ord=math.inf)
     tol = kkt_tol if kkt_tol is not None else (1e-6 if y.dtype == torch.float64 else 1e-3)
     scale = max(1.0, float(gfy.abs().max())) if gfy.numel() else 1.0
     if not residual <= tol * scale:
         warnings.warn(
-            f"kkt_vjp: y is not a KKT point of the lower level (KKT residual {residual:.3e} > "
-            f"{tol:.1e} x {scale:.3g}); the derivative returned is not that of y*(x). Solve "
+            f"{caller}: y is not a KKT point of the lower level (KKT residual {residual:.3e} "
+            f"> {tol:.1e} x {scale:.3g}); the derivative returned is not that of y*(x). Solve "
             "the lower level first (e.g. solve_lower) or pass its multipliers",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return KKTHypergradient(
-        grad=grad.reshape(xs),
+        grad=out,
         active=active,
         degenerate=degenerate,
         ineq_multipliers=mu,
@@ -412,7 +479,8 @@ def kkt_argmin(
     """Differentiable lower-level solution ``y*(x)`` and the :class:`LowerSolution`.
 
     ``solve(problem, x, y0)`` defaults to :func:`solve_lower`; backward applies
-    :func:`kkt_vjp` with the solution's multipliers, so ``y*(x)`` composes with autograd
+    :func:`kkt_vjp` with the solution's multipliers (for forward mode call :func:`kkt_jvp`:
+    it runs :func:`torch.func.jvp` inside, which cannot nest in a forward-AD level), so ``y*(x)`` composes with autograd
     (``F(x, kkt_argmin(problem, x, y0)[0]).backward()`` gives the hypergradient).
     """
     solution = (solve or solve_lower)(problem, x.detach(), y0.detach())
