@@ -30,11 +30,11 @@ def _coupled():
         lower_eq=lambda x, y: (y.sum() - x[1]).reshape(1),
         y_bounds=(lo, hi),
     )
-    return problem, lo, hi
+    return problem
 
 
 def test_rows_follow_the_documented_order_and_jacobians_match_hand_derived_ones():
-    problem, lo, hi = _coupled()
+    problem = _coupled()
     x = torch.tensor([0.7, -0.2], dtype=D)
     y = torch.tensor([[0.3, 0.9], [0.1, -0.4]], dtype=D)
     rows = LowerConstraints(problem, x, y)
@@ -91,7 +91,8 @@ def _kkt_qp(seed: int):
     e_up, e_lo = np.eye(n)[1], np.eye(n)[3]
     q = -(Q @ y + G.T @ mu_g + mu_up * e_up - mu_lo * e_lo + A.T @ nu)
     e = A @ y
-    t = {k: torch.as_tensor(v, dtype=D) for k, v in dict(Q=Q, G=G, A=A, q=q, b=b, e=e).items()}
+    arrays = {"Q": Q, "G": G, "A": A, "q": q, "b": b, "e": e}
+    t = {k: torch.as_tensor(v, dtype=D) for k, v in arrays.items()}
     problem = bilevel.BilevelProblem(
         upper=lambda x, y: y.sum(),
         lower=lambda x, y: 0.5 * y @ t["Q"] @ y + (t["q"] + x) @ y,
@@ -125,7 +126,7 @@ def test_multipliers_match_cvxpy_duals_at_a_kkt_point(seed):
 
 
 def test_kkt_residual_at_given_multipliers_is_the_formula():
-    problem, _, _ = _coupled()
+    problem = _coupled()
     x = torch.tensor([0.7, -0.2], dtype=D)
     y = torch.tensor([[-0.6, 0.2], [0.5, 1.3]], dtype=D)
     rows = LowerConstraints(problem, x, y)

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 import bilevel
 import bilevel.methods._driver as driver
+from bilevel import METHODS
 from bilevel.errors import ConvergenceWarning, InaccurateRootError
 from bilevel.implicit import custom_fixed_point, custom_root
-from bilevel import METHODS
 from bilevel.solvers import LBFGS, GradientDescent, MirrorDescent, ProximalGradient
 
 # --------------------------------------------------------------------------------------

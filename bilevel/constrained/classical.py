@@ -99,7 +99,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import Bounds as _ScipyBounds
-from scipy.optimize import lsq_linear, minimize
+from scipy.optimize import minimize
 
 from bilevel.constrained.feasible import InfeasibleError, UnboundedError, project_polyhedron
 from bilevel.errors import ConvergenceWarning, NonFiniteError

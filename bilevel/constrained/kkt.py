@@ -266,8 +266,16 @@ def kkt_vjp(
         shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
         raise ValueError(f"kkt_vjp: v must have the shape of y, got {shape}")
     return _kkt_derivative(
-        "kkt_vjp", problem, x, y, v, ineq_multipliers, eq_multipliers, active_tol,
-        multiplier_tol, kkt_tol,
+        "kkt_vjp",
+        problem,
+        x,
+        y,
+        v,
+        ineq_multipliers,
+        eq_multipliers,
+        active_tol,
+        multiplier_tol,
+        kkt_tol,
     )
 
 
@@ -307,8 +315,16 @@ def kkt_jvp(
         shape = tuple(x_dot.shape) if isinstance(x_dot, torch.Tensor) else type(x_dot).__name__
         raise ValueError(f"kkt_jvp: x_dot must have the shape of x, got {shape}")
     return _kkt_derivative(
-        "kkt_jvp", problem, x, y, x_dot, ineq_multipliers, eq_multipliers, active_tol,
-        multiplier_tol, kkt_tol,
+        "kkt_jvp",
+        problem,
+        x,
+        y,
+        x_dot,
+        ineq_multipliers,
+        eq_multipliers,
+        active_tol,
+        multiplier_tol,
+        kkt_tol,
     )
 
 

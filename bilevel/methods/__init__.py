@@ -40,7 +40,6 @@ from bilevel.methods.stochastic import SABA, SOBA, StocBiO
 
 __all__ = [
     "AID",
-    "BatchStream",
     "BOME",
     "BOREP",
     "BSVRB",
@@ -49,6 +48,7 @@ __all__ = [
     "SABA",
     "SOBA",
     "VPBGD",
+    "BatchStream",
     "Method",
     "MethodState",
     "Penalty",

@@ -52,8 +52,10 @@ def rows_jacobian(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         (jac,) = torch.autograd.grad(
             out, inp, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
-        return inp.new_zeros(out.shape[0], inp.numel()) if jac is None else jac.reshape(
-            out.shape[0], inp.numel()
+        return (
+            inp.new_zeros(out.shape[0], inp.numel())
+            if jac is None
+            else jac.reshape(out.shape[0], inp.numel())
         )
     rows = []
     for i in range(out.shape[0]):
