@@ -44,11 +44,12 @@ if TYPE_CHECKING:  # the names below are imported lazily (see __getattr__)
         solvers,
         tree,
     )
-    from bilevel.methods import solve
+    from bilevel._solve import METHODS, solve
     from bilevel.problem import BilevelProblem, BilevelResult
 
 _ATTRIBUTES = {
-    "solve": "bilevel.methods",
+    "solve": "bilevel._solve",
+    "METHODS": "bilevel._solve",
     "BilevelProblem": "bilevel.problem",
     "BilevelResult": "bilevel.problem",
 }
@@ -82,6 +83,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BilevelProblem",
     "BilevelResult",
+    "METHODS",
     "__version__",
     "constrained",
     "dag",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -311,10 +312,10 @@ def test_lower_kkt_residual_matches_a_cvxpy_oracle(monkeypatch, dense_limit):
     the same minimisation written with hand-derived Jacobians and solved by cvxpy, for a
     (2, 2) matrix y with a nonlinear g, an equality and partly infinite bounds."""
     cp = pytest.importorskip("cvxpy")
-    from bilevel.methods import _base
-    from bilevel.methods._base import _lower_kkt_residual
+    from bilevel.problem import _constraints
+    from bilevel.problem._constraints import lower_kkt_residual as _lower_kkt_residual
 
-    monkeypatch.setattr(_base, "_DENSE_KKT_ENTRIES", dense_limit)
+    monkeypatch.setattr(_constraints, "DENSE_KKT_ENTRIES", dense_limit)
 
     inf = float("inf")
     lo = torch.tensor([[-0.5, -inf], [0.0, -inf]])
@@ -372,7 +373,7 @@ def test_lower_kkt_residual_closed_form_for_bounds_equals_least_squares():
     """Bounds only: the separable closed form equals the general bounded least squares
     (forced by adding a constant, inactive inequality, which changes nothing), for iterates
     inside, on and outside a box with some infinite sides, and for a pytree x."""
-    from bilevel.methods._base import _lower_kkt_residual
+    from bilevel.problem._constraints import lower_kkt_residual as _lower_kkt_residual
 
     inf = float("inf")
     lo = torch.tensor([-0.5, -inf, 0.0, -1.0, 0.2])
@@ -397,3 +398,54 @@ def test_lower_kkt_residual_closed_form_for_bounds_equals_least_squares():
         general = _lower_kkt_residual(forced, x, y)
         assert np.isfinite(closed) and closed > 0
         assert closed == pytest.approx(general, rel=1e-9, abs=1e-12)
+
+
+def test_protocol_prepare_context_and_residual(tmp_path):
+    """``prepare`` runs once per call (a resumed one included) and its context reaches
+    ``init`` and ``step`` but never the checkpoint; ``state.residual`` drives stopping and
+    the history's ``residual`` column, while ``hypergrad_norm`` stays NaN for a method that
+    forms no hypergradient. The method halves ``x`` (residual ``|x|``) until ``|x| <= tol``."""
+    from dataclasses import dataclass
+
+    calls = []
+
+    @dataclass
+    class Halving(Method):
+        name = "halving"
+
+        def prepare(self, problem, x0, y0):
+            calls.append("prepare")
+            return {"factor": 0.5}
+
+        def init(self, problem, x0, y0, context=None):
+            calls.append(("init", context["factor"]))
+            return MethodState(x=x0, y=y0)
+
+        def step(self, problem, state, iteration):
+            state.x = state.x * state.context["factor"]
+            state.residual = float(state.x.abs().max())
+            return state
+
+    problem = bilevel.BilevelProblem(
+        upper=lambda x, y: (x**2).sum(), lower=lambda x, y: ((y - x) ** 2).sum()
+    )
+    x0, y0 = torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    path = tmp_path / "run.pt"
+    full = bilevel.solve(problem, x0, y0, Halving(), maxiter=30, tol=1e-3)
+    assert full.converged and full.n_iter == 10  # 2^-10 <= 1e-3 < 2^-9
+    assert full.history["residual"][1:] == [2.0**-k for k in range(1, 11)]
+    assert all(math.isnan(v) for v in full.history["hypergrad_norm"])
+    assert "residual" in full.message
+    assert calls == ["prepare", ("init", 0.5)]
+    calls.clear()
+    with pytest.warns(ConvergenceWarning):
+        bilevel.solve(problem, x0, y0, Halving(), maxiter=4, tol=1e-3, checkpoint=path,
+                      checkpoint_every=4)
+    saved = torch.load(path, weights_only=False)
+    assert saved["state"].context is None and saved["state"].residual == 2.0**-4
+    resumed = bilevel.solve(
+        problem, x0, y0, Halving(), maxiter=30, tol=1e-3, checkpoint=path, resume=True
+    )
+    assert calls == ["prepare", ("init", 0.5), "prepare"]  # rebuilt, init not re-run
+    assert resumed.history["residual"][1:] == full.history["residual"][1:]
+    torch.testing.assert_close(resumed.x, full.x, rtol=0, atol=0)

@@ -14,10 +14,10 @@ from scipy.optimize import brentq
 from typer.testing import CliRunner
 
 import bilevel
-import bilevel.methods._base as base
+import bilevel.methods._driver as driver
+from bilevel import METHODS
 from bilevel.errors import ConvergenceWarning, InaccurateRootError
 from bilevel.implicit import custom_fixed_point, custom_root
-from bilevel.methods import METHODS
 from bilevel.solvers import LBFGS, GradientDescent, MirrorDescent, ProximalGradient
 
 # --------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def test_an_escape_survives_checkpoint_and_resume(tmp_path):
 
 
 def test_a_lower_level_maximum_is_reported_when_not_escaped(monkeypatch):
-    monkeypatch.setattr(base, "MAX_ESCAPES", 0)
+    monkeypatch.setattr(driver, "MAX_ESCAPES", 0)
     zero = torch.zeros(1, dtype=torch.float64)
     with pytest.warns(ConvergenceWarning, match="negative eigenvalue -4.000e\\+00"):
         result = bilevel.solve(_double_well(), zero, zero, "aid")

@@ -12,8 +12,7 @@ from conftest import relative_error
 
 import bilevel
 from bilevel.hypergrad import neumann
-from bilevel.methods import AID
-from bilevel.methods._base import BatchStream
+from bilevel.methods import AID, BatchStream
 from bilevel.methods.stochastic import SABA, SOBA, StocBiO
 from bilevel.problem import BilevelProblem
 from bilevel.problems import FiniteSumQuadratic, QuadraticBilevel, Sampled, Shuffled

@@ -1,9 +1,12 @@
 """Bilevel problems with constrained lower levels: LV-HBA, KKT implicit differentiation and
 classical small nonlinear bilevel programs.
 
+Both methods are registered in :data:`bilevel.METHODS` by :mod:`bilevel._solve`, the floor
+above this package and :mod:`bilevel.methods`.
+
 * :class:`LVHBA` (``method="lv-hba"``): single-loop, first-order proximal Lagrangian value
   function method (Yao et al., ICLR 2024) for lower levels with (coupled) constraints;
-* :func:`kkt_hypergradient`, :func:`kkt_vjp`, :func:`kkt_argmin`: implicit differentiation of
+* :func:`kkt_hypergradient`, :func:`kkt_vjp`, :func:`kkt_jvp`, :func:`kkt_argmin`: implicit differentiation of
   a constrained lower-level solution through its reduced KKT system;
 * :class:`Classical` (``method="classical"``), :func:`solve_classical`: global-quality
   multistart over KKT/MPCC and value-function reformulations for small nonlinear bilevel
@@ -35,11 +38,11 @@ from bilevel.constrained.kkt import (
     estimate_multipliers,
     kkt_argmin,
     kkt_hypergradient,
+    kkt_jvp,
     kkt_vjp,
     solve_lower,
 )
 from bilevel.constrained.lvhba import LVHBA
-from bilevel.methods import METHODS
 
 __all__ = [
     "LVHBA",
@@ -57,6 +60,7 @@ __all__ = [
     "estimate_multipliers",
     "kkt_argmin",
     "kkt_hypergradient",
+    "kkt_jvp",
     "kkt_vjp",
     "project_affine",
     "project_box",
@@ -65,6 +69,3 @@ __all__ = [
     "solve_classical",
     "solve_lower",
 ]
-
-# registered here rather than in bilevel.methods, which these modules build on
-METHODS.update({"lv-hba": LVHBA, "classical": Classical})

@@ -40,7 +40,8 @@ Method (one outer iteration of :class:`Classical` is one *round*):
    depend on ``x``: there the value-function path below, with cuts at vertices from exact
    LP solves, is exact once no cut is violated). The lower level is replaced by its KKT
    conditions, with the bounds of
-   ``Y`` written as inequalities ``g_full = (g, y_lo - y, y - y_hi)`` (finite entries only)::
+   ``Y`` written as inequalities ``g_full = (g, y - y_hi, y_lo - y)`` (finite entries only,
+   the row order of :class:`~bilevel.problem.LowerConstraints`)::
 
        grad_y f + J_y g_full^T lam + J_y h^T mu = 0,   lam >= 0,   g_full <= 0,  h = 0,
 
@@ -71,11 +72,11 @@ Method (one outer iteration of :class:`Classical` is one *round*):
 5. **Anytime.** While no certified incumbent exists, the best candidate of each start is
    certified at once. With ``time_limit``, a deadline is checked between local solves and
    inside SLSQP (a callback); a lower-level certificate that it interrupts is discarded.
-6. **Stopping.** The residual stored in ``state.hypergrad`` (and reported as
-   ``hypergrad_norm`` in the history) is ``|F_best(k) - F_best(k-1)| / (1 + |F_best(k)|)``
-   when the incumbent is feasible and certified (gap <= ``gap_tol``), and ``1e100`` (a
-   finite stand-in for infinity) while there is no certified incumbent from this and the
-   previous round; :func:`bilevel.solve` declares convergence when it is ``<= tol``, i.e.
+6. **Stopping.** The round residual ``state.residual`` (the history's ``residual``; no
+   hypergradient is formed, ``hypergrad_norm`` is NaN) is
+   ``|F_best(k) - F_best(k-1)| / (1 + |F_best(k)|)`` when the incumbent is feasible and
+   certified (gap <= ``gap_tol``), and ``inf`` while there is no certified incumbent from
+   this and the previous round; :func:`bilevel.solve` declares convergence when it is ``<= tol``, i.e.
    after a round that does not improve the certified incumbent. Each round costs many NLP
    solves, so pass a small ``maxiter`` (:func:`solve_classical` uses 10).
 
@@ -98,12 +99,13 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.optimize import Bounds as _ScipyBounds
-from scipy.optimize import lsq_linear, minimize
+from scipy.optimize import minimize
 
 from bilevel.constrained.feasible import InfeasibleError, UnboundedError, project_polyhedron
-from bilevel.errors import ConvergenceWarning
-from bilevel.methods._base import Method, MethodState, run_method
-from bilevel.problem import BilevelProblem, BilevelResult
+from bilevel.errors import ConvergenceWarning, NonFiniteError
+from bilevel.methods import Method, MethodState, run_method
+from bilevel.problem import BilevelProblem, BilevelResult, LowerConstraints
+from bilevel.problem._constraints import rows_jacobian as _rows_jacobian
 
 __all__ = [
     "Classical",
@@ -117,7 +119,6 @@ __all__ = [
 _DTYPE = torch.float64
 _UNBOUNDED_VALUE = 1e10
 _UNBOUNDED_NORM = 1e7
-_NOT_CONVERGED = 1e100  # residual while no certified incumbent exists (finite on purpose)
 
 
 class LowerLevelInfeasibleError(InfeasibleError):
@@ -215,23 +216,21 @@ class _Program:
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a tensor for the classical solver")
         self.problem = problem
+        self.setup_time = 0.0  # seconds spent building it (Classical.prepare)
         self.x_shape, self.y_shape = x0.shape, y0.shape
         self.n, self.m = x0.numel(), y0.numel()
         if self.m == 0:
             raise ValueError("y0 is empty: the lower level needs at least one variable")
         self.x_lo, self.x_hi = _bound_arrays(problem, "x_bounds", x0)
         self.y_lo, self.y_hi = _bound_arrays(problem, "y_bounds", y0)
-        self.y_lo_idx = np.flatnonzero(np.isfinite(self.y_lo))
-        self.y_hi_idx = np.flatnonzero(np.isfinite(self.y_hi))
-        self._y_lo_i, self._y_hi_i = torch.as_tensor(self.y_lo_idx), torch.as_tensor(self.y_hi_idx)
-        self._y_lo_t = torch.as_tensor(self.y_lo[self.y_lo_idx], dtype=_DTYPE)
-        self._y_hi_t = torch.as_tensor(self.y_hi[self.y_hi_idx], dtype=_DTYPE)
         xf = x0.detach().to(_DTYPE).reshape(-1)
         yf = y0.detach().to(_DTYPE).reshape(-1)
         self.sizes = {}
         with torch.no_grad():
             for name in ("upper_ineq", "upper_eq", "lower_ineq", "lower_eq"):
                 self.sizes[name] = self._call(name, xf, yf).numel()
+        #: the lower level's rows ``g_full = (g, finite upper bounds, finite lower bounds)``
+        self.lower = LowerConstraints(problem, *self._unflat(xf, yf))
         # working boxes: the explicit bounds until the linear rows are analysed
         self.bx_lo, self.bx_hi = self.x_lo, self.x_hi
         self.by_lo, self.by_hi = self.y_lo, self.y_hi
@@ -290,14 +289,13 @@ class _Program:
         return self._call("lower_eq", x, y)
 
     def g_full(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Lower inequalities including the finite bounds of ``Y`` (``<= 0``)."""
-        return torch.cat(
-            [self.g(x, y), self._y_lo_t - y[self._y_lo_i], y[self._y_hi_i] - self._y_hi_t]
-        )
+        """Lower inequalities including the finite bounds of ``Y`` (``<= 0``), in the row
+        order of :class:`~bilevel.problem.LowerConstraints`."""
+        return self.lower.ineq(x, y)
 
     @property
     def n_gfull(self) -> int:
-        return self.sizes["lower_ineq"] + self.y_lo_idx.size + self.y_hi_idx.size
+        return self.lower.n_ineq
 
     def _lower_constraints_depend_on_x(self, x0: torch.Tensor, y0: torch.Tensor) -> bool:
         """Whether ``g`` or ``h`` varies with ``x`` (Jacobian in x at a few sample points)."""
@@ -565,30 +563,6 @@ def _analyse(prog: _Program, x0: np.ndarray, y0: np.ndarray) -> _LinearAnalysis:
 # --------------------------------------------------------------------------------------
 # NLP solves through SciPy SLSQP with autograd derivatives
 # --------------------------------------------------------------------------------------
-
-
-def _rows_jacobian(out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-    """Jacobian of the 1-D ``out`` with respect to ``inp``: one batched backward pass
-    (``is_grads_batched``, a vmap over the rows of the identity; 7-50x faster than a pass per
-    row on 14-80 rows), or one backward pass per row when an operation of the graph has no
-    batching rule."""
-    if out.shape[0] == 0:
-        return inp.new_zeros(0, inp.numel())
-    if not out.requires_grad:
-        return inp.new_zeros(out.shape[0], inp.numel())
-    with contextlib.suppress(RuntimeError):
-        eye = torch.eye(out.shape[0], dtype=out.dtype)
-        (jac,) = torch.autograd.grad(
-            out, inp, grad_outputs=eye, retain_graph=True, allow_unused=True, is_grads_batched=True
-        )
-        return inp.new_zeros(out.shape[0], inp.numel()) if jac is None else jac
-    rows = []
-    for i in range(out.shape[0]):
-        row = None
-        if out[i].requires_grad:
-            (row,) = torch.autograd.grad(out[i], inp, retain_graph=True, allow_unused=True)
-        rows.append(torch.zeros_like(inp) if row is None else row)
-    return torch.stack(rows)
 
 
 def _grad(value: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
@@ -1081,25 +1055,17 @@ def _mpcc_solve(prog: _Program, x0, y0, cuts: torch.Tensor, feas_tol: float) -> 
         ineq = [prog.G(x, y), prog.g(x, y), _cut_values(prog, x, y, cuts)]
         return x, y, lam, eq, ineq
 
-    # initial multipliers: least squares on the stationarity with lam >= 0
+    # initial multipliers: the best KKT fit at the start (LowerConstraints.multipliers)
     xt = torch.as_tensor(x0, dtype=_DTYPE)
-    yt = torch.tensor(np.clip(y0, prog.by_lo, prog.by_hi), dtype=_DTYPE, requires_grad=True)
+    yt = torch.tensor(np.clip(y0, prog.by_lo, prog.by_hi), dtype=_DTYPE)
     lam0, mu0 = np.zeros(p), np.zeros(q)
     if p + q:
-        with torch.enable_grad():
-            cons = torch.cat([prog.g_full(xt, yt), prog.h(xt, yt)])
-            jac = _rows_jacobian(cons, yt).T.detach().numpy()  # m x (p + q)
-            rhs = -_grad(prog.f(xt, yt), yt).detach().numpy()
-        lb = np.concatenate([np.zeros(p), np.full(q, -np.inf)])
-        if np.all(np.isfinite(jac)) and np.all(np.isfinite(rhs)):
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                try:
-                    sol = lsq_linear(jac, rhs, bounds=(lb, np.full(p + q, np.inf)))
-                    if np.all(np.isfinite(sol.x)):
-                        lam0, mu0 = sol.x[:p], sol.x[p:]
-                except (ValueError, np.linalg.LinAlgError):
-                    pass
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with contextlib.suppress(ValueError, np.linalg.LinAlgError, NonFiniteError):
+                lam, mu = LowerConstraints(prog.problem, *prog._unflat(xt, yt)).multipliers()
+                if bool(torch.isfinite(lam).all() and torch.isfinite(mu).all()):
+                    lam0, mu0 = lam.numpy(), mu.numpy()
     yt = yt.detach()
     z = np.concatenate([x0, yt.numpy(), lam0, mu0])
     lo = np.concatenate([prog.bx_lo, prog.by_lo, np.zeros(p), np.full(q, -np.inf)])
@@ -1131,9 +1097,9 @@ def _mpcc_solve(prog: _Program, x0, y0, cuts: torch.Tensor, feas_tol: float) -> 
         t_lo, t_hi = lo.copy(), hi.copy()
         lam_slice = slice(n + m, n + m + p)
         t_hi[lam_slice] = np.where(active, np.inf, 0.0)
-        k_lo, k_hi = prog.y_lo_idx.size, prog.y_hi_idx.size
-        at_lo = prog.y_lo_idx[active[n_g : n_g + k_lo]]
-        at_hi = prog.y_hi_idx[active[n_g + k_lo : n_g + k_lo + k_hi]]
+        k_up = prog.lower.upper_index.numel()
+        at_hi = prog.lower.upper_index.numpy()[active[n_g : n_g + k_up]]
+        at_lo = prog.lower.lower_index.numpy()[active[n_g + k_up :]]
         t_hi[n + at_lo] = prog.y_lo[at_lo]
         t_lo[n + at_hi] = prog.y_hi[at_hi]
         g_active = torch.as_tensor(active[:n_g])
@@ -1218,9 +1184,10 @@ class Classical(Method):
     scalars, tensors broadcasting to the variable's shape (``(3,)`` bounds for a ``(2, 3)``
     ``y`` bound every row), or one entry per entry of the variable in row-major order.
 
-    ``state.hypergrad`` holds the round residual (a 1-element tensor): the relative change
-    ``|dF| / (1 + |F|)`` of the certified incumbent's upper value, ``1e100`` while no
-    feasible certified point is known (so at least two rounds run).
+    ``state.residual`` holds the round residual: the relative change ``|dF| / (1 + |F|)`` of
+    the certified incumbent's upper value, ``inf`` while no feasible certified point is
+    known (so at least two rounds run). The context (:meth:`prepare`) is the problem
+    flattened to float64 vectors with its linear-row analysis, built once per run.
     :attr:`BilevelResult.info` holds ``upper_value``, ``lower_value``,
     ``lower_value_function`` (phi), ``lower_gap``, ``certified``, ``upper_violation``,
     ``lower_violation``, ``n_starts`` (upper-level starts run), ``n_lower_starts``,
@@ -1255,12 +1222,39 @@ class Classical(Method):
                 f"time_limit must be a positive number of seconds, got {self.time_limit}"
             )
 
-    def init(self, problem: BilevelProblem, x0: torch.Tensor, y0: torch.Tensor) -> MethodState:
+    def prepare(self, problem: BilevelProblem, x0: torch.Tensor, y0: torch.Tensor) -> _Program:
+        """The problem as functions of flat float64 vectors, with the analysis of its
+        linear rows (bound tightening, infeasibility); its set-up time counts against
+        ``time_limit``."""
         t0 = _clock()
+        token = _DEADLINE.set(None if self.time_limit is None else t0 + self.time_limit)
+        try:
+            prog = _Program(problem, x0, y0)
+        finally:
+            _DEADLINE.reset(token)
+        prog.setup_time = _clock() - t0
+        return prog
+
+    def _program(self, problem: BilevelProblem, state: MethodState) -> _Program:
+        if state.context is None:  # a state unpickled outside the driver
+            raise RuntimeError(
+                "classical: the state has no context (it is rebuilt by bilevel.solve on "
+                "resume); set state.context = method.prepare(problem, x0, y0)"
+            )
+        return state.context
+
+    def init(
+        self,
+        problem: BilevelProblem,
+        x0: torch.Tensor,
+        y0: torch.Tensor,
+        context: _Program | None = None,
+    ) -> MethodState:
+        prog = self.prepare(problem, x0, y0) if context is None else context
+        t0 = _clock() - prog.setup_time  # the set-up counts against the time limit
         deadline = None if self.time_limit is None else t0 + self.time_limit
         token = _DEADLINE.set(deadline)
         try:
-            prog = _Program(problem, x0, y0)
             if prog.analysis.infeasible:
                 raise LowerLevelInfeasibleError(
                     f"the bilevel program has no feasible point: {prog.analysis.infeasible}",
@@ -1278,12 +1272,13 @@ class Classical(Method):
             "n_starts": 0,
             "x0": x,
             "y0": y,
-            "analysis": prog.analysis,
             "feasibility": feasibility,
             "time_used": _clock() - t0,
             "timed_out": feasibility == "time_limit",
         }
-        return MethodState(x=x0.detach().to(_DTYPE), y=y0.detach().to(_DTYPE), extra=extra)
+        return MethodState(
+            x=x0.detach().to(_DTYPE), y=y0.detach().to(_DTYPE), extra=extra, context=prog
+        )
 
     def _feasible_start(
         self, prog: _Program, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
@@ -1408,7 +1403,7 @@ class Classical(Method):
                     ConvergenceWarning,
                     stacklevel=2,
                 )
-            state.hypergrad = torch.tensor([_NOT_CONVERGED], dtype=_DTYPE)
+            state.residual = math.inf
         return state
 
     def _round(
@@ -1417,7 +1412,7 @@ class Classical(Method):
         """One round (see the module docstring); returns the state and whether the time
         limit cut it short."""
         extra = state.extra
-        prog = _Program(problem, state.x, state.y, extra.get("analysis"))
+        prog = self._program(problem, state)
         rng = np.random.default_rng([self.seed, iteration])
         best: _Candidate | None = extra["best"]
         center_x = best.x if best is not None else extra["x0"]
@@ -1514,9 +1509,7 @@ class Classical(Method):
             state.y = torch.as_tensor(best.y).reshape(prog.y_shape).clone()
         current = best.F if best is not None and self._certified(best) else math.inf
         residual = abs(current - previous) / (1.0 + abs(current))
-        if not math.isfinite(residual):  # the driver treats non-finite residuals as divergence
-            residual = _NOT_CONVERGED
-        state.hypergrad = torch.tensor([residual], dtype=_DTYPE)
+        state.residual = residual if math.isfinite(residual) else math.inf
         state.grad_calls += 1
         return state, cut_short
 
@@ -1651,7 +1644,7 @@ class Classical(Method):
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
         best: _Candidate | None = state.extra.get("best")
-        prog = _Program(problem, state.x, state.y, state.extra.get("analysis"))
+        prog = self._program(problem, state)
         info: dict[str, Any] = {
             "n_starts": state.extra.get("n_starts", 0),
             "n_lower_starts": self.n_lower_starts + 1,

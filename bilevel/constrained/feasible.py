@@ -23,7 +23,6 @@ vector ``v``; the sets are
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from bilevel.errors import BilevelError
+from bilevel.problem._constraints import jacobian
 
 __all__ = [
     "InfeasibleError",
@@ -50,26 +50,6 @@ class InfeasibleError(BilevelError):
 
 class UnboundedError(BilevelError):
     """A lower-level problem is unbounded below at the current ``x``."""
-
-
-def jacobian(fn: Callable[[torch.Tensor], torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-    """Dense Jacobian ``d fn(w) / d w`` (rows: outputs of the 1-D ``fn``; columns: entries of
-    the flat ``w``): :func:`torch.func.jacrev` (vectorised), or one reverse-mode pass per
-    output row when ``fn`` cannot be transformed (e.g. data-dependent Python control flow)."""
-    with contextlib.suppress(Exception):  # untransformable fn: the row-by-row loop below
-        return torch.func.jacrev(fn)(w.detach()).detach().reshape(-1, w.numel())
-    with torch.enable_grad():
-        w = w.detach().requires_grad_(True)
-        out = fn(w)
-        if not out.requires_grad:  # fn does not depend on w
-            return w.new_zeros(out.numel(), w.numel()).detach()
-        rows = []
-        for i in range(out.numel()):
-            (g,) = torch.autograd.grad(out[i], w, retain_graph=True, allow_unused=True)
-            rows.append(torch.zeros_like(w) if g is None else g)
-    if not rows:
-        return w.new_zeros(0, w.numel()).detach()
-    return torch.stack(rows).detach()
 
 
 def project_box(v: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:

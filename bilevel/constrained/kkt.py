@@ -1,7 +1,8 @@
 """Implicit differentiation of constrained lower levels through their reduced KKT system.
 
 Lower level (``x`` fixed; ``g`` and ``h`` from :class:`~bilevel.BilevelProblem`, finite
-``y_bounds`` added as rows ``y - u <= 0`` and ``l - y <= 0`` of ``g``)::
+``y_bounds`` added as rows ``y - u <= 0`` and ``l - y <= 0`` of ``g``, in the row order of
+:class:`~bilevel.problem.LowerConstraints`)::
 
     y*(x) in argmin_y f(x, y)  s.t.  g(x, y) <= 0,  h(x, y) = 0.
 
@@ -38,9 +39,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bilevel.constrained.feasible import InfeasibleError, UnboundedError, jacobian
+from bilevel.constrained.feasible import InfeasibleError, UnboundedError
 from bilevel.errors import BilevelError, ConvergenceWarning
-from bilevel.problem import BilevelProblem
+from bilevel.implicit import root_jvp, root_vjp
+from bilevel.linalg import dense, materialize
+from bilevel.optimality import kkt_conditions
+from bilevel.problem import BilevelProblem, LowerConstraints
+from bilevel.problem._constraints import jacobian
+from bilevel.tree import ravel
 
 __all__ = [
     "KKTHypergradient",
@@ -49,6 +55,7 @@ __all__ = [
     "estimate_multipliers",
     "kkt_argmin",
     "kkt_hypergradient",
+    "kkt_jvp",
     "kkt_vjp",
     "solve_lower",
 ]
@@ -56,47 +63,6 @@ __all__ = [
 
 class StrictComplementarityWarning(UserWarning):
     """An active lower-level constraint has a (numerically) zero multiplier."""
-
-
-# ------------------------------------------------------------------ constraint assembly
-def _flat_fns(problem: BilevelProblem, x: torch.Tensor, y: torch.Tensor):
-    """Constraint functions of the flat ``(x, y)``: ``ineq(xf, yf)`` stacks ``g`` and the
-    finite bound rows of ``y``; ``eq(xf, yf)`` is ``h``. Returns them and the row counts."""
-    xs, ys = x.shape, y.shape
-    lo, hi = problem.bounds_like("y_bounds", y)
-    lo, hi = lo.flatten(), hi.flatten()
-    up_idx = torch.nonzero(torch.isfinite(hi)).flatten()
-    lo_idx = torch.nonzero(torch.isfinite(lo)).flatten()
-    g0 = problem.constraint_value("lower_ineq", x, y)
-    h0 = problem.constraint_value("lower_eq", x, y)
-    m_g = 0 if g0 is None else g0.numel()
-    m_h = 0 if h0 is None else h0.numel()
-
-    def ineq(xf: torch.Tensor, yf: torch.Tensor) -> torch.Tensor:
-        parts = [yf.new_zeros(0)]
-        if problem.lower_ineq is not None:
-            g = problem.lower_ineq(xf.reshape(xs), yf.reshape(ys))
-            if g.shape != (m_g,):
-                raise ValueError(
-                    f"BilevelProblem.lower_ineq must return a 1-D tensor of {m_g} entries, "
-                    f"got shape {tuple(g.shape)}"
-                )
-            parts.append(g)
-        parts += [yf[up_idx] - hi[up_idx], lo[lo_idx] - yf[lo_idx]]
-        return torch.cat(parts)
-
-    def eq(xf: torch.Tensor, yf: torch.Tensor) -> torch.Tensor:
-        if problem.lower_eq is None:
-            return yf.new_zeros(0)
-        h = problem.lower_eq(xf.reshape(xs), yf.reshape(ys))
-        if h.shape != (m_h,):
-            raise ValueError(
-                f"BilevelProblem.lower_eq must return a 1-D tensor of {m_h} entries, got "
-                f"shape {tuple(h.shape)}"
-            )
-        return h
-
-    return ineq, eq, m_g + len(up_idx) + len(lo_idx), m_h
 
 
 # ------------------------------------------------------------------ lower-level solve
@@ -139,8 +105,9 @@ def solve_lower(
     from scipy.optimize import minimize
 
     dtype = y0.dtype
-    xf = x.detach().flatten()
-    ineq, eq, m_in, m_eq = _flat_fns(problem, x.detach(), y0.detach())
+    x = x.detach()
+    rows = LowerConstraints(problem, x, y0.detach())
+    m_in, m_eq = rows.n_ineq, rows.n_eq
     ys = y0.shape
 
     def fy(yf: torch.Tensor) -> torch.Tensor:
@@ -156,18 +123,18 @@ def solve_lower(
 
     def wrap(fn: Callable, sign: float) -> dict:
         return {
-            "fun": lambda v: sign * fn(xf, torch.as_tensor(v, dtype=dtype)).detach().numpy(),
+            "fun": lambda v: sign * fn(x, torch.as_tensor(v, dtype=dtype)).detach().numpy(),
             "jac": lambda v: (
                 sign
-                * jacobian(lambda t: fn(xf, t), torch.as_tensor(v, dtype=dtype)).double().numpy()
+                * jacobian(lambda t: fn(x, t), torch.as_tensor(v, dtype=dtype)).double().numpy()
             ),
         }
 
     constraints = []
     if m_eq:
-        constraints.append({"type": "eq", **wrap(eq, 1.0)})
+        constraints.append({"type": "eq", **wrap(rows.eq, 1.0)})
     if m_in:
-        constraints.append({"type": "ineq", **wrap(ineq, -1.0)})
+        constraints.append({"type": "ineq", **wrap(rows.ineq, -1.0)})
     v0 = y0.detach().flatten().double().numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -180,8 +147,8 @@ def solve_lower(
             options={"maxiter": maxiter, "ftol": tol},
         )
     y = torch.as_tensor(res.x, dtype=dtype).reshape(ys)
-    g_val = ineq(xf, y.flatten()).detach()
-    h_val = eq(xf, y.flatten()).detach()
+    g_val = rows.ineq(x, y).detach()
+    h_val = rows.eq(x, y).detach()
     violation = max(
         float(g_val.clamp(min=0).max()) if m_in else 0.0,
         float(h_val.abs().max()) if m_eq else 0.0,
@@ -216,46 +183,16 @@ def estimate_multipliers(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Multipliers of a (near) KKT point by bounded least squares.
 
-    Solves ``min ||grad_y f + J_h^T nu + J_N^T mu_N||^2`` over ``mu_N >= 0`` (SciPy's
-    ``lsq_linear``), ``N = {i : g_i >= -active_tol}`` the nearly active inequality rows (the
-    others get ``mu_i = 0``). Returns ``(mu, nu, kkt_residual)`` with the residual the
-    infinity norm of stationarity, infeasibility and complementarity.
+    :meth:`LowerConstraints.multipliers <bilevel.problem.LowerConstraints.multipliers>` on
+    the nearly active inequality rows ``N = {i : c_i >= -active_tol}`` (the others get
+    ``mu_i = 0``): ``min ||grad_y f + J_h^T nu + J_N^T mu_N||^2 + ||mu_N c_N||^2`` over
+    ``mu_N >= 0``. Returns ``(mu, nu, kkt_residual)`` with the residual the infinity norm of
+    stationarity, infeasibility and complementarity
+    (:meth:`~bilevel.problem.LowerConstraints.kkt_residual` with ``ord=inf``).
     """
-    from scipy.optimize import lsq_linear
-
-    xf, yf = x.detach().flatten(), y.detach().flatten()
-    ineq, eq, m_in, m_eq = _flat_fns(problem, x.detach(), y.detach())
-    ys = y.shape
-    with torch.enable_grad():
-        t = yf.clone().requires_grad_(True)
-        (gf,) = torch.autograd.grad(problem.lower_value(x.detach(), t.reshape(ys)), t)
-    g_val = ineq(xf, yf).detach()
-    near = torch.nonzero(g_val >= -active_tol).flatten()
-    Jg = jacobian(lambda t: ineq(xf, t), yf)[near] if m_in else yf.new_zeros(0, yf.numel())
-    Jh = jacobian(lambda t: eq(xf, t), yf) if m_eq else yf.new_zeros(0, yf.numel())
-    A = torch.cat([Jh, Jg]).T.double().numpy()
-    mu = yf.new_zeros(m_in)
-    nu = yf.new_zeros(m_eq)
-    if A.shape[1]:
-        lb = np.concatenate([np.full(m_eq, -np.inf), np.zeros(len(near))])
-        sol = lsq_linear(A, -gf.double().numpy(), bounds=(lb, np.inf), tol=1e-14, lsmr_tol=None)
-        nu = torch.as_tensor(sol.x[:m_eq], dtype=yf.dtype)
-        mu[near] = torch.as_tensor(sol.x[m_eq:], dtype=yf.dtype)
-    residual = _kkt_residual(gf, ineq, eq, xf, yf, mu, nu)
-    return mu, nu, residual
-
-
-def _kkt_residual(gf, ineq, eq, xf, yf, mu, nu) -> float:
-    Jg = jacobian(lambda t: ineq(xf, t), yf)
-    Jh = jacobian(lambda t: eq(xf, t), yf)
-    stat = gf + Jg.T @ mu + Jh.T @ nu
-    g, h = ineq(xf, yf).detach(), eq(xf, yf).detach()
-    parts = [stat.abs().max()]
-    if g.numel():
-        parts += [g.clamp(min=0).max(), (mu * g).abs().max(), (-mu).clamp(min=0).max()]
-    if h.numel():
-        parts.append(h.abs().max())
-    return float(torch.stack(parts).max())
+    rows = LowerConstraints(problem, x.detach(), y.detach())
+    mu, nu = rows.multipliers(active_tol)
+    return mu, nu, rows.kkt_residual(mu, nu, ord=math.inf)
 
 
 # ------------------------------------------------------------------ the KKT system
@@ -267,7 +204,7 @@ class KKTHypergradient:
     ----------
     grad:
         The hypergradient ``d F(x, y*(x)) / dx`` (or the VJP ``v^T dy*/dx``), shaped as
-        ``x``.
+        ``x``; for :func:`kkt_jvp` the tangent ``dy*/dx x_dot``, shaped as ``y``.
     active:
         Boolean mask over the inequality rows (``g``, then finite upper and lower bounds of
         ``y``): strongly active constraints (multiplier above ``multiplier_tol``).
@@ -309,24 +246,108 @@ def kkt_vjp(
 ) -> KKTHypergradient:
     """``v^T dy*/dx`` at a lower-level KKT point ``y`` (see the module docstring).
 
+    The reduced KKT conditions ``R((y, lam_A), x) = (grad_y L, c_A) = 0``
+    (:func:`bilevel.optimality.kkt_conditions` with the active rows as equalities) define
+    ``(y*, lam_A)(x)``; :func:`bilevel.implicit.root_vjp` with ``solve="dense"`` solves
+    ``K^T [p; q] = [v; 0]`` (``K = dR/d(y, lam_A)``, the reduced KKT matrix) and returns
+    ``-(dR/dx)^T [p; q] = -(L_xy p + (dc_A/dx)^T q)``.
+
     Multipliers not given are estimated (:func:`estimate_multipliers`); given ones must
     cover every inequality row (``g`` and the finite bounds of ``y``) and every equality.
     Raises :class:`~bilevel.errors.BilevelError` when the reduced KKT matrix is singular
-    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or ``v``
-    of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly active
-    constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is not a
-    KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default ``kkt_tol``
-    ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then that of a
-    point which does not solve the lower level.
+    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or
+    vectors of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly
+    active constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is
+    not a KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default
+    ``kkt_tol`` ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then
+    that of a point which does not solve the lower level.
     """
+    if not isinstance(v, torch.Tensor) or not isinstance(y, torch.Tensor) or v.shape != y.shape:
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"kkt_vjp: v must have the shape of y, got {shape}")
+    return _kkt_derivative(
+        "kkt_vjp",
+        problem,
+        x,
+        y,
+        v,
+        ineq_multipliers,
+        eq_multipliers,
+        active_tol,
+        multiplier_tol,
+        kkt_tol,
+    )
+
+
+def kkt_jvp(
+    problem: BilevelProblem,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_dot: torch.Tensor,
+    *,
+    ineq_multipliers: torch.Tensor | None = None,
+    eq_multipliers: torch.Tensor | None = None,
+    active_tol: float = 1e-7,
+    multiplier_tol: float = 1e-8,
+    kkt_tol: float | None = None,
+) -> KKTHypergradient:
+    """``dy*/dx x_dot`` at a lower-level KKT point ``y``: forward mode of :func:`kkt_vjp`.
+
+    :func:`bilevel.implicit.root_jvp` (``solve="dense"``) solves
+    ``K [y_dot; lam_dot] = -(dR/dx) x_dot`` on the same reduced KKT conditions; the
+    result's ``grad`` is ``y_dot``, shaped as ``y``.
+
+    Multipliers not given are estimated (:func:`estimate_multipliers`); given ones must
+    cover every inequality row (``g`` and the finite bounds of ``y``) and every equality.
+    Raises :class:`~bilevel.errors.BilevelError` when the reduced KKT matrix is singular
+    (LICQ or second-order sufficiency fails), :class:`ValueError` for multipliers or
+    vectors of the wrong shape; warns with :class:`StrictComplementarityWarning` for weakly
+    active constraints, and with :class:`~bilevel.errors.ConvergenceWarning` when ``y`` is
+    not a KKT point: ``kkt_residual > kkt_tol * max(1, |grad_y f|_inf)`` (default
+    ``kkt_tol`` ``1e-6`` in float64, ``1e-3`` otherwise); the returned derivative is then
+    that of a point which does not solve the lower level.
+    """
+    if (
+        not isinstance(x_dot, torch.Tensor)
+        or not isinstance(x, torch.Tensor)
+        or x_dot.shape != x.shape
+    ):
+        shape = tuple(x_dot.shape) if isinstance(x_dot, torch.Tensor) else type(x_dot).__name__
+        raise ValueError(f"kkt_jvp: x_dot must have the shape of x, got {shape}")
+    return _kkt_derivative(
+        "kkt_jvp",
+        problem,
+        x,
+        y,
+        x_dot,
+        ineq_multipliers,
+        eq_multipliers,
+        active_tol,
+        multiplier_tol,
+        kkt_tol,
+    )
+
+
+def _kkt_derivative(
+    caller: str,
+    problem: BilevelProblem,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    direction: torch.Tensor,
+    ineq_multipliers: torch.Tensor | None,
+    eq_multipliers: torch.Tensor | None,
+    active_tol: float,
+    multiplier_tol: float,
+    kkt_tol: float | None,
+) -> KKTHypergradient:
+    """:func:`kkt_vjp` (``caller="kkt_vjp"``, ``direction`` a cotangent of ``y``) or
+    :func:`kkt_jvp` (a tangent of ``x``)."""
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
-        raise TypeError("kkt_vjp: x and y must be tensors")
-    if v.shape != y.shape:
-        raise ValueError(f"kkt_vjp: v must have the shape of y {tuple(y.shape)}, got {v.shape}")
-    x, y, v = x.detach(), y.detach(), v.detach()
+        raise TypeError(f"{caller}: x and y must be tensors")
+    x, y, direction = x.detach(), y.detach(), direction.detach()
     xs, ys = x.shape, y.shape
-    xf, yf = x.flatten(), y.flatten()
-    ineq, eq, m_in, m_eq = _flat_fns(problem, x, y)
+    rows = LowerConstraints(problem, x, y)
+    m_in, m_eq = rows.n_ineq, rows.n_eq
     if ineq_multipliers is None or eq_multipliers is None:
         mu_est, nu_est, _ = estimate_multipliers(problem, x, y, active_tol=active_tol)
         mu = mu_est if ineq_multipliers is None else ineq_multipliers.detach()
@@ -336,28 +357,11 @@ def kkt_vjp(
     for name, mult, m in (("ineq_multipliers", mu, m_in), ("eq_multipliers", nu, m_eq)):
         if mult.shape != (m,):
             raise ValueError(
-                f"kkt_vjp: {name} must have shape ({m},) (lower_ineq rows, then finite upper "
+                f"{caller}: {name} must have shape ({m},) (lower_ineq rows, then finite upper "
                 f"and lower bounds of y), got {tuple(mult.shape)}"
             )
     mu, nu = mu.to(y.dtype), nu.to(y.dtype)
-
-    def lagrangian(xf_: torch.Tensor, yf_: torch.Tensor) -> torch.Tensor:
-        value = problem.lower_value(xf_.reshape(xs), yf_.reshape(ys))
-        if m_in:
-            value = value + torch.dot(mu, ineq(xf_, yf_))
-        if m_eq:
-            value = value + torch.dot(nu, eq(xf_, yf_))
-        return value
-
-    def grad_y(xf_: torch.Tensor, yf_: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            yv = yf_ if yf_.requires_grad else yf_.requires_grad_(True)
-            (g,) = torch.autograd.grad(lagrangian(xf_, yv), yv, create_graph=True)
-        return g
-
-    H = jacobian(lambda t: grad_y(xf, t), yf)
-    L_yx = jacobian(lambda s: grad_y(s, yf.clone()), xf)
-    g_val = ineq(xf, yf).detach()
+    g_val = rows.values()[0]
     active = mu > multiplier_tol
     degenerate = torch.nonzero((~active) & (g_val.abs() <= active_tol)).flatten().tolist()
     if degenerate:
@@ -366,61 +370,78 @@ def kkt_vjp(
             "(active with zero multiplier): the solution map is not differentiable there; "
             "returning the derivative of the branch where they are inactive",
             StrictComplementarityWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     idx = torch.nonzero(active).flatten()
-    Jy = torch.cat(
-        [
-            jacobian(lambda t: eq(xf, t), yf) if m_eq else yf.new_zeros(0, yf.numel()),
-            jacobian(lambda t: ineq(xf, t)[idx], yf) if len(idx) else yf.new_zeros(0, yf.numel()),
-        ]
+
+    def active_rows(y_: torch.Tensor, x_: torch.Tensor) -> torch.Tensor:
+        """``c_A = (h, g_A)``: equalities, then the active inequality rows."""
+        return torch.cat([rows.eq(x_, y_), rows.ineq(x_, y_)[idx]])
+
+    optimality = kkt_conditions(
+        lambda y_, x_: problem.lower_value(x_.reshape(xs), y_.reshape(ys)),
+        eq_constraints=active_rows,
     )
-    Jx = torch.cat(
-        [
-            jacobian(lambda s: eq(s, yf), xf) if m_eq else xf.new_zeros(0, xf.numel()),
-            jacobian(lambda s: ineq(s, yf)[idx], xf) if len(idx) else xf.new_zeros(0, xf.numel()),
-        ]
-    )
-    n, m = yf.numel(), Jy.shape[0]
-    K = torch.zeros(n + m, n + m, dtype=y.dtype)
-    K[:n, :n] = 0.5 * (H + H.T)
-    K[:n, n:] = Jy.T
-    K[n:, :n] = Jy
-    sv = torch.linalg.svdvals(K)
-    cond = float(sv[0] / sv[-1]) if float(sv[-1]) > 0 else math.inf
-    if not cond < 1.0 / (torch.finfo(y.dtype).eps * max(n + m, 1)):
-        raise BilevelError(
-            f"the reduced KKT matrix is singular (condition number {cond:.3e}, {m} active "
-            "constraints): LICQ or second-order sufficiency fails at this lower-level "
-            "solution, so y*(x) is not differentiable by the implicit function theorem"
-        )
-    rhs = torch.cat([v.flatten(), yf.new_zeros(m)])
-    sol = torch.linalg.solve(K, rhs)
-    p, q = sol[:n], sol[n:]
-    grad = -(L_yx.T @ p) - Jx.T @ q
-    with torch.enable_grad():
-        t = yf.clone().requires_grad_(True)
-        (gfy,) = torch.autograd.grad(problem.lower_value(x, t.reshape(ys)), t)
-    residual = _kkt_residual(gfy, ineq, eq, xf, yf, mu, nu)
+    lam = torch.cat([nu, mu[idx]])
+    empty = y.new_zeros(0)
+    solver = _ConditionedDense(len(lam))
+    if caller == "kkt_vjp":
+        cotangent = (direction, torch.zeros_like(lam), empty)
+        (out,) = root_vjp(optimality, (y, lam, empty), (x,), cotangent, solve=solver)
+        out = out.reshape(xs)
+    else:
+        out = root_jvp(optimality, (y, lam, empty), (x,), (direction,), solve=solver)[0]
+        out = out.reshape(ys)
+    gfy = rows.objective_gradient()
+    residual = rows.kkt_residual(mu, nu, ord=math.inf)
     tol = kkt_tol if kkt_tol is not None else (1e-6 if y.dtype == torch.float64 else 1e-3)
     scale = max(1.0, float(gfy.abs().max())) if gfy.numel() else 1.0
     if not residual <= tol * scale:
         warnings.warn(
-            f"kkt_vjp: y is not a KKT point of the lower level (KKT residual {residual:.3e} > "
-            f"{tol:.1e} x {scale:.3g}); the derivative returned is not that of y*(x). Solve "
+            f"{caller}: y is not a KKT point of the lower level (KKT residual {residual:.3e} "
+            f"> {tol:.1e} x {scale:.3g}); the derivative returned is not that of y*(x). Solve "
             "the lower level first (e.g. solve_lower) or pass its multipliers",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return KKTHypergradient(
-        grad=grad.reshape(xs),
+        grad=out,
         active=active,
         degenerate=degenerate,
         ineq_multipliers=mu,
         eq_multipliers=nu,
         kkt_residual=residual,
-        condition_number=cond,
+        condition_number=solver.condition_number,
     )
+
+
+class _ConditionedDense:
+    """:func:`bilevel.linalg.dense` for the reduced KKT system that also records the 2-norm
+    condition number of the matrix and refuses a numerically singular one
+    (``cond >= 1 / (eps (n + m))``) with :class:`~bilevel.errors.BilevelError`: LU would
+    otherwise return a meaningless solution for a nearly singular ``K``."""
+
+    def __init__(self, n_active: int):
+        self.n_active = n_active
+        self.condition_number = math.nan
+
+    def __call__(self, matvec, b, **options):
+        b_flat, raveler = ravel(b)
+        matrix = materialize(raveler.linear_map(matvec), b_flat.numel(), b_flat)
+        sv = torch.linalg.svdvals(matrix)
+        cond = float(sv[0] / sv[-1]) if sv.numel() and float(sv[-1]) > 0 else math.inf
+        if not sv.numel():
+            cond = 1.0
+        self.condition_number = cond
+        eps = torch.finfo(b_flat.dtype).eps
+        if not cond < 1.0 / (eps * max(b_flat.numel(), 1)):
+            raise BilevelError(
+                f"the reduced KKT matrix is singular (condition number {cond:.3e}, "
+                f"{self.n_active} active constraints): LICQ or second-order sufficiency "
+                "fails at this lower-level solution, so y*(x) is not differentiable by the "
+                "implicit function theorem"
+            )
+        return dense(lambda u: raveler.unravel(matrix @ raveler.ravel(u)), b, **options)
 
 
 def kkt_hypergradient(
@@ -474,7 +495,8 @@ def kkt_argmin(
     """Differentiable lower-level solution ``y*(x)`` and the :class:`LowerSolution`.
 
     ``solve(problem, x, y0)`` defaults to :func:`solve_lower`; backward applies
-    :func:`kkt_vjp` with the solution's multipliers, so ``y*(x)`` composes with autograd
+    :func:`kkt_vjp` with the solution's multipliers (for forward mode call :func:`kkt_jvp`:
+    it runs :func:`torch.func.jvp` inside, which cannot nest in a forward-AD level), so ``y*(x)`` composes with autograd
     (``F(x, kkt_argmin(problem, x, y0)[0]).backward()`` gives the hypergradient).
     """
     solution = (solve or solve_lower)(problem, x.detach(), y0.detach())

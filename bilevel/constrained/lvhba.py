@@ -9,24 +9,34 @@ from typing import Any
 
 import torch
 
+from bilevel._validation import check_positive
 from bilevel.constrained.feasible import (
     InfeasibleError,
     affine_coefficients,
-    jacobian,
     project_affine,
     project_box,
     project_nonlinear,
     project_polyhedron,
 )
 from bilevel.errors import DivergenceError
-from bilevel.methods._base import Method, MethodState
-from bilevel.methods._validation import check_positive
+from bilevel.methods import Method, MethodState
 from bilevel.operators import projection_halfspace
-from bilevel.problem import BilevelProblem
+from bilevel.problem import BilevelProblem, LowerConstraints
+from bilevel.problem._constraints import jacobian
 
 __all__ = ["LVHBA"]
 
 Projection = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What :meth:`LVHBA.prepare` builds once per run (never checkpointed): ``Proj_C`` on
+    the flat ``w = (x, y)``, its kind, and the lower-level rows ``c = (g, h)``."""
+
+    project: Callable[[torch.Tensor], torch.Tensor]
+    kind: str
+    rows: LowerConstraints
 
 
 @dataclass
@@ -112,7 +122,8 @@ class LVHBA(Method):
     empty ``C`` raises :class:`~bilevel.constrained.InfeasibleError` (the lower level is
     infeasible for every ``x``, or the upper constraints exclude all lower-feasible points).
 
-    Stopping: ``state.hypergrad`` holds the fixed-point residual of the iteration,
+    Stopping: ``state.residual`` is the norm of the fixed-point residual of the iteration
+    (no hypergradient is formed: the history's ``hypergrad_norm`` is NaN),
     ``c_k ((x, y) - (x, y)^+)/alpha`` (scaled by ``c_k``: the ``(x, y)`` step is that of
     ``F / c_k + f - v``, whose unscaled residual shrinks like ``1 / c_k`` far from a
     solution), ``(theta - theta^+)/eta``, ``(lam - lam^+)/eta``,
@@ -175,7 +186,6 @@ class LVHBA(Method):
     gap_tol: float = 1e-2
     name: str = field(default="lv-hba", init=False)
     handles_constraints = True
-    _projector: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_positive(
@@ -212,32 +222,11 @@ class LVHBA(Method):
 
     @staticmethod
     def _lower_constraints(
-        problem: BilevelProblem, x: torch.Tensor, t: torch.Tensor, scale: torch.Tensor
+        rows: LowerConstraints, x: torch.Tensor, t: torch.Tensor, *, finite: bool = False
     ) -> torch.Tensor:
-        """Scaled ``c(x, t) = (g(x, t), h(x, t)) / s``, unchecked (used inside
-        ``torch.func``)."""
-        parts = [x.new_zeros(0)]
-        if problem.lower_ineq is not None:
-            parts.append(problem.lower_ineq(x, t))
-        if problem.lower_eq is not None:
-            parts.append(problem.lower_eq(x, t))
-        return torch.cat(parts) / scale
-
-    def _checked_lower_constraints(
-        self, problem: BilevelProblem, x: torch.Tensor, t: torch.Tensor, sizes: tuple[int, int]
-    ) -> torch.Tensor:
-        parts = [x.new_zeros(0)]
-        for name, size in zip(("lower_ineq", "lower_eq"), sizes, strict=True):
-            value = problem.constraint_value(name, x, t)
-            if value is None:
-                continue
-            if value.numel() != size:
-                raise ValueError(
-                    f"BilevelProblem.{name} returned {value.numel()} entries, but "
-                    f"{size} at the starting point: the number of constraints must not change"
-                )
-            parts.append(value)
-        return torch.cat(parts)
+        """``c(x, t) = (g(x, t), h(x, t))`` (the bounds of ``y`` are a projection here, not
+        rows); ``finite=True`` checks the values (not inside ``torch.func``)."""
+        return torch.cat([rows.g(x, t, finite=finite), rows.eq(x, t, finite=finite)])
 
     def _setup_projection(self, problem: BilevelProblem, x: torch.Tensor, y: torch.Tensor):
         """Build ``Proj_C`` on the flat vector ``w = (x, y)``; returns ``(fn, kind)``."""
@@ -343,7 +332,8 @@ class LVHBA(Method):
         )
 
     # ------------------------------------------------------------------ Method API
-    def init(self, problem: BilevelProblem, x0: Any, y0: Any) -> MethodState:
+    def prepare(self, problem: BilevelProblem, x0: Any, y0: Any) -> _Context:
+        """Checks the problem and builds ``Proj_C`` and the lower-level rows at the start."""
         if not (isinstance(x0, torch.Tensor) and isinstance(y0, torch.Tensor)):
             raise TypeError("lv-hba: x0 and y0 must be tensors (pytrees are not supported)")
         if problem.n_blocks is not None or problem.upper_data is not None:
@@ -352,13 +342,19 @@ class LVHBA(Method):
             raise ValueError("lv-hba: multi-block and minibatch problems are not supported")
         for name in ("upper_ineq", "upper_eq"):
             problem.constraint_value(name, x0, y0)  # shape/finiteness check
-        sizes = tuple(
-            0 if (v := problem.constraint_value(name, x0, y0)) is None else v.numel()
-            for name in ("lower_ineq", "lower_eq")
-        )
-        ones = y0.new_ones(sum(sizes))
+        rows = LowerConstraints(problem, x0, y0)
         project, kind = self._setup_projection(problem, x0, y0)
-        self._projector = (id(problem), project)
+        return _Context(project=project, kind=kind, rows=rows)
+
+    def init(
+        self, problem: BilevelProblem, x0: Any, y0: Any, context: _Context | None = None
+    ) -> MethodState:
+        if context is None:
+            context = self.prepare(problem, x0, y0)
+        rows = context.rows
+        sizes = (rows.n_g, rows.n_eq)
+        ones = y0.new_ones(sum(sizes))
+        project, kind = context.project, context.kind
         nx = x0.numel()
         w = project(torch.cat([x0.flatten(), y0.flatten()]))
         x, y = w[:nx].reshape(x0.shape).clone(), w[nx:].reshape(y0.shape).clone()
@@ -369,7 +365,7 @@ class LVHBA(Method):
             nx = x.numel()
             jac = jacobian(
                 lambda w: self._lower_constraints(
-                    problem, w[:nx].reshape(x.shape), w[nx:].reshape(y.shape), ones
+                    rows, w[:nx].reshape(x.shape), w[nx:].reshape(y.shape)
                 ),
                 torch.cat([x.flatten(), y.flatten()]),
             )
@@ -391,14 +387,21 @@ class LVHBA(Method):
             "_ybox": (ylo, yhi),
             "c_k": self.c0,
         }
-        return MethodState(x=x, y=y, extra=extra)
+        return MethodState(x=x, y=y, extra=extra, context=context)
 
     def step(self, problem: BilevelProblem, state: MethodState, iteration: int) -> MethodState:
         x, y, ex = state.x, state.y, state.extra
         theta, lam, z = ex["theta"], ex["lam"], ex["z"]
         zlo, zhi = ex["_zbox"]
         ylo, yhi = ex["_ybox"]
-        sizes, scale = ex["sizes"], ex["scale"]
+        scale = ex["scale"]
+        context = state.context
+        if context is None:  # a state unpickled outside the driver
+            raise RuntimeError(
+                "lv-hba: the state has no context (it is rebuilt by bilevel.solve on resume); "
+                "set state.context = method.prepare(problem, x0, y0)"
+            )
+        rows = context.rows
         c_k = self.c0 * float(iteration) ** self.p
 
         def lagrangian_grad(
@@ -408,7 +411,7 @@ class LVHBA(Method):
             with torch.enable_grad():
                 x_ = x_.detach().requires_grad_(wrt_x)
                 t_ = t_.detach().requires_grad_(not wrt_x)
-                c = self._checked_lower_constraints(problem, x_, t_, sizes) / scale
+                c = self._lower_constraints(rows, x_, t_, finite=True) / scale
                 value = problem.lower_value(x_, t_) + torch.dot(l_, c)
                 grad = None
                 if value.requires_grad:
@@ -447,10 +450,8 @@ class LVHBA(Method):
         w = torch.cat(
             [(x - self.outer_step_size * d_x).flatten(), (y - self.outer_step_size * d_y).flatten()]
         )
-        if self._projector is None or self._projector[0] != id(problem):  # resumed run
-            self._projector = (id(problem), self._setup_projection(problem, x, y)[0])
         try:
-            w = self._projector[1](w)
+            w = context.project(w)
         except InfeasibleError as err:
             raise DivergenceError(f"projection onto the feasible set failed: {err}") from err
         x_new, y_new = w[:nx].reshape(x.shape), w[nx:].reshape(y.shape)
@@ -478,7 +479,7 @@ class LVHBA(Method):
         )
         ex.update(theta=theta_new, lam=lam_new, z=z_new, c_k=c_k)
         state.x, state.y = x_new, y_new
-        state.hypergrad = residual
+        state.residual = float(torch.linalg.vector_norm(residual))
         state.grad_calls += 5
         return state
 

@@ -14,15 +14,24 @@ name              method                                                 oracles
 ``"vpbgd"``       :class:`VPBGD`: value-function penalty gradient        grad only
 ``"borep"``       :class:`BOREP`: normalized momentum, periodic y updates grad + HVP
 ``"bsvrb"``       :class:`BSVRB`: blockwise variance reduction (multi-block) grad + HVP
-``"lv-hba"``      :class:`bilevel.constrained.LVHBA`: proximal Lagrangian   grad only
-                  value function, constrained and coupled lower levels
 ================  =====================================================  ==============
+
+The constrained methods (``"lv-hba"``, ``"classical"``) live in :mod:`bilevel.constrained`;
+:func:`bilevel.solve` and the registry ``bilevel.METHODS`` (module :mod:`bilevel._solve`)
+sit above both packages.
+
+Writing a method: subclass :class:`Method` (protocol in :mod:`bilevel.methods._base`),
+draw minibatches through :class:`BatchStream`; :func:`run_method` drives it (modules
+``_driver``, ``_checkpoint``, ``_divergence``, ``_streams``).
 """
 
 from __future__ import annotations
 
-from bilevel.methods._base import Method, MethodState, run_method
-from bilevel.methods._solve import METHODS, solve
+from typing import Any
+
+from bilevel.methods._base import Method, MethodState
+from bilevel.methods._driver import run_method
+from bilevel.methods._streams import BatchStream
 from bilevel.methods.borep import BOREP
 from bilevel.methods.bsvrb import BSVRB
 from bilevel.methods.deterministic import AID, ITD, inner_gradient_steps
@@ -36,15 +45,24 @@ __all__ = [
     "BSVRB",
     "F2SA",
     "ITD",
-    "METHODS",
     "SABA",
     "SOBA",
     "VPBGD",
+    "BatchStream",
     "Method",
     "MethodState",
     "Penalty",
     "StocBiO",
     "inner_gradient_steps",
     "run_method",
-    "solve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``bilevel.methods.solve`` / ``METHODS``, kept for existing code: they live one floor
+    up, in :mod:`bilevel._solve` (``bilevel.solve``), which imports this package."""
+    if name in ("solve", "METHODS"):
+        import bilevel._solve
+
+        return getattr(bilevel._solve, name)
+    raise AttributeError(f"module 'bilevel.methods' has no attribute {name!r}")

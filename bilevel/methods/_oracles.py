@@ -13,7 +13,8 @@ from bilevel.hypergrad._oracles import (
     track,
     upper_grads,
 )
-from bilevel.methods._base import BatchStream, MethodState
+from bilevel.methods._base import MethodState
+from bilevel.methods._streams import BatchStream
 from bilevel.problem import BilevelProblem
 from bilevel.tree import PyTree
 

@@ -1,42 +1,5 @@
-"""Validation of outer-algorithm hyperparameters, with messages that name the method."""
+"""Re-export of :mod:`bilevel._validation` for the modules that import it from here."""
 
-from __future__ import annotations
+from bilevel._validation import check_count, check_positive, check_projection, check_step_sizes
 
-import math
-import numbers
-from typing import Any
-
-
-def check_positive(method: str, allow_zero: bool = False, **values: Any) -> None:
-    """Raise ``ValueError`` unless every value is a finite real ``> 0`` (``>= 0`` with
-    ``allow_zero``); ``method`` names the algorithm in the message."""
-    for name, value in values.items():
-        ok = (
-            isinstance(value, numbers.Real)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (value >= 0 if allow_zero else value > 0)
-        )
-        if not ok:
-            kind = "non-negative" if allow_zero else "positive"
-            raise ValueError(f"{method}: {name} must be a {kind} finite number, got {value!r}")
-
-
-def check_step_sizes(method: str, allow_zero: bool = False, **values: Any) -> None:
-    """:func:`check_positive` for the values that are not ``None`` (``None``: a step size
-    chosen automatically at the start of the run)."""
-    check_positive(method, allow_zero, **{k: v for k, v in values.items() if v is not None})
-
-
-def check_count(method: str, minimum: int, **values: Any) -> None:
-    """Raise ``ValueError`` unless every value is an integer ``>= minimum``."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_projection(method: str, **values: Any) -> None:
-    """Raise ``ValueError`` unless every value is ``None`` or callable."""
-    for name, value in values.items():
-        if value is not None and not callable(value):
-            raise ValueError(f"{method}: {name} must be None or a callable, got {value!r}")
+__all__ = ["check_count", "check_positive", "check_projection", "check_step_sizes"]

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from bilevel.errors import DivergenceError
-from bilevel.methods._base import BatchStream
+from bilevel.methods import BatchStream
 from bilevel.nn._functional import FunctionalModel, Hparams, Loss, trainable, validate
 
 __all__ = ["ScaleBiOTrainer", "MinimaxResult"]

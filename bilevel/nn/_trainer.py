@@ -22,7 +22,7 @@ data (``DistributedSampler``).
 
 A checkpoint holds the model, the hyperparameters, both optimizers and schedulers, the data
 streams' positions, the RNG states and the history; :meth:`BilevelTrainer.fit` with
-``resume=`` continues bit for bit (see :class:`bilevel.methods._base.BatchStream` for what the
+``resume=`` continues bit for bit (see :class:`bilevel.methods.BatchStream` for what the
 data must satisfy).
 """
 
@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from bilevel.errors import ConvergenceWarning, DivergenceError
-from bilevel.methods._base import BatchStream
+from bilevel.methods import BatchStream
 from bilevel.nn._distributed import resolve
 from bilevel.nn._functional import Hparams, Loss, trainable, unwrap
 from bilevel.nn._hypergradient import METHODS, hypergradient

@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bilevel.errors import DivergenceError
-from bilevel.methods._base import BatchStream
+from bilevel.methods import BatchStream
 from bilevel.nn import optim as functional_optim
 from bilevel.nn._functional import Loss, trainable
 from bilevel.nn._trainer import BilevelTrainer, TrainResult

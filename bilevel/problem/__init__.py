@@ -13,6 +13,7 @@ of tensors. ``h`` is the *value function* of the upper level; its gradient, the
 
 from __future__ import annotations
 
+from bilevel.problem._constraints import LowerConstraints
 from bilevel.problem._problem import BilevelProblem, BilevelResult
 
-__all__ = ["BilevelProblem", "BilevelResult"]
+__all__ = ["BilevelProblem", "BilevelResult", "LowerConstraints"]

@@ -312,14 +312,18 @@ class BilevelResult:
         Outer iterations performed.
     history:
         One list per recorded quantity, one entry per recorded iteration: ``iteration``,
-        ``upper_value``, ``hypergrad_norm``, the lower-level optimality measure,
+        ``upper_value``, ``hypergrad_norm`` (NaN for a method that forms no
+        hypergradient), ``residual`` (the stopping measure,
+        :attr:`MethodState.residual <bilevel.methods.MethodState.residual>`; NaN at
+        iteration 0), the lower-level optimality measure,
         ``grad_calls``, ``hvp_calls`` (cumulative oracle counts) and ``time`` (seconds since
         the start). The optimality measure is ``lower_grad_norm`` (``||grad_y f(x, y)||``)
         for an unconstrained lower level and ``lower_kkt_residual`` when the lower level
         has constraints (``lower_ineq``, ``lower_eq`` or ``y_bounds``): with ``c = (g,
         finite bounds of y as c <= 0)``, ``r^2 = min_{mu >= 0, nu} ||grad_y f + J_c^T mu +
         J_h^T nu||^2 + ||mu * c||^2 + ||max(c, 0)||^2 + ||h||^2`` (zero exactly at a KKT
-        point; ``||grad_y f||`` without constraints). Both are NaN for stochastic problems
+        point; ``||grad_y f||`` without constraints;
+        :meth:`~bilevel.problem.LowerConstraints.kkt_residual`). Both are NaN for stochastic problems
         (and the KKT residual for pytree variables).
     info:
         Method-specific diagnostics (for example a certified lower-level optimality gap,

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from bilevel._validation import check_positive
 from bilevel.errors import ConvergenceWarning
 from bilevel.implicit import custom_root
 from bilevel.linalg import LinearSolver, Spectrum, default_tol
@@ -63,8 +64,6 @@ def resolve_tol(tol: float | None, x: PyTree) -> float:
 
 def check_step_size(name: str, step_size: float) -> float:
     """A positive finite ``step_size``, or ``ValueError`` naming the solver and argument."""
-    from bilevel.methods._validation import check_positive  # (methods import the solvers)
-
     check_positive(name, step_size=step_size)
     return float(step_size)
 

@@ -1,4 +1,6 @@
-"""``bilevel.solve``: one entry point for every outer algorithm."""
+"""``bilevel.solve`` and the method registry :data:`METHODS`: the top floor, above both
+:mod:`bilevel.methods` (the protocol, the driver and the unconstrained algorithms) and
+:mod:`bilevel.constrained` (LV-HBA and Classical), so that neither registers itself."""
 
 from __future__ import annotations
 
@@ -7,18 +9,30 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from bilevel.methods._base import Method, MethodState, run_method
-from bilevel.methods.borep import BOREP
-from bilevel.methods.bsvrb import BSVRB
-from bilevel.methods.deterministic import AID, ITD
-from bilevel.methods.first_order import BOME, F2SA, VPBGD, Penalty
-from bilevel.methods.stochastic import SABA, SOBA, StocBiO
+from bilevel.constrained import LVHBA, Classical
+from bilevel.methods import (
+    AID,
+    BOME,
+    BOREP,
+    BSVRB,
+    F2SA,
+    ITD,
+    SABA,
+    SOBA,
+    VPBGD,
+    Method,
+    MethodState,
+    Penalty,
+    StocBiO,
+    run_method,
+)
 from bilevel.problem import BilevelProblem, BilevelResult
 from bilevel.tree import PyTree
 
-#: Outer algorithms by name. The constrained methods (``"lv-hba"``, ``"classical"``) live in
-#: :mod:`bilevel.constrained`, which builds on this package and registers them here when it is
-#: imported (``import bilevel`` always does).
+__all__ = ["METHODS", "solve"]
+
+#: Outer algorithms by name: those of :mod:`bilevel.methods` and the constrained ones of
+#: :mod:`bilevel.constrained` (``"lv-hba"``, ``"classical"``).
 METHODS: dict[str, type[Method]] = {
     "aid": AID,
     "itd": ITD,
@@ -31,6 +45,8 @@ METHODS: dict[str, type[Method]] = {
     "vpbgd": VPBGD,
     "borep": BOREP,
     "bsvrb": BSVRB,
+    "lv-hba": LVHBA,
+    "classical": Classical,
 }
 
 
@@ -64,13 +80,16 @@ def solve(
     maxiter:
         Maximum number of outer iterations.
     tol:
-        Deterministic methods stop when the norm of the hypergradient estimate is at most
-        ``tol`` (status ``"converged"``); otherwise the result has status
+        Deterministic methods stop when their stopping residual is at most ``tol`` (status
+        ``"converged"``): the norm of the hypergradient estimate, or the method's own
+        measure (:attr:`MethodState.residual <bilevel.methods.MethodState.residual>`, e.g.
+        LV-HBA's fixed-point residual, Classical's round residual); otherwise the result has status
         ``"max_iterations"`` and a :class:`~bilevel.errors.ConvergenceWarning` is raised.
         A run whose iterates become NaN/inf, pass the overflow scale ``sqrt(finfo.max)``
         of their dtype or grow geometrically (more than 1.2x at each of 30 consecutive
         iterations beyond ``1e6`` times their initial scale) ends with status
-        ``"diverged"`` and the same warning. The history records ``lower_grad_norm`` or,
+        ``"diverged"`` and the same warning. The history records ``hypergrad_norm`` (NaN
+        for a method that forms no hypergradient), ``residual`` and ``lower_grad_norm`` or,
         when the lower level is constrained, ``lower_kkt_residual``.
 
         Second-order check: at a point meeting ``tol`` (and at the end of every run, when
