@@ -74,7 +74,7 @@ def implicit(
     x: PyTree,
     y: PyTree,
     *,
-    solve: str | LinearSolver = "cg",
+    solve: str | LinearSolver = "auto",
     init: PyTree | None = None,
     upper_batch: Batch = None,
     lower_batch: Batch = None,
@@ -88,9 +88,10 @@ def implicit(
     adjoint, ``-B v`` its vector-Jacobian product with ``grad_y F``.
 
     ``y`` should approximate ``y*(x)``; the estimate is exact when it does and the linear
-    system is solved exactly. ``solve`` is any solver of :mod:`bilevel.linalg` (``"cg"``:
-    ``H`` is symmetric, positive definite for a strongly convex lower level; ``"auto"``:
-    a dense Cholesky factorisation for small ``y``, see :func:`bilevel.linalg.auto`),
+    system is solved exactly. ``solve`` is any solver of :mod:`bilevel.linalg`: the default
+    ``"auto"`` (as everywhere in :mod:`bilevel.implicit`) factorises ``H`` densely (Cholesky)
+    for small ``y`` and runs CG above :data:`bilevel.linalg.DENSE_MAX`; ``"cg"`` suits
+    ``H`` symmetric positive definite (a strongly convex lower level) at any size;
     ``init`` warm starts ``v`` (returned as ``aux["v"]``), ``solve_options`` go to the
     solver (``tol``, ``maxiter``, ``ridge``, ...). ``hvp_calls`` counts the products with
     ``H`` and ``B`` made (``n`` batched products for a dense solve of size ``n``).
