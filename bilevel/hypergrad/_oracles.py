@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from bilevel.implicit import Linearisation as ImplicitLinearisation
+from bilevel.implicit._linearised import backward
 from bilevel.problem import BilevelProblem
 from bilevel.tree import PyTree, tree_flatten, tree_leaves, tree_map, tree_unflatten
 
@@ -40,20 +41,12 @@ def grad(
 ) -> list[torch.Tensor]:
     """:func:`torch.autograd.grad` with zeros for inputs (or outputs) outside the graph."""
     outputs = [output] if isinstance(output, torch.Tensor) else list(output)
-    cotangents = [None] * len(outputs) if grad_outputs is None else list(grad_outputs)
-    pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
-    if not pairs:
-        return [torch.zeros_like(t) for t in inputs]
-    return list(
-        torch.autograd.grad(
-            [o for o, _ in pairs],
-            inputs,
-            grad_outputs=None if grad_outputs is None else [c for _, c in pairs],
-            create_graph=create_graph,
-            retain_graph=retain_graph or create_graph,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+    return backward(
+        outputs,
+        inputs,
+        None if grad_outputs is None else list(grad_outputs),
+        create_graph=create_graph,
+        retain_graph=retain_graph,
     )
 
 

@@ -38,7 +38,7 @@ import torch
 from torch.autograd import forward_ad
 
 from bilevel.errors import ClosureError, ConvergenceWarning, InaccurateRootError
-from bilevel.implicit._linearised import Linearisation, solve_adjoint
+from bilevel.implicit._linearised import Linearisation, solve_adjoint, wrapped_by
 from bilevel.linalg import DENSE_MAX, LinearSolver, auto, default_tol, factor_solve, get_solver
 from bilevel.tree import (
     PyTree,
@@ -293,12 +293,7 @@ def _auto_options(solve: LinearSolver) -> dict[str, Any] | None:
 def _under_outer_vmap(x: torch.Tensor) -> bool:
     """Whether ``x`` is still batched by an enclosing :func:`torch.vmap` (nested vmaps, e.g.
     ``vmap(jacrev(...))``): data-dependent tests cannot run on it, the loop handles it."""
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(x):
-        if functorch.is_batchedtensor(x):
-            return True
-        x = functorch.get_unwrapped(x)
-    return False
+    return wrapped_by(x, torch._C._functorch.is_batchedtensor)
 
 
 def _batched_dense_solve(

@@ -114,7 +114,7 @@ class Linearisation:
             args_t, a_leaves, a_spec = _track(tuple(args), leaf_mask)
             value = objective(sol_t, *args_t)
             tracked = [t for t in x_leaves if t is not None]
-            grads = _backward([value], tracked, None, create_graph=True)
+            grads = backward([value], tracked, None, create_graph=True)
         outputs = iter(grads)
         full = [next(outputs) if t is not None else torch.zeros_like(t_) for t, t_ in zip(
             x_leaves, tree_flatten(sol)[0])]
@@ -127,7 +127,7 @@ class Linearisation:
         # a solver that differentiates the (linear) product itself, e.g. normal_cg's
         # torch.func.vjp of matvec, needs the product's own graph
         differentiated = any(_grad_tracked(c) for c in cotangents)
-        found = iter(_backward(self._outputs, tracked, cotangents, create_graph=differentiated))
+        found = iter(backward(self._outputs, tracked, cotangents, create_graph=differentiated))
         return [next(found) if t is not None else None for t in inputs]
 
     def rmatvec(self, u: PyTree) -> PyTree:
@@ -149,25 +149,33 @@ class Linearisation:
         )
 
 
-def _grad_tracked(x: torch.Tensor) -> bool:
-    """Whether a :mod:`torch.func` gradient transform (grad, vjp, jacrev) tracks ``x``."""
+def wrapped_by(x: torch.Tensor, level: Callable[[torch.Tensor], bool]) -> bool:
+    """Whether some :mod:`torch.func` wrapper of ``x`` satisfies ``level`` (e.g.
+    ``torch._C._functorch.is_batchedtensor``: an enclosing :func:`torch.vmap`)."""
     functorch = torch._C._functorch
     while functorch.is_functorch_wrapped_tensor(x):
-        if functorch.is_gradtrackingtensor(x):
+        if level(x):
             return True
         x = functorch.get_unwrapped(x)
     return False
 
 
-def _backward(
+def _grad_tracked(x: torch.Tensor) -> bool:
+    """Whether a :mod:`torch.func` gradient transform (grad, vjp, jacrev) tracks ``x``."""
+    return wrapped_by(x, torch._C._functorch.is_gradtrackingtensor)
+
+
+def backward(
     outputs: list[torch.Tensor],
     inputs: list[torch.Tensor],
     cotangents: list[torch.Tensor] | None,
     *,
     create_graph: bool,
+    retain_graph: bool = True,
 ) -> list[torch.Tensor]:
-    """``sum_j <cotangent_j, d output_j / d input>`` for each input (zeros where an input or
-    an output lies outside the graph); the graph is retained."""
+    """``sum_j <cotangent_j, d output_j / d input>`` for each input, by
+    :func:`torch.autograd.grad`, with zeros where an input or an output lies outside the
+    graph (the graph is retained by default)."""
     if cotangents is None:
         pairs = [(o, None) for o in outputs if o.requires_grad]
     else:
@@ -180,7 +188,7 @@ def _backward(
             inputs,
             grad_outputs=None if cotangents is None else [c for _, c in pairs],
             create_graph=create_graph,
-            retain_graph=True,
+            retain_graph=retain_graph or create_graph,
             allow_unused=True,
             materialize_grads=True,
         )
