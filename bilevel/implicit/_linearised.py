@@ -114,11 +114,13 @@ class Linearisation:
             args_t, a_leaves, a_spec = _track(tuple(args), leaf_mask)
             value = objective(sol_t, *args_t)
             tracked = [t for t in x_leaves if t is not None]
-            grads = backward([value], tracked, None, create_graph=True)
-        outputs = iter(grads)
-        full = [next(outputs) if t is not None else torch.zeros_like(t_) for t, t_ in zip(
-            x_leaves, tree_flatten(sol)[0])]
-        return cls(full, x_leaves, x_spec, a_leaves, a_spec, value=value.detach())
+            found = iter(backward([value], tracked, None, create_graph=True))
+        # grad_x f, with zeros at leaves of sol held fixed (non-floating)
+        outputs = [
+            next(found) if t is not None else torch.zeros_like(leaf)
+            for t, leaf in zip(x_leaves, tree_flatten(sol_t)[0])
+        ]
+        return cls(outputs, x_leaves, x_spec, a_leaves, a_spec, value=value.detach())
 
     def _products(self, u: PyTree, inputs: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
         self.calls += 1
