@@ -205,6 +205,8 @@ def test_implicit_matches_explicit_hessians_and_central_differences(seed, solve)
     est = hypergrad.implicit(problem, x, y, solve=solve, tol=1e-13)
     exact = explicit_hypergradient(problem, x, y)
     assert relative_error(flat(est.grad), exact) <= 1e-10
+    if solve != "auto":
+        return  # (the central differences below check the oracle itself, once per seed)
     # central differences of h(x) = F(x, y*(x)), y* re-solved by Newton at each probe
     x_flat, rx = ravel(x)
 
