@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import torch
 
 from bilevel.hypergrad._oracles import Linearisation, upper_grads
-from bilevel.linalg import LinearSolveInfo, LinearSolver, get_solver
+from bilevel.implicit import solve_adjoint
+from bilevel.linalg import LinearSolveInfo, LinearSolver
 from bilevel.linalg import neumann as neumann_solve
 from bilevel.problem import BilevelProblem
-from bilevel.tree import PyTree, ravel, tree_add, tree_axpy, tree_map, tree_sub
+from bilevel.tree import PyTree, ravel, tree_add, tree_axpy, tree_leaves, tree_map
 
 Batch = Any
 
@@ -61,12 +63,10 @@ def _lower(problem: BilevelProblem, batch: Batch) -> Callable[[PyTree, PyTree], 
 
 def _second_order_pieces(
     problem: BilevelProblem, x: PyTree, y: PyTree, upper_batch: Batch, lower_batch: Batch
-) -> tuple[PyTree, PyTree, Callable[[PyTree], PyTree], Callable[[PyTree], PyTree]]:
-    """``(grad_x F, grad_y F, v -> H v, v -> B v)`` at ``(x, y)``, ``H = d2_yy f, B = d2_xy f``."""
+) -> tuple[PyTree, PyTree, Linearisation]:
+    """``(grad_x F, grad_y F, one linearisation of grad_y f)`` at ``(x, y)``."""
     gx_F, gy_F = upper_grads(problem, x, y, upper_batch)
-    # one linearisation of grad_y f in (x, y), reused for every product
-    lin = Linearisation(problem, x, y, lower_batch)
-    return gx_F, gy_F, lin.hvp, lin.cross
+    return gx_F, gy_F, Linearisation(problem, x, y, lower_batch)
 
 
 def implicit(
@@ -74,7 +74,7 @@ def implicit(
     x: PyTree,
     y: PyTree,
     *,
-    solve: str | LinearSolver = "cg",
+    solve: str | LinearSolver = "auto",
     init: PyTree | None = None,
     upper_batch: Batch = None,
     lower_batch: Batch = None,
@@ -82,18 +82,40 @@ def implicit(
 ) -> Hypergradient:
     """Approximate implicit differentiation (AID): ``grad_x F - B v`` with ``H v = grad_y F``.
 
+    The implicit function theorem applied to the stationarity condition ``grad_y f(x, y) =
+    0``, by :func:`bilevel.implicit.solve_adjoint` (the first-order core of
+    :func:`bilevel.implicit.root_vjp`) on one linearisation of ``grad_y f``: ``v`` is its
+    adjoint, ``-B v`` its vector-Jacobian product with ``grad_y F``.
+
     ``y`` should approximate ``y*(x)``; the estimate is exact when it does and the linear
-    system is solved exactly. ``solve`` is any solver of :mod:`bilevel.linalg` (``"cg"``:
-    ``H`` is symmetric, positive definite for a strongly convex lower level), ``init`` warm
-    starts ``v`` (returned as ``aux["v"]``), ``solve_options`` go to the solver (``tol``,
-    ``maxiter``, ``ridge``, ...).
+    system is solved exactly. ``solve`` is any solver of :mod:`bilevel.linalg`: the default
+    ``"auto"`` (as everywhere in :mod:`bilevel.implicit`) factorises ``H`` densely (Cholesky)
+    for small ``y`` and runs CG above :data:`bilevel.linalg.DENSE_MAX`; ``"cg"`` suits
+    ``H`` symmetric positive definite (a strongly convex lower level) at any size;
+    ``init`` warm starts ``v`` (returned as ``aux["v"]``), ``solve_options`` go to the
+    solver (``tol``, ``maxiter``, ``ridge``, ...). ``hvp_calls`` counts the products with
+    ``H`` and ``B`` made (``n`` batched products for a dense solve of size ``n``).
     """
-    gx_F, gy_F, hvp, cross = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
-    v, info = get_solver(solve)(hvp, gy_F, init=init, **solve_options)
-    grad = tree_sub(gx_F, cross(v))
+    gx_F, gy_F, lin = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
+    adjoint = solve_adjoint(lin.implicit, gy_F, solve, init=init, **solve_options)
+    grad = tree_add(gx_F, adjoint.vjp[0])
     return Hypergradient(
-        grad=grad, y=y, grad_calls=1, hvp_calls=info.iterations + 2, linear_solve=info, aux={"v": v}
+        grad=grad,
+        y=y,
+        grad_calls=1,
+        hvp_calls=_products(lin, adjoint.info),
+        linear_solve=adjoint.info,
+        aux={"v": adjoint.u},
     )
+
+
+def _products(lin: Linearisation, info: LinearSolveInfo) -> int:
+    """Products with ``H`` and ``B``: the linearisation's backward passes, where a dense
+    solve's one batched pass counts as ``n`` products (``info.iterations`` is 1 there)."""
+    if info.solver.startswith(("dense", "auto:cholesky", "auto:lu")):
+        n = sum(t.numel() for t in tree_leaves(lin.grad_y))
+        return lin.implicit.calls - 1 + n
+    return lin.implicit.calls
 
 
 def neumann(
@@ -119,12 +141,18 @@ def neumann(
     if steps < 0:
         raise ValueError(f"neumann: steps must be >= 0, got {steps}")
     _check_step("neumann", step_size)
-    gx_F, gy_F, hvp, cross = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
-    v, info = neumann_solve(hvp, gy_F, alpha=step_size, maxiter=steps + 1, tol=0.0, warn=False)
-    grad = tree_sub(gx_F, cross(v))
+    gx_F, gy_F, lin = _second_order_pieces(problem, x, y, upper_batch, lower_batch)
+    solve = functools.partial(neumann_solve, alpha=step_size, maxiter=steps + 1, tol=0.0, warn=False)
+    adjoint = solve_adjoint(lin.implicit, gy_F, solve)
+    grad = tree_add(gx_F, adjoint.vjp[0])
     # steps products with H (steps + 1 terms; the first is b itself) and one with B
     return Hypergradient(
-        grad=grad, y=y, grad_calls=1, hvp_calls=steps + 1, linear_solve=info, aux={"v": v}
+        grad=grad,
+        y=y,
+        grad_calls=1,
+        hvp_calls=lin.implicit.calls,
+        linear_solve=adjoint.info,
+        aux={"v": adjoint.u},
     )
 
 

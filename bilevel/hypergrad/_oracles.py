@@ -1,8 +1,8 @@
 """Autograd oracles: gradients and Hessian-vector / cross products of the objectives.
 
 ``H = d2_yy f`` and ``B = d2_xy f`` products are evaluated on one linearisation of
-``grad_y f`` (a graph built once with ``create_graph=True``), so several products cost one
-backward pass each. These use :func:`torch.autograd.grad` rather than nested
+``grad_y f`` (a graph built once with ``create_graph=True``, by
+:class:`bilevel.implicit.Linearisation`), so several products cost one backward pass each. These use :func:`torch.autograd.grad` rather than nested
 :mod:`torch.func` transforms: estimators and outer algorithms make many cheap calls, and on
 small problems ``torch.func.vjp(torch.func.grad(...))`` costs several times as much per call.
 """
@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from bilevel.implicit import Linearisation as ImplicitLinearisation
+from bilevel.implicit._linearised import backward
 from bilevel.problem import BilevelProblem
 from bilevel.tree import PyTree, tree_flatten, tree_leaves, tree_map, tree_unflatten
 
@@ -39,20 +41,12 @@ def grad(
 ) -> list[torch.Tensor]:
     """:func:`torch.autograd.grad` with zeros for inputs (or outputs) outside the graph."""
     outputs = [output] if isinstance(output, torch.Tensor) else list(output)
-    cotangents = [None] * len(outputs) if grad_outputs is None else list(grad_outputs)
-    pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
-    if not pairs:
-        return [torch.zeros_like(t) for t in inputs]
-    return list(
-        torch.autograd.grad(
-            [o for o, _ in pairs],
-            inputs,
-            grad_outputs=None if grad_outputs is None else [c for _, c in pairs],
-            create_graph=create_graph,
-            retain_graph=retain_graph or create_graph,
-            allow_unused=True,
-            materialize_grads=True,
-        )
+    return backward(
+        outputs,
+        inputs,
+        None if grad_outputs is None else list(grad_outputs),
+        create_graph=create_graph,
+        retain_graph=retain_graph,
     )
 
 
@@ -63,35 +57,27 @@ def grad(
 
 class Linearisation:
     """``grad_y f(x, y[, batch])`` with its graph, for products with ``H = d2_yy f`` and
-    ``B = d2_xy f`` (several products reuse one linearisation)."""
+    ``B = d2_xy f`` (several products reuse one linearisation): the objective form of
+    :class:`bilevel.implicit.Linearisation`, with the bilevel problem's argument order."""
 
     def __init__(self, problem: BilevelProblem, x: PyTree, y: PyTree, batch: Batch) -> None:
-        with torch.enable_grad():
-            x_t, self._x, self._x_spec = track(x)
-            y_t, self._y, self._y_spec = track(y)
-            value = problem.lower_value(x_t, y_t, batch)
-            self._grad_y = grad(value, self._y, create_graph=True)
-        self.grad_y = tree_unflatten([g.detach() for g in self._grad_y], self._y_spec)
-
-    def _products(self, u: PyTree, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [g.detach() for g in grad(self._grad_y, inputs, tree_leaves(u), retain_graph=True)]
+        self.implicit = ImplicitLinearisation.of_objective(
+            lambda y_, x_: problem.lower_value(x_, y_, batch), y, (x,)
+        )
+        self.grad_y = self.implicit.optimality
 
     def hvp(self, u: PyTree) -> PyTree:
         """``H u``."""
-        return tree_unflatten(self._products(u, self._y), self._y_spec)
+        return self.implicit.rmatvec(u)
 
     def cross(self, u: PyTree) -> PyTree:
         """``B u = d/dx <grad_y f, u>``."""
-        return tree_unflatten(self._products(u, self._x), self._x_spec)
+        return self.implicit.cross(u)[0]
 
     def both(self, u: PyTree) -> tuple[PyTree, PyTree]:
         """``(B u, H u)`` from one backward pass."""
-        out = self._products(u, self._x + self._y)
-        n = len(self._x)
-        return (
-            tree_unflatten(out[:n], self._x_spec),
-            tree_unflatten(out[n:], self._y_spec),
-        )
+        hvp, (cross,) = self.implicit.both(u)
+        return cross, hvp
 
 
 def lower_grad(problem: BilevelProblem, x: PyTree, y: PyTree, batch: Batch) -> PyTree:

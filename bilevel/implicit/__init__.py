@@ -1,7 +1,11 @@
 """Implicit differentiation: make any solver differentiable through its optimality condition.
 
-Public API: :func:`custom_root`, :func:`custom_fixed_point` (decorators) and the functional
-primitives :func:`root_vjp`, :func:`root_jvp`. See :mod:`bilevel.implicit._core` for the math.
+Public API: :func:`custom_root`, :func:`custom_fixed_point` (decorators), the functional
+primitives :func:`root_vjp`, :func:`root_jvp`, and their first-order building blocks
+:class:`Linearisation` (one autograd linearisation of an optimality condition, products with
+``A^T`` and ``B^T``) and :func:`solve_adjoint` (``-B^T u`` with ``A^T u = v``), which
+:mod:`bilevel.hypergrad` and :mod:`bilevel.nn` use. See :mod:`bilevel.implicit._core` and
+:mod:`bilevel.implicit._linearised` for the math.
 
 Example
 -------
@@ -18,5 +22,14 @@ Example
 from __future__ import annotations
 
 from bilevel.implicit._core import custom_fixed_point, custom_root, root_jvp, root_vjp
+from bilevel.implicit._linearised import Adjoint, Linearisation, solve_adjoint
 
-__all__ = ["custom_fixed_point", "custom_root", "root_jvp", "root_vjp"]
+__all__ = [
+    "Adjoint",
+    "Linearisation",
+    "custom_fixed_point",
+    "custom_root",
+    "root_jvp",
+    "root_vjp",
+    "solve_adjoint",
+]

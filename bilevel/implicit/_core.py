@@ -9,7 +9,10 @@ function theorem gives the Jacobian ``d x* / d theta = -A^{-1} B``, hence
 * forward mode (JVP), for a tangent ``theta_dot``: solve ``A x_dot = -B theta_dot``.
 
 ``A^T u`` and ``A v`` are vector-Jacobian products of ``F`` computed by :mod:`torch.func`
-on one linearisation of ``F`` per solve. The default solver, :func:`bilevel.linalg.auto`,
+on one linearisation of ``F`` per solve. When nothing differentiates the result again and
+no function transform is active, reverse mode runs on one autograd linearisation shared by
+``A`` and ``B`` instead (:mod:`bilevel.implicit._linearised`: one trace of ``F``, one
+backward pass per product). The default solver, :func:`bilevel.linalg.auto`,
 forms ``A`` with one vmapped batch of products and factorises it (Cholesky or LU) when
 ``n <= bilevel.linalg.DENSE_MAX``, and runs CG (symmetric ``A``) or GMRES above. Under
 :func:`torch.vmap` small systems are solved as one batched factorisation.
@@ -35,6 +38,7 @@ import torch
 from torch.autograd import forward_ad
 
 from bilevel.errors import ClosureError, ConvergenceWarning, InaccurateRootError
+from bilevel.implicit._linearised import Linearisation, solve_adjoint, wrapped_by
 from bilevel.linalg import DENSE_MAX, LinearSolver, auto, default_tol, factor_solve, get_solver
 from bilevel.tree import (
     PyTree,
@@ -289,12 +293,7 @@ def _auto_options(solve: LinearSolver) -> dict[str, Any] | None:
 def _under_outer_vmap(x: torch.Tensor) -> bool:
     """Whether ``x`` is still batched by an enclosing :func:`torch.vmap` (nested vmaps, e.g.
     ``vmap(jacrev(...))``): data-dependent tests cannot run on it, the loop handles it."""
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(x):
-        if functorch.is_batchedtensor(x):
-            return True
-        x = functorch.get_unwrapped(x)
-    return False
+    return wrapped_by(x, torch._C._functorch.is_batchedtensor)
 
 
 def _batched_dense_solve(
@@ -494,8 +493,23 @@ def root_vjp(
     """
     args = tuple(args)
     solve_fn = get_solver(solve)
+    if _first_order_eager(sol, args, cotangent):
+        lin = Linearisation.of_root(optimality_fn, sol, args, leaf_mask)
+        return solve_adjoint(lin, cotangent, solve_fn).vjp
     u = _solve_jacobian_system(optimality_fn, sol, args, cotangent, solve_fn, transpose=True)
     return _negated_vjp(lambda *a: optimality_fn(sol, *a), args, u, leaf_mask)
+
+
+def _first_order_eager(*trees: PyTree) -> bool:
+    """Whether a first-order autograd linearisation gives the whole answer: no function
+    transform or forward-mode tangent on the inputs, and nothing that will differentiate
+    the result (grad mode off, or no input requires grad)."""
+    leaves = tree_leaves(trees)
+    if any(is_functorch_wrapped(x) for x in leaves):
+        return False
+    if any(forward_ad.unpack_dual(x).tangent is not None for x in leaves):
+        return False
+    return not (torch.is_grad_enabled() and any(x.requires_grad for x in leaves))
 
 
 def root_jvp(

@@ -10,8 +10,11 @@ upper-level variable the hyperparameters ``lambda``; ``f(theta, lambda)`` is the
 
 ``H = d2 f / dtheta2`` and ``B = d2 f / dlambda dtheta`` at ``(theta, lambda)``. The modes:
 
-* ``"cg"`` / ``"neumann"``: that formula, by :func:`bilevel.implicit.root_vjp` applied to
-  the stationarity condition ``grad_theta f(theta, lambda) = 0`` with the linear solve
+* ``"cg"`` / ``"neumann"``: that formula, by :func:`bilevel.implicit.solve_adjoint` on one
+  :class:`bilevel.implicit.Linearisation` of the stationarity condition ``grad_theta
+  f(theta, lambda) = 0`` (one autograd graph of ``grad_theta f``, built with
+  ``create_graph=True``; every product with ``H`` and the final ``B u`` is one backward
+  pass through it), with the linear solve
   :func:`bilevel.linalg.cg` or the truncated Neumann series ``u = alpha sum_{k<=K}
   (I - alpha H)^k grad_theta F`` (:func:`bilevel.linalg.neumann`);
 * ``"fd"``: DARTS' approximation (Liu et al. 2019, eqs. 7-8): one virtual step
@@ -46,7 +49,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bilevel.implicit import root_vjp
+from bilevel.implicit import Linearisation, solve_adjoint
 from bilevel.linalg import LinearSolveInfo, cg, lanczos, neumann
 from bilevel.nn import _distributed as dist_utils
 from bilevel.nn._functional import (
@@ -234,12 +237,10 @@ def _implicit(
     theta, lam = fm.theta(), fm.lam()
     if check:
         _unused(fm, [(inner_loss, inner_batch), (outer_loss, outer_batch)])
-    f = fm.bind(inner_loss, inner_batch)
     g_theta_F, g_lam_F, F = _grads(fm.bind(outer_loss, outer_batch), theta, lam, group, "outer_loss")
-
-    def stationarity(th: Params, la: Params) -> Params:
-        return torch.func.grad(f)(th, la)
-
+    # one autograd linearisation of grad_theta f, shared by every product with H and by B u
+    lin = Linearisation.of_objective(fm.bind(inner_loss, inner_batch), theta, (lam,))
+    check_finite_value(lin.value, "inner_loss")
     if solver == "cg":
         if maxiter is not None and maxiter < 1:
             raise ValueError(f"hypergradient: maxiter must be >= 1, got {maxiter}")
@@ -248,39 +249,29 @@ def _implicit(
         if steps < 0:
             raise ValueError(f"hypergradient: steps must be >= 0, got {steps}")
         if alpha is None:
-            lam_max = _largest_eigenvalue(stationarity, theta, lam, group, power_iterations)
+            lam_max = _largest_eigenvalue(lin, theta, group, power_iterations)
             alpha = 1.0 / max(lam_max + ridge, 1e-12)
         else:
             _positive("hypergradient: alpha", alpha)
         solve = functools.partial(neumann, alpha=alpha, maxiter=steps + 1, tol=0.0, ridge=ridge, warn=False)
     record: list[LinearSolveInfo] = []
-    (minus_b_u,) = root_vjp(
-        stationarity, theta, (lam,), g_theta_F, dist_utils.reducing_solver(solve, group, record)
-    )
-    minus_b_u = dist_utils.mean(minus_b_u, group)
+    adjoint = solve_adjoint(lin, g_theta_F, dist_utils.reducing_solver(solve, group, record))
+    minus_b_u = dist_utils.mean(adjoint.vjp[0], group)
     grads = {k: g_lam_F[k] + minus_b_u[k] for k in lam}
-    info = record[0]
     return grads, HypergradientInfo(
         method=solver,
         outer_loss=float(F),
-        linear_solve=info,
-        # one product per CG iteration; the Neumann series' first term is free
-        hvp_calls=info.iterations + (1 if solver == "cg" else 0),
+        inner_loss=float(dist_utils.mean_scalar(lin.value, group)),
+        linear_solve=record[0],
+        hvp_calls=lin.calls,  # products with H (linear solve, Lanczos) and the one with B
     )
 
 
-def _largest_eigenvalue(
-    stationarity: Callable[[Params, Params], Params],
-    theta: Params,
-    lam: Params,
-    group: Any,
-    iterations: int,
-) -> float:
+def _largest_eigenvalue(lin: Linearisation, theta: Params, group: Any, iterations: int) -> float:
     """``max |eigenvalue|`` of ``H = d2_theta f`` (for the Neumann step ``1 / lambda_max``)
     by :func:`bilevel.linalg.lanczos` with ``iterations`` Hessian-vector products (products
     averaged over ranks, so every rank gets the same estimate)."""
-    _, vjp = torch.func.vjp(lambda th: stationarity(th, lam), theta)
-    spectrum = lanczos(lambda v: dist_utils.mean(vjp(v)[0], group), theta, steps=iterations)
+    spectrum = lanczos(lambda v: dist_utils.mean(lin.rmatvec(v), group), theta, steps=iterations)
     return max(abs(spectrum.smallest), abs(spectrum.largest))
 
 

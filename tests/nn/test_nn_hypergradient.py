@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 import bilevel.nn as bnn
-from bilevel.errors import NonFiniteError
+from bilevel.errors import ConvergenceWarning, NonFiniteError
 
 DT = torch.float64
 
@@ -215,12 +215,13 @@ def test_neumann_default_step_estimates_the_largest_hessian_eigenvalue() -> None
     train_to_stationarity(model, lambda mod: weighted_ce(mod, hp, (X, y)))
     _, H, *_ = flat_oracle(model, hp, weighted_ce, plain_ce, (X, y), (X, y))
     exact = float(torch.linalg.eigvalsh(H).abs().max())
+    from bilevel.implicit import Linearisation
+
     fm = FunctionalModel(model, hp)
-    f = fm.bind(weighted_ce, (X, y))
-    stationarity = lambda th, la: torch.func.grad(f)(th, la)
-    full = _largest_eigenvalue(stationarity, fm.theta(), fm.lam(), None, H.shape[0])
+    lin = Linearisation.of_objective(fm.bind(weighted_ce, (X, y)), fm.theta(), (fm.lam(),))
+    full = _largest_eigenvalue(lin, fm.theta(), None, H.shape[0])
     assert full == pytest.approx(exact, rel=1e-8)
-    few = _largest_eigenvalue(stationarity, fm.theta(), fm.lam(), None, 20)
+    few = _largest_eigenvalue(lin, fm.theta(), None, 20)
     assert 0.99 * exact <= few <= exact * (1 + 1e-10)
 
 
@@ -531,3 +532,31 @@ def test_bad_method_and_options() -> None:
         bnn.hypergradient(model, hp, weighted_ce, plain_ce, train, val, method="neumann", alpha=-1.0)
     with pytest.raises(TypeError, match="unexpected keyword"):
         bnn.hypergradient(model, hp, weighted_ce, plain_ce, train, val, method="cg", stepz=3)
+
+
+def test_fixed_cg_budget_costs_exactly_its_products() -> None:
+    """A fixed budget (tol=0, maxiter=k) costs k products with H and one with B: one
+    linearisation shared by H and B and no extra product for the final residual (the
+    recursive one is reported, marked as such, and equals the true one to rounding); the
+    result still matches a dense oracle built from the explicit Hessian's k-step CG."""
+    X, y = classification_data(3)
+    Xv, yv = classification_data(103)
+    model = MLP(seed=3)
+    hp = {"w": torch.zeros(len(y)).requires_grad_(True)}
+    train_to_stationarity(model, lambda mod: weighted_ce(mod, hp, (X, y)))
+    k = 4
+    with pytest.warns(ConvergenceWarning, match="cg did not converge"):
+        got = bnn.hypergradient(model, hp, weighted_ce, plain_ce, (X, y), (Xv, yv), tol=0.0, maxiter=k)
+    info = got.info
+    assert info.hvp_calls == k + 1 and info.linear_solve.iterations == k
+    assert info.linear_solve.residual_source == "recursive"
+    _, H, B, g_theta, g_lam = flat_oracle(model, hp, weighted_ce, plain_ce, (X, y), (Xv, yv))
+    u, r = torch.zeros_like(g_theta), g_theta.clone()  # k steps of textbook CG on the matrix
+    p = r.clone()
+    for _ in range(k):
+        Hp = H @ p
+        a = (r @ r) / (p @ Hp)
+        u, r_new = u + a * p, r - a * Hp
+        p, r = r_new + ((r_new @ r_new) / (r @ r)) * p, r_new
+    assert info.linear_solve.residual_norm == pytest.approx(float((g_theta - H @ u).norm()), rel=1e-8)
+    torch.testing.assert_close(got["w"], g_lam - B.T @ u, rtol=1e-8, atol=1e-12)
