@@ -10,7 +10,7 @@ LOCK   := requirements/lock.txt
 STAMP  := $(VENV)/.installed
 LATEST := .venv-latest
 
-.PHONY: demo test test-latest lock lint bench docs clean
+.PHONY: demo test typecheck test-latest lock lint bench docs clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: $(STAMP)
 	$(BIN)/bilevel demo --output-dir runs
 
-test: $(STAMP)
+# The type check ([tool.mypy] in pyproject.toml) runs first: a typing error fails `make test`.
+test: typecheck
 	$(BIN)/python -m pytest -n 2 -q
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy
 
 # The same suite against the newest release of every dependency (torch stays pinned), in a
 # fresh .venv-latest: drift in a dependency shows up here as a named failure first.

@@ -467,17 +467,17 @@ def kkt_hypergradient(
 
 class _KKTArgmin(torch.autograd.Function):
     @staticmethod
-    def forward(x, y, problem, options):  # type: ignore[override]
+    def forward(x, y, problem, options):
         return y.clone()
 
     @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[override]
+    def setup_context(ctx, inputs, output):
         x, y, problem, options = inputs
         ctx.problem, ctx.options = problem, options
         ctx.save_for_backward(x, y)
 
     @staticmethod
-    def backward(ctx, grad_y):  # type: ignore[override]
+    def backward(ctx, grad_y):
         x, y = ctx.saved_tensors
         out = kkt_vjp(ctx.problem, x, y, grad_y, **ctx.options)
         return out.grad, None, None, None

@@ -145,7 +145,7 @@ def validate(fm: FunctionalModel, what: str) -> None:
     if not lam:
         raise ValueError(f"{what}: hparams is empty")
     if not fm.hparams_is_module:
-        for name, t in fm.hparams.items():  # type: ignore[union-attr]
+        for name, t in fm.hparams.items():
             if not isinstance(t, Tensor):
                 raise TypeError(f"{what}: hparams[{name!r}] must be a tensor, got {type(t).__name__}")
             if not t.is_floating_point():
