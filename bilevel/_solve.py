@@ -134,6 +134,8 @@ def solve(
             raise ValueError(
                 f"unknown method {method!r}; choose one of {sorted(METHODS)}"
             ) from None
+        if not dataclasses.is_dataclass(cls):
+            raise TypeError(f"METHODS[{method!r}] must be a dataclass of options, got {cls!r}")
         valid = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(options) - valid
         if unknown:

@@ -16,7 +16,7 @@ def check_positive(method: str, allow_zero: bool = False, **values: Any) -> None
             isinstance(value, numbers.Real)
             and not isinstance(value, bool)
             and math.isfinite(value)
-            and (value >= 0 if allow_zero else value > 0)
+            and (float(value) >= 0 if allow_zero else float(value) > 0)
         )
         if not ok:
             kind = "non-negative" if allow_zero else "positive"

@@ -102,6 +102,7 @@ def parse_recipe_options(args: list[str], config_cls: type[RecipeConfig]) -> dic
                 f"unexpected argument {token!r}: recipe options are given as --name value"
             )
         body = token[2:]
+        value: str | bool
         if "=" in body:
             name, value = body.split("=", 1)
         else:

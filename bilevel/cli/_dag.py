@@ -37,7 +37,7 @@ import time
 import typing
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import numpy as np
 import typer
@@ -231,7 +231,7 @@ class _Progress:
             bar.close()
 
 
-def _fit_topo(X: np.ndarray, options: dict, prior: dict, progress: bool):
+def _fit_topo(X: np.ndarray, options: dict, prior: _Prior, progress: bool):
     from bilevel.dag.topo import TopoSearch
     from bilevel.errors import ConvergenceWarning
 
@@ -248,6 +248,14 @@ def _fit_topo(X: np.ndarray, options: dict, prior: dict, progress: bool):
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return est
+
+
+class _Prior(TypedDict):
+    """Prior knowledge as keywords of :meth:`TopoSearch.fit` and :func:`prior_knowledge`."""
+
+    required: list[tuple[int, int]]
+    forbidden: list[tuple[int, int]]
+    tiers: np.ndarray | None
 
 
 def _parse_edges(specs: list[str], names: list[str], option: str) -> list[tuple[int, int]]:
@@ -510,7 +518,7 @@ def fit(
 
     B_true = None
     try:
-        if sachs:
+        if data is None:  # --sachs (exactly one of the two, checked above)
             from bilevel.dag.datasets import load_sachs
 
             X, B_true, names = load_sachs(standardize=False)
@@ -526,11 +534,11 @@ def fit(
             X = (X - X.mean(axis=0)) / std
         if truth is not None:
             B_true = read_matrix_csv(truth, names, delimiter)
-        prior = {
-            "required": _parse_edges(require or [], names, "--require"),
-            "forbidden": _parse_edges(forbid or [], names, "--forbid"),
-            "tiers": _parse_tiers(tier or [], names),
-        }
+        prior = _Prior(
+            required=_parse_edges(require or [], names, "--require"),
+            forbidden=_parse_edges(forbid or [], names, "--forbid"),
+            tiers=_parse_tiers(tier or [], names),
+        )
         from bilevel.dag.prior import prior_knowledge
 
         prior_knowledge(len(names), **prior)

@@ -200,7 +200,7 @@ def plot_convergence(
         n_lines = 0  # reference lines drawn on this panel, each in its own style
         for key in group:
             values = [math.nan if v is None else float(v) for v in history[key]]
-            iterations = list(history.get("iteration", range(len(values))))
+            iterations: list[Any] = list(history.get("iteration", range(len(values))))
             ax.plot(iterations, values, marker="o", markersize=2.5, linewidth=1.2, label=key)
             finite += [v for v in values if math.isfinite(v)]
             for label, value in reference_lines.get(key, {}).items():

@@ -91,14 +91,14 @@ def _jacobian_matvec(
     def f_of_sol(s: PyTree) -> PyTree:
         return optimality_fn(s, *args)
 
-    value, vjp_fn = torch.func.vjp(f_of_sol, sol)
+    value, vjp_fn = torch.func.vjp(f_of_sol, sol)[:2]
 
     def rmatvec(u: PyTree) -> PyTree:
         return vjp_fn(u)[0]
 
     if transpose:
         return rmatvec
-    _, vjp_of_vjp = torch.func.vjp(rmatvec, tree_map(torch.zeros_like, value))
+    vjp_of_vjp = torch.func.vjp(rmatvec, tree_map(torch.zeros_like, value))[1]
     return lambda v: vjp_of_vjp(v)[0]
 
 
@@ -133,7 +133,7 @@ def _negated_vjp(
     restricted, leaves, rebuild = _floating_view(fn, operands, leaf_mask=leaf_mask)
     if not leaves:
         return rebuild([])
-    _, vjp_fn = torch.func.vjp(restricted, *leaves)
+    vjp_fn = torch.func.vjp(restricted, *leaves)[1]
     return rebuild([torch.neg(g) for g in vjp_fn(cotangent)])
 
 
@@ -264,7 +264,7 @@ class _SolveJacobianSystem(torch.autograd.Function):
 
 
 def _split(
-    system: _JacobianSystem, flat: Sequence[torch.Tensor]
+    system: _JacobianSystem, flat: Sequence[torch.Tensor | None]
 ) -> tuple[PyTree, PyTree, tuple[PyTree, ...]]:
     rhs = tree_unflatten(list(flat[: system.n_rhs]), system.rhs_spec)
     sol = tree_unflatten(list(flat[system.n_rhs : system.n_rhs + system.n_sol]), system.sol_spec)
@@ -538,7 +538,7 @@ def root_jvp(
     _, float_tangents, _ = _floating_view(lambda *a: None, tangents, like=args, leaf_mask=leaf_mask)
     if not float_leaves:
         return tree_map(torch.zeros_like, sol)
-    _, b_dot = torch.func.jvp(fn, tuple(float_leaves), tuple(float_tangents))
+    b_dot = torch.func.jvp(fn, tuple(float_leaves), tuple(float_tangents))[1]
     rhs = tree_map(torch.neg, b_dot)
     return _solve_jacobian_system(optimality_fn, sol, args, rhs, solve_fn, transpose=False)
 
@@ -695,6 +695,8 @@ def _check_residual(
         reference = problem.init_residual
         if reference is None:  # under vmap, the batched check could not give a number
             reference = float(tree_norm(problem.optimality_fn(init, *args)))
+    if problem.residual_tol is None:
+        raise ValueError("the root check needs a residual_tol (callers skip it when None)")
     threshold = max(problem.residual_tol * reference, _residual_floor(sol))
     if residual <= threshold:
         return

@@ -178,6 +178,7 @@ def backward(
     """``sum_j <cotangent_j, d output_j / d input>`` for each input, by
     :func:`torch.autograd.grad`, with zeros where an input or an output lies outside the
     graph (the graph is retained by default)."""
+    pairs: list[tuple[torch.Tensor, torch.Tensor | None]]
     if cotangents is None:
         pairs = [(o, None) for o in outputs if o.requires_grad]
     else:

@@ -27,7 +27,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 import torch
 
@@ -77,8 +77,19 @@ class LinearSolver(Protocol):
     """Callable protocol shared by all solvers of :mod:`bilevel.linalg`."""
 
     def __call__(
-        self, matvec: Matvec, b: PyTree, **kwargs: object
+        self, matvec: Matvec, b: PyTree, *args: Any, **kwargs: Any
     ) -> tuple[PyTree, LinearSolveInfo]: ...
+
+
+class _Options(TypedDict):
+    """The keywords every solver takes (``warn`` apart)."""
+
+    init: PyTree | None
+    tol: float | None
+    atol: float
+    maxiter: int | None
+    ridge: float
+    preconditioner: Matvec | None
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -161,7 +172,8 @@ def _norm(v: Vector) -> float:
     return float(torch.linalg.vector_norm(v))
 
 
-def _dot(u: Vector, v: Vector) -> float:
+def _dot(u: Vector, v: Vector) -> Any:
+    """``u^H v``: a float for real vectors, a complex for complex ones."""
     return float(torch.dot(u.conj(), v)) if not u.is_complex() else complex(torch.vdot(u, v))
 
 
@@ -307,7 +319,7 @@ def normal_cg(
     """
     check_tensor_leaves(b, "normal_cg: right-hand side b")
     if rmatvec is None:
-        _, vjp_fn = torch.func.vjp(matvec, b)
+        vjp_fn = torch.func.vjp(matvec, b)[1]
 
         def rmatvec(v: PyTree) -> PyTree:
             return vjp_fn(v)[0]
@@ -404,7 +416,7 @@ def gmres(
         y = torch.linalg.solve_triangular(
             upper, torch.tensor(g[:k], dtype=torch.float64).unsqueeze(1), upper=True
         ).squeeze(1)
-        update = sum(float(y[i]) * basis[i] for i in range(k))
+        update = sum((float(y[i]) * basis[i] for i in range(k)), torch.zeros_like(basis[0]))
         x = x + prob.precond(update)
     return _finish(prob, x, iterations, message, warn)
 
@@ -696,8 +708,9 @@ def auto(
                     return _finish(prob, x, 1, "", warn, residual=residual)
     if symmetric is None:
         symmetric = _probe_symmetric(prob.matvec, prob.b)
-    options = {"init": init, "tol": tol, "atol": atol, "maxiter": maxiter, "ridge": ridge}
-    options["preconditioner"] = preconditioner
+    options = _Options(
+        init=init, tol=tol, atol=atol, maxiter=maxiter, ridge=ridge, preconditioner=preconditioner
+    )
     if symmetric:
         x, info = cg(matvec, b, warn=False, **options)
         if info.converged:

@@ -155,7 +155,9 @@ def run_method(
     elif context is None:
         state = method.init(problem, x0, y0)
     else:
-        state = method.init(problem, x0, y0, context=context)
+        # the protocol's optional keyword, which Method.init itself does not declare
+        init: Callable[..., MethodState] = method.init
+        state = init(problem, x0, y0, context=context)
     state.context = context
     lower_grad = torch.func.grad(lambda x, y: problem.lower_value(x, y), argnums=1)
 

@@ -91,24 +91,23 @@ class BatchStream:
             )
         if self.data is None:
             return None
-        if self._iterator is None:
-            self._start_pass()
+        iterator = self._iterator if self._iterator is not None else self._start_pass(self.data)
         try:
-            batch = next(self._iterator)
+            batch = next(iterator)
         except StopIteration:
-            self._start_pass()
             try:
-                batch = next(self._iterator)
+                batch = next(self._start_pass(self.data))
             except StopIteration:
                 raise ValueError(f"{self.name} yields no minibatch") from None
         self.delivered += 1
         return batch
 
-    def _start_pass(self) -> None:
+    def _start_pass(self, data: Iterable[Any]) -> Iterator[Any]:
         self.pass_rng = torch.get_rng_state()
         self.pass_start = self.delivered
         self.passes += 1
-        self._iterator = iter(self.data)
+        self._iterator = iter(data)
+        return self._iterator
 
     def attach(self, data: Iterable[Any] | None) -> BatchStream:
         """Bind ``data`` to a stream restored from a checkpoint and fast-forward it to the

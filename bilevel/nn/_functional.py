@@ -144,7 +144,7 @@ def validate(fm: FunctionalModel, what: str) -> None:
         )
     if not lam:
         raise ValueError(f"{what}: hparams is empty")
-    if not fm.hparams_is_module:
+    if not isinstance(fm.hparams, nn.Module):  # a mapping of tensors
         for name, t in fm.hparams.items():
             if not isinstance(t, Tensor):
                 raise TypeError(f"{what}: hparams[{name!r}] must be a tensor, got {type(t).__name__}")

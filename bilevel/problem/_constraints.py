@@ -133,7 +133,10 @@ class LowerConstraints:
         if getattr(self.problem, name) is None:
             return y.new_zeros(0)
         if finite:
-            value = self.problem.constraint_value(name, x, y)
+            checked = self.problem.constraint_value(name, x, y)
+            if checked is None:  # cannot happen: the field is set (checked above)
+                raise RuntimeError(f"BilevelProblem.{name} is unset")
+            value = checked
         else:
             value = getattr(self.problem, name)(x, y)
             if not isinstance(value, torch.Tensor) or value.dim() != 1:

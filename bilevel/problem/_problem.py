@@ -193,16 +193,18 @@ class BilevelProblem:
         signature = "x, y_i, i" if batch is None else "x, y_i, i, batch"
         return _scalar("lower", _call("lower", self.lower, args, signature))
 
-    def _require_blocks(self) -> None:
+    def _require_blocks(self) -> int:
+        """``n_blocks``, raising ``ValueError`` on a single-block problem."""
         if self.n_blocks is None:
             raise ValueError(
                 "block values need a multi-block problem (BilevelProblem(..., n_blocks=m))"
             )
+        return self.n_blocks
 
     def _block_mean(
         self, block_value: Callable[..., torch.Tensor], x: PyTree, y: PyTree, batch: Any
     ) -> torch.Tensor:
-        m = self.n_blocks
+        m = self._require_blocks()
         for leaf in tree_leaves(y):
             if leaf.dim() == 0 or leaf.shape[0] != m:
                 raise ValueError(

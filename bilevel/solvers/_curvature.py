@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeGuard
 
 import torch
 
@@ -49,7 +50,7 @@ def curvature(
         return None
 
 
-def is_negative(spectrum: Spectrum | None) -> bool:
+def is_negative(spectrum: Spectrum | None) -> TypeGuard[Spectrum]:
     """Whether ``spectrum`` certifies negative curvature (see the module docstring)."""
     if spectrum is None:
         return False
