@@ -470,7 +470,7 @@ def _lp_box(
     from scipy.optimize import linprog
 
     lo, hi = lo.copy(), hi.copy()
-    bounds = list(zip(np.where(np.isfinite(lo), lo, None), np.where(np.isfinite(hi), hi, None)))
+    bounds = _linprog_bounds(lo, hi)
     args = {
         "A_ub": poly.A_in if poly.A_in.shape[0] else None,
         "b_ub": -poly.c_in if poly.A_in.shape[0] else None,
@@ -496,7 +496,16 @@ def _lp_box(
     return lo, hi, ""
 
 
-def _analyse(prog: _Program, x0: np.ndarray, y0: np.ndarray) -> _LinearAnalysis:
+def _linprog_bounds(lo: np.ndarray, hi: np.ndarray) -> list[tuple[float | None, float | None]]:
+    """``scipy.optimize.linprog``'s ``bounds``: one ``(lo, hi)`` per variable, ``None`` for
+    an infinite end."""
+    return [
+        (float(a) if np.isfinite(a) else None, float(b) if np.isfinite(b) else None)
+        for a, b in zip(lo, hi)
+    ]
+
+
+def _analyse(prog: _Program, x0: torch.Tensor, y0: torch.Tensor) -> _LinearAnalysis:
     """Affine rows of the constraints and the boxes they imply (see :class:`_LinearAnalysis`)."""
     n, m = prog.n, prog.m
     z0 = np.concatenate([x0.numpy(), y0.numpy()])
@@ -810,12 +819,7 @@ def _lower_lp(
         return None
     cost = A[0]
     A_in, b_in, A_eq, b_eq = A[1 : 1 + n_g], -c[1 : 1 + n_g], A[1 + n_g :], -c[1 + n_g :]
-    bounds = list(
-        zip(
-            np.where(np.isfinite(prog.y_lo), prog.y_lo, None),
-            np.where(np.isfinite(prog.y_hi), prog.y_hi, None),
-        )
-    )
+    bounds = _linprog_bounds(prog.y_lo, prog.y_hi)
     res = linprog(
         cost,
         A_ub=A_in if n_g else None,
@@ -1071,7 +1075,7 @@ def _mpcc_solve(prog: _Program, x0, y0, cuts: torch.Tensor, feas_tol: float) -> 
     lo = np.concatenate([prog.bx_lo, prog.by_lo, np.zeros(p), np.full(q, -np.inf)])
     hi = np.concatenate([prog.bx_hi, prog.by_hi, np.full(p + q, np.inf)])
 
-    result = None
+    result: _NLPResult | None = None
     stages = _SCHOLTES if p else (0.0,)
     for t in stages:
 
@@ -1085,6 +1089,8 @@ def _mpcc_solve(prog: _Program, x0, y0, cuts: torch.Tensor, feas_tol: float) -> 
         if res.violation > 1e-3:  # this start does not reach a KKT point: abandon it
             return res if result is None else result
         result, z = res, res.z
+    if result is None:  # cannot happen: there is at least one stage
+        raise RuntimeError("no relaxation stage ran")
     if p:  # tightened NLP on the active set read off the last iterate
         with torch.no_grad():
             zt = torch.as_tensor(z)

@@ -290,10 +290,10 @@ class LVHBA(Method):
             aff_eq = None if h_all is None else affine_coefficients(h_all, w0, generator=gen)
             affine = (g_all is None or aff_in is not None) and (h_all is None or aff_eq is not None)
             if affine:
-                if g_all is None and not has_bounds:
+                if g_all is None and not has_bounds and aff_eq is not None:
                     A, c = aff_eq
                     return (lambda w: project_affine(w, A, c)), "affine"
-                if h_all is None and not has_bounds and aff_in[0].shape[0] == 1:
+                if h_all is None and not has_bounds and aff_in is not None and aff_in[0].shape[0] == 1:
                     a_row, b_val = aff_in[0][0], -aff_in[1][0]
                     return (lambda w: projection_halfspace(w, a_row, b_val)), "halfspace"
                 A_in, c_in = aff_in if aff_in is not None else (None, None)
@@ -361,7 +361,7 @@ class LVHBA(Method):
         ylo, yhi = problem.bounds_like("y_bounds", y)
         m_in, m_eq = sizes
         scale = ones
-        if self.normalize_constraints and sum(sizes):
+        if self.normalize_constraints and sum(sizes) > 0:
             nx = x.numel()
             jac = jacobian(
                 lambda w: self._lower_constraints(

@@ -107,7 +107,10 @@ class AdditiveScore(_NodeFitScore):
     """
 
     supports_greedy = True
-    supports_pruning = True
+
+    @property
+    def supports_pruning(self) -> bool:
+        return True
 
     def __init__(
         self, n_knots: int = 5, degree: int = 3, l2: float = 1e-4, equal_variances: bool = True
@@ -206,11 +209,10 @@ class AdditiveScore(_NodeFitScore):
         the log of the unexplained fraction of the variance, so the order is scale-free)."""
         remaining = list(range(self._d))
         placed: list[int] = []
-        offset = 0.0 if self.equal_variances else 0.5 * np.log(self._syy)
+        offset = np.zeros(self._d) if self.equal_variances else 0.5 * np.log(self._syy)
         while remaining:
             ps = np.array(sorted(placed), dtype=np.intp)
-            losses = [self._fit_node(j, ps)[0] - (0.0 if self.equal_variances else offset[j])
-                      for j in remaining]  # fmt: skip
+            losses = [self._fit_node(j, ps)[0] - offset[j] for j in remaining]
             placed.append(remaining.pop(int(np.argmin(losses))))
         return np.array(placed, dtype=np.intp)
 

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,13 @@ class Score:
     #: whether the initial order "greedy" (top-down residual variance) is meaningful
     supports_greedy: bool = False
 
+    # Set on a bound copy (see :meth:`setup`) and by :class:`~bilevel.dag.TopoSearch`;
+    # declared here only, so that an unbound score has none of them.
+    _X: np.ndarray
+    _cache: dict[Any, Any]
+    _prior: Any
+    _on_fit: Callable[[], None] | None
+
     @property
     def cheap_moves(self) -> bool:
         """Whether moves are scored from a factorisation (no model fit per node)."""
@@ -169,8 +177,17 @@ class Score:
         """Nonnegative matrix whose acyclicity gradient ranks candidate swaps: ``|W*(pi)|``."""
         return np.abs(state.weights())
 
-    #: whether :meth:`prune_node` exists (BIC refit of a node on its predecessors)
-    supports_pruning: bool = False
+    @property
+    def supports_pruning(self) -> bool:
+        """Whether :meth:`prune_node` exists (BIC refit of a node on its predecessors)."""
+        return False
+
+    def prune_node(
+        self, j: int, ps: np.ndarray, keep: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Parents of ``j`` among ``ps`` after a BIC backward pass (``keep`` always kept)
+        and their refitted weights; only where :attr:`supports_pruning`."""
+        raise NotImplementedError(f"{type(self).__name__} does not prune")
 
     def constrain(self, allowed: np.ndarray | None, required: np.ndarray | None) -> None:
         """Prior knowledge for the node fits of this bound score: ``allowed[i, j]`` (``i`` may

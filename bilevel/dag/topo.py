@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from bilevel.dag._order import move_perm
-from bilevel.dag.acyclicity import ACYCLICITY_FUNCTIONS
+from bilevel.dag.acyclicity import ACYCLICITY_FUNCTIONS, h_logdet
 from bilevel.dag.prior import PriorKnowledge, prior_knowledge
 from bilevel.dag.scores import Score, make_score, validate_data
 from bilevel.errors import ConvergenceWarning
@@ -550,7 +550,7 @@ class TopoSearch:
         # det = 1); with s above the largest row sum sI - A is strictly diagonally dominant,
         # every term is bounded, and the ranking stays finite.
         s = 1.0 + float(A.sum(axis=1).max())
-        return h(A, s=s)[1]
+        return h_logdet(A, s=s)[1]
 
     def _valid(self, block: np.ndarray) -> bool:
         prior = getattr(self, "_prior", None)

@@ -183,6 +183,13 @@ def _device_type(fm: FunctionalModel) -> str:
     return next(iter(fm.theta().values())).device.type
 
 
+def _known(value: Tensor | None, what: str) -> Tensor:
+    """``value``, which the caller has computed on every path (a ``None`` is a bug)."""
+    if value is None:
+        raise RuntimeError(f"hypergradient: {what} was not computed")
+    return value
+
+
 def _grads(
     fn: Callable[[Params, Params], Tensor], theta: Params, lam: Params, group: Any, what: str
 ) -> tuple[Params, Params, Tensor]:
@@ -240,7 +247,8 @@ def _implicit(
     g_theta_F, g_lam_F, F = _grads(fm.bind(outer_loss, outer_batch), theta, lam, group, "outer_loss")
     # one autograd linearisation of grad_theta f, shared by every product with H and by B u
     lin = Linearisation.of_objective(fm.bind(inner_loss, inner_batch), theta, (lam,))
-    check_finite_value(lin.value, "inner_loss")
+    inner_value = _known(lin.value, "the inner loss")
+    check_finite_value(inner_value, "inner_loss")
     if solver == "cg":
         if maxiter is not None and maxiter < 1:
             raise ValueError(f"hypergradient: maxiter must be >= 1, got {maxiter}")
@@ -261,7 +269,7 @@ def _implicit(
     return grads, HypergradientInfo(
         method=solver,
         outer_loss=float(F),
-        inner_loss=float(dist_utils.mean_scalar(lin.value, group)),
+        inner_loss=float(dist_utils.mean_scalar(inner_value, group)),
         linear_solve=record[0],
         hvp_calls=lin.calls,  # products with H (linear solve, Lanczos) and the one with B
     )
@@ -294,7 +302,7 @@ def _fd(
         _unused(fm, [(inner_loss, inner_batch), (outer_loss, outer_batch)])
     f = fm.bind(inner_loss, inner_batch)
     probes = 0
-    inner_value = None
+    inner_value: Tensor | None = None
     if xi > 0:
         g_theta_f, _, inner_value = _grads(f, theta, lam, group, "inner_loss")
         theta_v = {k: theta[k] - xi * g_theta_f[k] for k in theta}
@@ -314,7 +322,10 @@ def _fd(
     b_v = dist_utils.mean({k: (plus[k] - minus[k]) / (2 * eps) for k in lam}, group)
     grads = {k: g_lam_F[k] - xi * b_v[k] for k in lam}
     return grads, HypergradientInfo(
-        method="fd", outer_loss=float(F), inner_loss=float(inner_value), hvp_calls=probes + 2
+        method="fd",
+        outer_loss=float(F),
+        inner_loss=float(_known(inner_value, "the inner loss")),
+        hvp_calls=probes + 2,
     )
 
 
@@ -367,12 +378,12 @@ def _unrolled(
             check_finite_value(value.detach(), f"inner_loss at unrolled step {t}")
             if first_inner is None:
                 first_inner = dist_utils.mean_scalar(value.detach(), group)
-            g = torch.autograd.grad(
+            raw = torch.autograd.grad(
                 value, list(th.values()), create_graph=differentiate, materialize_grads=True,
                 allow_unused=True,
             )
             reduce = dist_utils.mean_differentiable if differentiate else dist_utils.mean
-            g = reduce(dict(zip(th, g)), group)
+            g = reduce(dict(zip(th, raw)), group)
             if differentiate:
                 th, state = opt.step(th, g, state)
             else:
@@ -389,7 +400,7 @@ def _unrolled(
     return out, HypergradientInfo(
         method="unrolled",
         outer_loss=float(F),
-        inner_loss=float(first_inner),
+        inner_loss=float(_known(first_inner, "the first inner loss")),
         hvp_calls=tracked,
         theta={k: v.detach() for k, v in th.items()},
     )

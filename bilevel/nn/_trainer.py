@@ -160,9 +160,9 @@ class BilevelTrainer:
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"BilevelTrainer: {name} must be an integer >= 1, got {value!r}")
-        for name, value in (("inner_clip", inner_clip), ("outer_clip", outer_clip)):
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"BilevelTrainer: {name} must be positive, got {value}")
+        for name, clip in (("inner_clip", inner_clip), ("outer_clip", outer_clip)):
+            if clip is not None and not (clip > 0 and math.isfinite(clip)):
+                raise ValueError(f"BilevelTrainer: {name} must be positive, got {clip}")
         if not divergence_factor > 1:
             raise ValueError(
                 f"BilevelTrainer: divergence_factor must be > 1, got {divergence_factor}"

@@ -62,7 +62,9 @@ strongest non-``"none"`` operation; :class:`CellNetwork` is the discrete network
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -187,7 +189,7 @@ class SearchNetwork(nn.Module):
         for i in range(self.nodes):
             h = states[i]
             rows = [e for e, (src, _) in enumerate(self.edges) if src == i]
-            mixed = 0
+            mixed: Tensor | None = None
             if self.parametric:
                 acts = torch.stack([_ACTIVATIONS[o](h) for o in self.parametric])  # (P, B, D)
                 out = torch.einsum("pbi,epoi->bepo", acts, self.edge_weight[rows])
@@ -196,7 +198,10 @@ class SearchNetwork(nn.Module):
                     "ep,bepo->ebo", weights[rows][:, self._param_cols], out.reshape(out.shape[0], len(rows), -1, self.dim)
                 )
             if self._skip_col is not None:
-                mixed = mixed + weights[rows, self._skip_col].reshape(-1, 1, 1) * h
+                skip = weights[rows, self._skip_col].reshape(-1, 1, 1) * h
+                mixed = skip if mixed is None else mixed + skip
+            if mixed is None:
+                raise RuntimeError("a cell edge needs at least one operation besides 'none'")
             for k, e in enumerate(rows):
                 incoming[self.edges[e][1]] = incoming[self.edges[e][1]] + mixed[k]
             states.append(incoming[i + 1])
@@ -371,6 +376,7 @@ class DARTS(BilevelTrainer):
         if xi is not None and not (xi > 0 and math.isfinite(xi)):
             raise ValueError(f"DARTS: xi must be positive and finite, got {xi}")
         self.order, self.mode = order, mode
+        options: dict[str, Any]
         if order == 1:
             method, options = "fd", {"xi": 0.0}
         elif mode == "fd":
@@ -463,7 +469,8 @@ class RARTS:
 
     def coupling_term(self) -> Tensor:
         """``beta/2 ||y - w||^2`` over all trainable parameters (differentiable in both)."""
-        return 0.5 * self.coupling * sum(((self.y[k] - self.w[k]) ** 2).sum() for k in self.w)
+        terms = [((self.y[k] - self.w[k]) ** 2).sum() for k in self.w]
+        return 0.5 * self.coupling * functools.reduce(operator.add, terms)
 
     def _descend(self, loss: Tensor, params: list[Tensor], optimizer: torch.optim.Optimizer, what: str) -> float:
         value = float(loss.detach())

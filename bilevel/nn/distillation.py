@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +184,8 @@ def centred_one_hot(y: Tensor, n_classes: int, dtype: torch.dtype) -> Tensor:
 
 def _logistic_inner(l2: float) -> Callable[[nn.Module, Any, Any], Tensor]:
     def inner(model: nn.Module, hparams: Any, batch: Tensor) -> Tensor:
+        if not isinstance(model, nn.Linear):
+            raise TypeError(f"the logistic inner loss needs an nn.Linear, got {type(model)}")
         decay = (model.weight**2).sum() + (model.bias**2).sum()
         return F.cross_entropy(model(hparams["images"]), batch) + 0.5 * l2 * decay
 
@@ -217,7 +219,10 @@ def fit_logistic(
     with torch.enable_grad():
         opt.step(closure)
         closure()
-    worst = max(float(p.grad.abs().max()) for p in model.parameters())
+    grads = [p.grad for p in model.parameters()]
+    if any(g is None for g in grads):
+        raise RuntimeError("the closure left a parameter without a gradient")
+    worst = max(float(g.abs().max()) for g in grads if g is not None)
     return worst <= tol, worst
 
 
@@ -410,7 +415,8 @@ def distill(
         else:
             b = torch.randint(0, len(y), (batch_size,), generator=generator)
             Xt, yt = X[b], y[b]
-        if inner_solver == "kip":
+        grads: Sequence[Tensor]
+        if model is None:  # inner_solver == "kip"
             with torch.enable_grad():
                 loss = kip_loss(images, labels, Xt, centred_one_hot(yt, n_classes, X.dtype), setup.kernel, reg)
                 grads = torch.autograd.grad(loss, params)

@@ -381,6 +381,7 @@ class SelfTuningTrainer:
 
     def _outer_loss(self, model: nn.Module, hparams: PerturbedHyperparameters, batch: Any) -> Tensor:
         data, eps = batch
+        bonus: Tensor | float
         if hparams.tune_scales:
             u = hparams.sample(eps)
             bonus = self.entropy_weight * hparams.entropy()

@@ -41,15 +41,15 @@ __all__ = ["Expression", "ExpressionRows"]
 _T = torch.float64
 _Node = Callable[[torch.Tensor, torch.Tensor], Any]
 
-_BINARY = {
+_BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
     ast.Pow: operator.pow,
 }
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-_FUNCTIONS = {
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "exp": torch.exp,
     "log": torch.log,
     "sqrt": torch.sqrt,
@@ -108,11 +108,11 @@ def _compile(text: str, n_x: int, n_y: int) -> _Node:
             op, left, right = _BINARY[type(node.op)], build(node.left), build(node.right)
             return lambda x, y: op(left(x, y), right(x, y))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-            op, operand = _UNARY[type(node.op)], build(node.operand)
-            return lambda x, y: op(operand(x, y))
+            unary, operand = _UNARY[type(node.op)], build(node.operand)
+            return lambda x, y: unary(operand(x, y))
         if isinstance(node, ast.Call):
             name = node.func.id if isinstance(node.func, ast.Name) else None
-            if name not in _FUNCTIONS or node.keywords or len(node.args) != 1:
+            if name is None or name not in _FUNCTIONS or node.keywords or len(node.args) != 1:
                 raise reject(node, f"calls take one argument: {', '.join(_FUNCTIONS)}")
             fn, arg = _FUNCTIONS[name], build(node.args[0])
             return lambda x, y: fn(arg(x, y))

@@ -135,10 +135,12 @@ class LiteratureProblem:
         """The :class:`~bilevel.BilevelProblem` (float64 bounds)."""
         xb = None
         if self.x_bounds is not None:
-            xb = tuple(torch.tensor(b, dtype=_T) for b in self.x_bounds)
+            lo, hi = self.x_bounds
+            xb = (torch.tensor(lo, dtype=_T), torch.tensor(hi, dtype=_T))
         yb = None
         if self.y_bounds is not None:
-            yb = tuple(torch.tensor(b, dtype=_T) for b in self.y_bounds)
+            lo, hi = self.y_bounds
+            yb = (torch.tensor(lo, dtype=_T), torch.tensor(hi, dtype=_T))
         return BilevelProblem(
             upper=self.upper,
             lower=self.lower,

@@ -87,7 +87,7 @@ def solve_milp_highs(
     lp.a_matrix_.num_col_ = n
     lp.a_matrix_.num_row_ = m
     is_mip = integrality is not None and bool(np.any(integrality))
-    if is_mip:
+    if integrality is not None and is_mip:
         lp.integrality_ = [
             highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous
             for flag in integrality

@@ -149,6 +149,15 @@ class ContrastiveEncoder(nn.Module):
         return self.head(self.body(x))
 
 
+def _features(encoder: nn.Module, x: Tensor) -> Tensor:
+    """``encoder.features(x)``, the representation before the projection head, of any
+    encoder that defines it (such as :class:`ContrastiveEncoder`)."""
+    method = getattr(encoder, "features", None)
+    if not callable(method):
+        raise TypeError(f"the encoder ({type(encoder).__name__}) needs a features(x) method")
+    return method(x)
+
+
 class ContrastiveBatch(NamedTuple):
     """Images ``(n, C, H, W)``, the rows ``poisoned`` that carry the trigger (``None``: none),
     and the two views' parameters ``views`` (``(n, 6)`` each, :meth:`Augmentation.sample`)."""
@@ -200,8 +209,10 @@ class ContrastiveBatches:
             if len(index) < 2:
                 continue  # a contrastive batch needs a negative
             rows = torch.nonzero(self.is_poisoned[index]).flatten()
-            views = tuple(
-                self.augmentation.sample(len(index), self.generator, self.images.dtype) for _ in range(2)
+            n, dtype = len(index), self.images.dtype
+            views = (
+                self.augmentation.sample(n, self.generator, dtype),
+                self.augmentation.sample(n, self.generator, dtype),
             )
             yield ContrastiveBatch(self.images[index], rows if self.is_poisoned.any() else None, views)
 
@@ -270,6 +281,9 @@ class LinearProbe(nn.Module):
     """``linear((encoder.features(x) - mean) / std)``: a frozen encoder's standardised
     representation followed by a linear classifier."""
 
+    mean: Tensor  # buffers
+    std: Tensor
+
     def __init__(self, encoder: nn.Module, mean: Tensor, std: Tensor, linear: nn.Linear) -> None:
         super().__init__()
         self.encoder = encoder
@@ -278,7 +292,7 @@ class LinearProbe(nn.Module):
         self.linear = linear
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear((self.encoder.features(x) - self.mean) / self.std)
+        return self.linear((_features(self.encoder, x) - self.mean) / self.std)
 
 
 def fit_linear_probe(
@@ -302,7 +316,7 @@ def fit_linear_probe(
     """
     encoder.requires_grad_(False)
     with torch.no_grad():
-        h = encoder.features(images)
+        h = _features(encoder, images)
     mean, std = h.mean(0), h.std(0).clamp_min(1e-6)
     h = (h - mean) / std
     k = int(labels.max()) + 1 if n_classes is None else n_classes
@@ -322,7 +336,10 @@ def fit_linear_probe(
 
     opt.step(objective)
     objective()
-    grad = max(float(p.grad.abs().max()) for p in linear.parameters())
+    grads = [p.grad for p in linear.parameters()]
+    if any(g is None for g in grads):
+        raise RuntimeError("the probe's closure left a parameter without a gradient")
+    grad = max(float(g.abs().max()) for g in grads if g is not None)
     if grad > tol:
         warnings.warn(
             f"fit_linear_probe: L-BFGS stopped after {max_iter} iterations with gradient "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from bilevel.nn._trainer import BilevelTrainer
 from bilevel.nn.backdoor._contrastive import (
     Augmentation,
     ContrastiveBatches,
+    _features,
     contrastive_loss,
 )
 
@@ -76,8 +78,8 @@ class TriggerGenerator(nn.Module):
         if conditional:
             c = shape[0]
             last = nn.Conv2d(channels, c, 3, padding=1)
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
+            for param in last.parameters():  # weight and bias: the correction starts at 0
+                nn.init.zeros_(param)
             self.correction = nn.Sequential(nn.Conv2d(c, channels, 3, padding=1), nn.ReLU(), last)
 
     def perturbation(self, x: Tensor) -> Tensor:
@@ -94,6 +96,8 @@ class TriggerGenerator(nn.Module):
 class FixedTrigger(nn.Module):
     """A fixed additive trigger ``Pi(x + delta)`` (:func:`project_linf`), ``delta`` clipped
     to the budget: the baselines of the same budget as the learnt trigger."""
+
+    delta: Tensor  # a buffer
 
     def __init__(self, delta: Tensor, budget: float) -> None:
         super().__init__()
@@ -207,7 +211,7 @@ def target_similarity(
     ``features``."""
     if representation not in ("projection", "features"):
         raise ValueError(f"representation must be 'projection' or 'features', got {representation!r}")
-    embed = encoder if representation == "projection" else encoder.features
+    embed = encoder if representation == "projection" else functools.partial(_features, encoder)
     a = nn.functional.normalize(embed(augmentation(trigger(batch.images), batch.views)), dim=1)
     b = nn.functional.normalize(embed(augmentation(batch.reference, batch.reference_views)), dim=1)
     return a.mean(0) @ b.mean(0)

@@ -258,8 +258,7 @@ class Neur2ROValueModel:
         self.label_std_ = float(scaled.std()) if scaled.std() > 1e-12 else 1.0
         target = torch.from_numpy((scaled - self.label_mean_) / self.label_std_)
         self.feature_kind_ = kinds.pop()
-        self.trained_sizes_ = sorted({(p.n_x, p.n_xi) for p in dataset.problems})
-        self.trained_sizes_ = [list(s) for s in self.trained_sizes_]
+        self.trained_sizes_ = [list(s) for s in sorted({(p.n_x, p.n_xi) for p in dataset.problems})]
         aligned = all(f.aligned for f in feats)
         encoder = self.encoder
         if encoder == "auto":
@@ -401,7 +400,7 @@ class Neur2ROValueModel:
         if x is not None:
             items = self._items(x, prep.x_features)
             out = self.network_.encode_x(torch.from_numpy(items)[None])
-        else:
+        elif xi is not None:
             items = self._items(xi, prep.xi_features)
             out = self.network_.encode_xi(torch.from_numpy(items)[None])
         return out[0].numpy()
@@ -470,7 +469,9 @@ class Neur2ROValueModel:
         payload = torch.load(os.fspath(path), weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a saved Neur2ROValueModel")
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["params"].items()}
+        params: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in payload["params"].items()
+        }
         model = cls(**params)
         net = SetValueNetwork(NetworkConfig.from_dict(payload["config"]))
         net.load_state_dict(payload["state_dict"])

@@ -36,6 +36,7 @@ and masked so that instances of different sizes share one batch. Every MLP alter
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,7 +95,8 @@ class NetworkConfig:
     @classmethod
     def from_dict(cls, data: dict) -> NetworkConfig:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 def mlp(dims: tuple[int, ...] | list[int], *, dtype: torch.dtype = torch.float64) -> nn.Sequential:
