@@ -459,7 +459,7 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
 def iterative_magnitude_pruning(
     model: nn.Module,
     sparsity: float,
-    train: Callable[[nn.Module, Masks], None],
+    train: Callable[[nn.Module, Masks], object],
     rewind_state: Mapping[str, Tensor],
     *,
     rate: float = 0.2,

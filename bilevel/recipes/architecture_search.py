@@ -74,13 +74,13 @@ class ArchitectureSearchConfig(RecipeConfig):
     n_test: int = option(597, "test images", minimum=10)
     dim: int = option(16, "width of the cell's nodes", minimum=1)
     nodes: int = option(4, "intermediate nodes of the cell", minimum=1)
-    search_steps: int | None = option(None, "search iterations", minimum=1)
+    search_steps: int = option(None, "search iterations", minimum=1)
     batch_size: int = option(128, "minibatch size of the search", minimum=2)
     lr: float = option(0.05, "SGD learning rate of the weights (and DARTS' xi)", minimum=0.0, exclusive_minimum=True)
     arch_lr: float = option(0.01, "Adam learning rate of the architecture", minimum=0.0, exclusive_minimum=True)
     penalty: float = option(1.0, "RARTS: weight lambda of the training loss", minimum=0.0)
     coupling: float = option(1.0, "RARTS: weight beta of ||y - w||^2 / 2", minimum=0.0)
-    retrain_steps: int | None = option(None, "full-batch Adam steps of each retraining", minimum=1)
+    retrain_steps: int = option(None, "full-batch Adam steps of each retraining", minimum=1)
     retrain_seeds: int = option(2, "initialisations per retrained cell", minimum=1)
     n_random: int = option(3, "random cells of the same size", minimum=1)
     threads: int = option(1, "torch intra-op threads (0: leave unchanged)", minimum=0)
@@ -165,7 +165,7 @@ def plot_cell(genotype: Genotype, path: Path, title: str = "") -> None:
     fig = Figure(figsize=(1.9 * (n + 2), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    xs = {k: float(k) for k in range(n + 1)}
+    xs: dict[int | str, float] = {k: float(k) for k in range(n + 1)}
     xs["out"] = n + 1.0
     colors = {"skip_connect": "tab:gray", "linear": "tab:blue", "relu": "tab:red", "tanh": "tab:green", "sigmoid": "tab:purple"}
     top = 0.3

@@ -31,8 +31,11 @@ validation set through its objective).
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -72,6 +75,8 @@ class MarkovSource:
 class TinyTransformer(nn.Module):
     """A causal transformer language model: token and position embeddings, ``layers``
     pre-norm encoder layers with a causal mask, a linear read-out."""
+
+    mask: Tensor  # a buffer
 
     def __init__(self, vocab: int, length: int, width: int = 32, layers: int = 2, heads: int = 2):
         super().__init__()
@@ -117,7 +122,7 @@ class DataMixingConfig(RecipeConfig):
     batch_size: int = option(32, "sequences per source per step", minimum=1)
     width: int = option(32, "transformer width", minimum=4)
     layers: int = option(2, "transformer layers", minimum=1)
-    steps: int | None = option(None, "ScaleBiO steps (also the baselines' training steps)", minimum=1)
+    steps: int = option(None, "ScaleBiO steps (also the baselines' training steps)", minimum=1)
     lr: float = option(3e-3, "Adam learning rate of the models", minimum=0.0, exclusive_minimum=True)
     mixture_lr: float = option(0.05, "Adam learning rate of the mixture logits", minimum=0.0, exclusive_minimum=True)
     alpha: float = option(1.0, "ScaleBiO penalty", minimum=0.0, exclusive_minimum=True)
@@ -205,7 +210,7 @@ def _train_on_mixture(
     torch.manual_seed(seed)
     model = TinyTransformer(config.vocab, config.length - 1, config.width, config.layers).float()
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    stream = iter(())
+    stream: Iterator[Any] = iter(())
     batches = _batches(data, config.batch_size, seed + 1)
     for _ in range(config.steps):
         batch = next(stream, None)
@@ -242,7 +247,7 @@ def _run(config: DataMixingConfig, progress: bool) -> DataMixingResult:
 
     def inner_loss(m: nn.Module, h: dict[str, Tensor], batch: tuple[Tensor, ...]) -> Tensor:
         weights = torch.softmax(h["logits"], 0)
-        return sum(weights[s] * lm_loss(m, b) for s, b in enumerate(batch))
+        return functools.reduce(operator.add, (weights[s] * lm_loss(m, b) for s, b in enumerate(batch)))
 
     def outer_loss(m: nn.Module, h: dict[str, Tensor], batch: Tensor) -> Tensor:
         return lm_loss(m, batch)

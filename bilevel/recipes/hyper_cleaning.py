@@ -167,9 +167,9 @@ class HyperCleaningConfig(RecipeConfig):
     }
 
     seed: int = option(0, "seed of the split and of the label corruption", minimum=0)
-    n_train: int | None = option(None, "training examples", minimum=10)
-    n_val: int | None = option(None, "clean validation examples", minimum=10)
-    n_test: int | None = option(None, "clean test examples", minimum=10)
+    n_train: int = option(None, "training examples", minimum=10)
+    n_val: int = option(None, "clean validation examples", minimum=10)
+    n_test: int = option(None, "clean test examples", minimum=10)
     corruption: float = option(
         0.5, "fraction of training labels replaced by a wrong class", minimum=0.0, maximum=1.0
     )
@@ -179,8 +179,8 @@ class HyperCleaningConfig(RecipeConfig):
     tune_baseline: bool = option(
         True, "also report noisy training with reg tuned on validation accuracy"
     )
-    outer_steps: int | None = option(None, "hypergradient (Adam) steps", minimum=0)
-    lr: float | None = option(
+    outer_steps: int = option(None, "hypergradient (Adam) steps", minimum=0)
+    lr: float = option(
         None, "Adam learning rate on the weight logits", minimum=0.0, exclusive_minimum=True
     )
     inner_solver: str = option(

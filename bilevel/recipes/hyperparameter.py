@@ -177,11 +177,11 @@ class HyperparameterConfig(RecipeConfig):
         minimum=0.05,
         maximum=0.9,
     )
-    outer_steps: int | None = option(None, "hypergradient (Adam) steps", minimum=0)
+    outer_steps: int = option(None, "hypergradient (Adam) steps", minimum=0)
     lr: float = option(
         0.3, "Adam learning rate on the log-strengths", minimum=0.0, exclusive_minimum=True
     )
-    grid_size: int | None = option(None, "shared-strength grid-search points", minimum=1)
+    grid_size: int = option(None, "shared-strength grid-search points", minimum=1)
     min_strength: float = option(
         1e-2, "lower bound of each L2 strength", minimum=0.0, exclusive_minimum=True
     )

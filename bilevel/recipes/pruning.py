@@ -76,7 +76,7 @@ class PruningConfig(RecipeConfig):
     n_train: int = option(1000, "training images", minimum=20)
     n_val: int = option(297, "validation images (recorded only)", minimum=10)
     n_test: int = option(500, "test images", minimum=10)
-    epochs: int | None = option(
+    epochs: int = option(
         None, "epochs of dense training, and of every pruning method's training (per IMP round)",
         minimum=1,
     )

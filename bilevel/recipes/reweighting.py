@@ -85,7 +85,7 @@ class ReweightingConfig(RecipeConfig):
     n_val: int = option(400, "clean validation images", minimum=10)
     n_test: int = option(497, "test images", minimum=10)
     hidden: int = option(128, "hidden units of the network", minimum=1)
-    outer_steps: int | None = option(None, "hyperparameter (Adam) steps", minimum=1)
+    outer_steps: int = option(None, "hyperparameter (Adam) steps", minimum=1)
     inner_steps: int = option(3, "SGD steps on the network per outer step", minimum=1)
     inner_lr: float = option(0.1, "SGD learning rate (momentum 0.9)", minimum=0.0, exclusive_minimum=True)
     outer_lr: float | None = option(
@@ -235,7 +235,9 @@ def _run(config: ReweightingConfig, progress: bool) -> ReweightingResult:
     def make_model() -> nn.Module:
         return mlp(config.hidden, config.seed)
 
-    def weights_of(model: nn.Module, hparams: Any, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def weights_of(
+        model: nn.Module, hparams: Any, batch: tuple[Tensor, Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
         xb, yb, ib = batch
         losses = F.cross_entropy(model(xb), yb, reduction="none")
         w = hparams(losses) if isinstance(hparams, nn.Module) else torch.sigmoid(hparams["logits"][ib])

@@ -144,9 +144,9 @@ class SVMHyperparametersConfig(RecipeConfig):
     }
 
     seed: int = option(0, "seed of the train/validation/test split", minimum=0)
-    n_train: int | None = option(None, "training samples (one C_i each)", minimum=10)
-    n_val: int | None = option(None, "validation samples", minimum=10)
-    iterations: int | None = option(None, "LV-HBA iterations", minimum=1)
+    n_train: int = option(None, "training samples (one C_i each)", minimum=10)
+    n_val: int = option(None, "validation samples", minimum=10)
+    iterations: int = option(None, "LV-HBA iterations", minimum=1)
     c_init: float = option(0.0, "initial log C_i (all samples)")
     step_size: float = option(
         0.01, "LV-HBA step sizes alpha = eta", minimum=0.0, exclusive_minimum=True
