@@ -465,3 +465,69 @@ def test_bome_does_not_stop_while_y_still_moves():
         )
     assert result.status == "max_iterations" and result.n_iter == 5
     assert float(result.y.abs().sum()) > 0  # y did move towards argmin F
+
+
+# ------------------------------------------------------------------- issue 20: F2SA, penalty
+
+
+def _linear_upper(seed: int = 3) -> QuadraticBilevel:
+    """``F = c^T y + 1/2 x^T C x + d^T x`` (``A = K = 0``) with ``C`` positive definite:
+    then ``y_lambda - y* = -H^{-1} c / lambda`` and ``grad L_lambda = grad h`` exactly (the
+    ``lambda`` cancels), so the penalty point is ``x*`` for every ``lambda``: an oracle for
+    the exact-oracle accuracy of the penalty methods."""
+    import dataclasses
+
+    q = QuadraticBilevel.random(dim_x=DIM_X, dim_y=DIM_Y, seed=seed, lower_condition=4.0)
+    return dataclasses.replace(
+        q,
+        A=torch.zeros_like(q.A),
+        K=torch.zeros_like(q.K),
+        C=torch.eye(DIM_X, dtype=q.C.dtype) * 2.0 + 0.1 * q.C @ q.C.T,
+    )
+
+
+@pytest.mark.parametrize("schedule", ["linear", "paper"])
+def test_f2sa_exact_oracles_reach_x_star(schedule):
+    q = _linear_upper()
+    eigs = torch.linalg.eigvalsh(q.H)
+    beta = 2.0 / float(eigs.min() + eigs.max())
+    method = F2SA(inner_steps=3, inner_step_size=beta, outer_step_size=0.2, schedule=schedule)
+    x0, y0 = torch.zeros(DIM_X, dtype=q.H.dtype), torch.zeros(DIM_Y, dtype=q.H.dtype)
+    result = bilevel.solve(q.problem(), x0, y0, method, maxiter=400, tol=-1.0)
+    x_star = q.x_star()
+    assert float((result.x - x_star).norm() / x_star.norm()) <= 1e-8
+
+
+def test_penalty_exact_oracles_reach_x_star():
+    q = _linear_upper()
+    eigs = torch.linalg.eigvalsh(q.H)
+    beta = 2.0 / float(eigs.min() + eigs.max())
+    method = Penalty(
+        inner_step_size=beta, outer_step_size=0.2, inner_tol=1e-9, inner_steps=300, sigma_min=1e-2
+    )
+    x0, y0 = torch.zeros(DIM_X, dtype=q.H.dtype), torch.zeros(DIM_Y, dtype=q.H.dtype)
+    result = bilevel.solve(q.problem(), x0, y0, method, maxiter=150, tol=-1.0)
+    x_star = q.x_star()
+    assert float((result.x - x_star).norm() / x_star.norm()) <= 1e-8
+
+
+def test_f2sa_paper_schedule_and_independent_batches():
+    """lambda_k = lambda_0 s_k^(1/7), steps s_k^(-4/7) and s_k^(-5/7); every gradient of an
+    iteration draws its own minibatch (2 lower per inner step, 2 for the direction)."""
+    from bilevel.problems import FiniteSumQuadratic
+
+    method = F2SA(schedule="paper", schedule_offset=10.0, lambda_init=2.0, inner_steps=3)
+    inner, outer, lam = method.schedule_at(91)
+    assert inner == pytest.approx(10.0 ** (-4 / 7))
+    assert outer == pytest.approx(10.0 ** (-5 / 7))
+    assert lam == pytest.approx(2.0 * 10.0 ** (1 / 7))
+    q = QuadraticBilevel.random(dim_x=DIM_X, dim_y=DIM_Y, seed=3, lower_condition=4.0)
+    fs = FiniteSumQuadratic.build(q, noise=0.1)
+    method = F2SA(schedule="paper", inner_steps=3, inner_step_size=0.1, outer_step_size=0.05)
+    state = method.init(fs.sampled(), torch.zeros(DIM_X), torch.zeros(DIM_Y))
+    for k in range(1, 4):
+        state = method.step(fs.sampled(), state, k)
+    assert state.extra["lambda"] == pytest.approx(method.schedule_at(3)[2])
+    streams = state.extra["streams"]
+    assert streams["lower"].delivered == 3 * (2 * 3 + 2)
+    assert streams["upper"].delivered == 3 * (3 + 1)

@@ -245,9 +245,11 @@ class BSVRB(Method):
         ``(x0, y0)`` (:mod:`bilevel.methods._defaults`).
     inner_step_size, linear_step_size:
         ``tau``, ``tau_v``; need ``tau < 2 / L_y``. ``None`` (default): ``1 / L_y``, ``L_y``
-        the largest curvature of the blocks' ``f_i(x0, .)`` at ``y0``. With the delay
-        factor a block moves by up to ``tau floor(m / I)`` once per pass of the cyclic
-        sampler, so ``tau`` must then shrink about like ``I / m``.
+        the largest curvature of the blocks' ``f_i(x0, .)`` at ``y0``, times ``I / m`` with
+        ``block_update="delay"``: a block then moves by ``tau (c_i + 1) = tau m / I`` once per
+        pass of the cyclic sampler (``I`` dividing ``m``), so ``tau`` must shrink like
+        ``I / m`` for that step to stay below ``2 / L_y`` (the official code diverges with
+        ``I = 1``, ``tau = 1``); the default outer step follows ``tau_v``.
     inner_momentum, linear_momentum:
         ``alpha = 0.9`` in ``(0, 1]`` (official ``--alpha 0.9``), weight of the new sample
         in the MSVR estimators of ``g_i`` and of ``r_i`` (or ``H_i``).
@@ -397,9 +399,12 @@ class BSVRB(Method):
             cal = calibrate_into(
                 state, problem, state.x, state.y, outer=self.outer_step_size is None
             )
+            _, I = self._n_blocks(problem)
+            # "delay": a block moves once per pass of m / I iterations by (m / I) tau
+            share = I / m if self.update_rule == "delay" else 1.0
             for what in ("inner_step_size", "linear_step_size"):
                 if steps[what] is None:
-                    steps[what] = cal.inner_step / m
+                    steps[what] = share * cal.inner_step / m
             if steps["outer_step_size"] is None:  # with the blocks' mu_y = m * lower_min
                 steps["outer_step_size"] = m * cal.tracking_step(
                     steps["linear_step_size"], SINGLE_LOOP_RATIO
