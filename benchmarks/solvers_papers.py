@@ -60,7 +60,7 @@ def logistic_tasks(m: int = 100, n: int = 100, d: int = 5, lam: float = 1e-2, se
     from sklearn.datasets import make_classification
 
     X, labels = make_classification(
-        n_samples=2 * n, n_features=d, n_informative=5, flip_y=0.2, random_state=seed
+        n_samples=2 * n, n_features=d, n_informative=3, n_redundant=0, flip_y=0.2, random_state=seed
     )
     X = torch.cat([torch.ones(2 * n, 1), torch.as_tensor(X)], 1).to(DTYPE)
     s = torch.as_tensor(2.0 * labels - 1.0, dtype=DTYPE)
@@ -88,8 +88,9 @@ def logistic_tasks(m: int = 100, n: int = 100, d: int = 5, lam: float = 1e-2, se
         lower_data=Sampled(n, 32),
         upper_data=Sampled(n, 32),
     )
-    # lower curvature <= max_j sigmoid(x_j) (1/4) |X_j|^2 / sigma^2 + lam, sigmoid <= 1
-    L_y = 0.25 * float((Xtr**2).sum(1).max()) / float(sigma.min()) ** 2 + lam
+    # lower curvature <= (1/4) lambda_max(X^T X / n) / sigma_min^2 + lam (sigmoid(x) <= 1)
+    L_y = 0.25 * float(torch.linalg.eigvalsh(Xtr.T @ Xtr / n).max()) / float(sigma.min()) ** 2
+    L_y += lam
     x0, y0 = torch.zeros(n, dtype=DTYPE), torch.zeros(m, d + 1, dtype=DTYPE)
     return problem, x0, y0, validation_loss, L_y
 
@@ -221,7 +222,7 @@ def run_borep(iterations: int, seeds: list[int]) -> dict:
 # --------------------------------------------------------------------------------------------
 # F2SA and penalty
 # --------------------------------------------------------------------------------------------
-def run_f2sa(iterations: int, seeds: list[int]) -> dict:
+def run_f2sa(iterations: int, seeds: list[int], lambda_init: float) -> dict:
     marks = [30, 100, 300, 1000, 2000, 3000, 10000]
     marks = [k for k in marks if k <= iterations]
     curves = []
@@ -237,7 +238,7 @@ def run_f2sa(iterations: int, seeds: list[int]) -> dict:
             inner_steps=3,
             inner_step_size=beta,
             outer_step_size=0.1,
-            lambda_init=1.0,
+            lambda_init=lambda_init,
         )
         norms = []
         torch.manual_seed(seed)
@@ -295,10 +296,11 @@ def run_penalty(seeds: list[int]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", default=["bsvrb", "borep", "f2sa", "penalty"])
-    parser.add_argument("--blocks", nargs="+", type=int, default=[1, 4, 20])
-    parser.add_argument("--bsvrb-iterations", type=int, default=300)
+    parser.add_argument("--blocks", nargs="+", type=int, default=[1, 5, 25])
+    parser.add_argument("--bsvrb-iterations", type=int, default=400)
     parser.add_argument("--borep-iterations", type=int, default=1000)
     parser.add_argument("--f2sa-iterations", type=int, default=2000)
+    parser.add_argument("--f2sa-lambda", type=float, default=30.0)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--json", default="benchmarks/results/solvers_papers.json")
     args = parser.parse_args()
@@ -312,7 +314,7 @@ def main() -> None:
         results["borep"] = run_borep(args.borep_iterations, args.seeds)
     if "f2sa" in args.sections:
         print("## F2SA, paper schedule, noisy quadratic")
-        results["f2sa"] = run_f2sa(args.f2sa_iterations, args.seeds)
+        results["f2sa"] = run_f2sa(args.f2sa_iterations, args.seeds, args.f2sa_lambda)
     if "penalty" in args.sections:
         print("## Penalty method, fixed sigma")
         results["penalty"] = run_penalty(args.seeds)

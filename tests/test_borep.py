@@ -202,3 +202,10 @@ def test_checkpoint_resume_is_bit_for_bit(q, tmp_path):
     assert torch.equal(resumed.x, full.x) and torch.equal(resumed.y, full.y)
     assert resumed.history["hypergrad_norm"][1:] == full.history["hypergrad_norm"][1:]
     assert resumed.history["grad_calls"] == full.history["grad_calls"]
+
+
+def test_default_step_with_exact_oracles_reaches_x_star(q):
+    """The default (clipped gradient) outer step shrinks with ``m_t``, so without noise the
+    iterates converge to x* (the closed form) instead of cycling."""
+    result = _solve(q.problem(), BOREP(), 3000, tol=-1.0)
+    assert relative_error(result.x, q.x_star()) <= 1e-8

@@ -500,17 +500,18 @@ class BOME(Method):
         if previous is None:
             return
         total, count = ex.get("pflug", (0.0, 0))
-        total += float(sum(tree_vdot(a, b) for a, b in zip(direction, previous)))
+        total += float(tree_vdot(direction, previous))
         count += 1
         if count >= PFLUG_WINDOW and total < 0:
-            ex["steps"]["outer_step_size"] /= 2
+            ex["steps"]["outer_step_size"] *= PFLUG_FACTOR
             ex["step_halvings"] = ex.get("step_halvings", 0) + 1
             total, count = 0.0, 0
         ex["pflug"] = (total, count)
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
-        _resolve_steps(self, problem, state, outer_ratio=BOME_RATIO)
+        ratio = BOME_PFLUG_RATIO if self.schedule == "pflug" else BOME_RATIO
+        _resolve_steps(self, problem, state, outer_ratio=ratio)
         return state
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:
@@ -552,7 +553,7 @@ class BOME(Method):
         # depend on x, although y may still be far from the lower-level solution
         state.hypergrad = (d_x, d_y)
         if self.schedule == "pflug":
-            self._pflug(state, (d_x, d_y))
+            self._pflug(state, (d_x, d_y) if PFLUG_JOINT else d_x)
         state.extra["lambda"] = float(lam)
         state.extra["q"] = float(q_value)
         state.grad_calls += self.inner_steps + 3
@@ -729,8 +730,14 @@ class VPBGD(Method):
 # --------------------------------------------------------------------------------------------
 #: BOME's default outer step is ``BOME_RATIO / L_h``.
 BOME_RATIO = 0.25
+#: BOME's first automatic step with Pflug's halving, ``BOME_PFLUG_RATIO / L_h``.
+BOME_PFLUG_RATIO = 1.0
 #: Shortest run of Pflug's diagnostic before BOME's automatic step is halved.
-PFLUG_WINDOW = 20
+PFLUG_WINDOW = 10
+#: Factor applied to the step at each detection.
+PFLUG_FACTOR = 0.5
+#: Whether the diagnostic uses the joint direction ``(d_x, d_y)`` or ``d_x`` only.
+PFLUG_JOINT = True
 #: V-PBGD's penalty with its default (adaptive) step.
 VPBGD_PENALTY = 100.0
 
