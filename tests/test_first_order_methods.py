@@ -549,14 +549,14 @@ def test_f2sa_minibatch_floor_scales_with_the_batch_size():
     from bilevel.problems import FiniteSumQuadratic, Sampled
 
     q = _linear_upper()
-    fs = FiniteSumQuadratic.build(q, noise=0.5, seed=1)
+    fs = FiniteSumQuadratic.build(q, noise=0.1, seed=1)
     x_star = q.x_star()
     eigs = torch.linalg.eigvalsh(q.H)
     beta = 1.0 / float(eigs.max())
 
     def floor(batch):
         problem = fs.problem(Sampled(fs.n, batch), Sampled(fs.m, batch))
-        method = F2SA(inner_steps=1, inner_step_size=beta, outer_step_size=0.05, lambda_max=10)
+        method = F2SA(inner_steps=1, inner_step_size=0.5 * beta, outer_step_size=0.02, lambda_max=10)
         total = 0.0
         for seed in (0, 1, 2):
             errors = []

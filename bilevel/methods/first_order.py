@@ -25,7 +25,8 @@ Conventions shared by the four classes:
 * When ``problem.upper_data`` / ``problem.lower_data`` are given, every gradient evaluation
   draws the next minibatch (:class:`~bilevel.methods._base.BatchStream`, re-iterated each
   epoch); the two lower-level gradients in a difference ``grad_x f(x, y) - grad_x f(x, z)``
-  share one minibatch. The methods are the deterministic algorithms run on minibatches (no
+  share one minibatch (F2SA: independent minibatches for every gradient, as its algorithm
+  box). The methods are the deterministic algorithms run on minibatches (no
   variance reduction, no decaying step sizes), so ``tol`` should then be 0.
 * **Default step sizes.** Steps left at ``None`` (the default) are set at the start from
   constants measured at ``(x0, y0)`` by :mod:`bilevel.methods._defaults`, with gradient
