@@ -162,7 +162,10 @@ class F2SA(Method):
     (``gamma_k ~ k^(-4/7)``, ``alpha_k ~ k^(-5/7)``, hence ``lambda_k = gamma_k / (2 mu
     alpha_k) ~ k^(1/7)``), under which ``E|grad h|^2 <= epsilon^2`` after
     ``O(epsilon^(-7/2))`` iterations, i.e. ``|grad h| ~ K^(-2/7)``. ``lambda`` is uncapped;
-    ``k_0 = schedule_offset``. ``schedule="linear"`` (default, a library choice):
+    ``k_0 = schedule_offset``. As the paper's ``x`` step carries the factor ``1 / lambda_k``,
+    ``alpha`` must be about ``1 / lambda_0`` times a step that suits ``lambda_0 = 1`` (with
+    ``lambda_0 = 30`` and ``alpha = 0.1`` the noisy run of ``benchmarks/solvers.md``
+    diverges). ``schedule="linear"`` (default, a library choice):
     constant steps, ``lambda_{k+1} = min(lambda_k + delta, lambda_max)``. The reason for the
     default: the paper's ``lambda`` grows so slowly (``1000^(1/7) = 2.7``) that within the
     default 1000 iterations its ``O(1/lambda)`` bias stays far above the ``1e-2`` the
