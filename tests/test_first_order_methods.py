@@ -556,7 +556,9 @@ def test_f2sa_minibatch_floor_scales_with_the_batch_size():
 
     def floor(batch):
         problem = fs.problem(Sampled(fs.n, batch), Sampled(fs.m, batch))
-        method = F2SA(inner_steps=1, inner_step_size=0.5 * beta, outer_step_size=0.02, lambda_max=10)
+        method = F2SA(
+            inner_steps=1, inner_step_size=0.5 * beta, outer_step_size=0.02, lambda_max=10
+        )
         total = 0.0
         for seed in (0, 1, 2):
             errors = []
