@@ -249,7 +249,8 @@ class BSVRB(Method):
         ``block_update="delay"``: a block then moves by ``tau (c_i + 1) = tau m / I`` once per
         pass of the cyclic sampler (``I`` dividing ``m``), so ``tau`` must shrink like
         ``I / m`` for that step to stay below ``2 / L_y`` (the official code diverges with
-        ``I = 1``, ``tau = 1``); the default outer step follows ``tau_v``.
+        ``I = 1``, ``tau = 1``), and divided by ``1 + gamma`` for the MSVR correction
+        (see ``msvr_gamma``); the default outer step follows ``tau_v``.
     inner_momentum, linear_momentum:
         ``alpha = 0.9`` in ``(0, 1]`` (official ``--alpha 0.9``), weight of the new sample
         in the MSVR estimators of ``g_i`` and of ``r_i`` (or ``H_i``).
@@ -402,6 +403,11 @@ class BSVRB(Method):
             _, I = self._n_blocks(problem)
             # "delay": a block moves once per pass of m / I iterations by (m / I) tau
             share = I / m if self.update_rule == "delay" else 1.0
+            # The MSVR correction gamma (g(y_new) - g(y_old)) adds up to gamma L ||dy|| to
+            # the estimator per step, so the measured step is divided by 1 + gamma: with
+            # the official gamma = 1 the undivided 1 / L diverges on a quadratic with lower
+            # Hessian eigenvalues in [1, 3] (tests/test_defaults.py), 1 / (2 L) reaches 1e-13.
+            share /= 1.0 + self.gamma(m, I)
             for what in ("inner_step_size", "linear_step_size"):
                 if steps[what] is None:
                     steps[what] = share * cal.inner_step / m
