@@ -191,10 +191,11 @@ def test_aid_on_a_multi_block_problem_reaches_the_mean_solution():
         torch.zeros(3),
         torch.zeros(3, 5),
         "bsvrb",
-        maxiter=1000,
+        maxiter=1500,
         tol=0.0,
-        inner_step_size=1.0 / (3 * L),
-        linear_step_size=1.0 / (3 * L),
+        outer_step_size=0.5 / float(torch.linalg.eigvalsh(mean_hessian).max()),
+        inner_step_size=0.5 / (3 * L),
+        linear_step_size=0.5 / (3 * L),
     )
     assert float((blockwise.x - x_star).norm()) <= 1e-6 * max(1.0, float(x_star.norm()))
 

@@ -131,8 +131,8 @@ def test_bad_options_fail_clearly_on_the_command_line(tmp_path) -> None:
     from bilevel.cli import app
 
     for args, message in (
-        (["--budget", "0"], "option 'budget' must be > 0"),
-        (["--poison-rate", "1.5"], "option 'poison_rate' must lie in (0, 1)"),
+        (["--budget", "0"], "option --budget must be > 0"),
+        (["--poison-rate", "1.5"], "option --poison-rate must lie in (0, 1)"),
         (["--poison-rate", "0.5"], "too few target-class images"),
     ):
         result = CliRunner().invoke(app, ["run", "trigger", *args, "--output-dir", str(tmp_path)])
