@@ -223,6 +223,8 @@ class BOREP(Method):
         """``eta_t`` at the 1-based ``iteration`` (``eta``: the run's ``eta``, or its clip
         radius ``r`` with the default step)."""
         eta = self.outer_step_size if eta is None else eta
+        if eta is None:
+            raise ValueError("borep: step_size needs eta (the run's measured outer step)")
         if self.decreasing:
             return eta / math.sqrt(iteration)
         return eta
@@ -264,7 +266,7 @@ class BOREP(Method):
 
     def init(self, problem: BilevelProblem, x0: PyTree, y0: PyTree) -> MethodState:
         state = init_with_streams(problem, x0, y0)
-        steps = {
+        steps: dict[str, float | None] = {
             "outer_step_size": self.outer_step_size,
             "inner_step_size": self.inner_step_size,
             "linear_step_size": self.linear_step_size,
@@ -274,10 +276,10 @@ class BOREP(Method):
             for what in ("inner_step_size", "linear_step_size"):
                 if steps[what] is None:
                     steps[what] = cal.inner_step
+            linear_step = steps["linear_step_size"]
+            assert linear_step is not None  # filled just above
             if self.outer_step_size is None:
-                steps["gradient_step"] = cal.tracking_step(
-                    steps["linear_step_size"], SINGLE_LOOP_RATIO
-                )
+                steps["gradient_step"] = cal.tracking_step(linear_step, SINGLE_LOOP_RATIO)
         state.extra["steps"] = steps
         _, lower = batch_streams(problem, state)
         state.y = self._refine(problem, x0, y0, lower, steps["inner_step_size"])

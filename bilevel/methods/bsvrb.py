@@ -391,7 +391,7 @@ class BSVRB(Method):
         """``state.extra["steps"]``, measured where ``None``. The mean lower objective
         ``(1/m) sum_i f_i`` has Hessian ``blockdiag(H_i) / m``: its extreme eigenvalues
         times ``m`` are those over the blocks."""
-        steps = {
+        steps: dict[str, float | None] = {
             "outer_step_size": self.outer_step_size,
             "inner_step_size": self.inner_step_size,
             "linear_step_size": self.linear_step_size,
@@ -411,10 +411,10 @@ class BSVRB(Method):
             for what in ("inner_step_size", "linear_step_size"):
                 if steps[what] is None:
                     steps[what] = share * cal.inner_step / m
+            linear_step = steps["linear_step_size"]
+            assert linear_step is not None  # filled just above
             if steps["outer_step_size"] is None:  # with the blocks' mu_y = m * lower_min
-                steps["outer_step_size"] = m * cal.tracking_step(
-                    steps["linear_step_size"], SINGLE_LOOP_RATIO
-                )
+                steps["outer_step_size"] = m * cal.tracking_step(linear_step, SINGLE_LOOP_RATIO)
         state.extra["steps"] = steps
 
     def result_info(self, problem: BilevelProblem, state: MethodState) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class AID(Method):
                 tol=0.0,
                 warn=False,
             )
+            assert est.aux is not None  # implicit() always reports its adjoint v
             state.extra["v"] = est.aux["v"]
         state.hypergrad = est.grad
         state.grad_calls += est.grad_calls
@@ -122,6 +123,7 @@ class AID(Method):
             state.x = tree_axpy(-alpha, est.grad, x)
             state.y = y
             return state
+        assert est.aux is not None  # both estimators report their adjoint v
         v = est.aux["v"]  # H v = grad_y F
 
         def lagrangian(x_: PyTree, y_: PyTree) -> float:

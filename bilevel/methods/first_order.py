@@ -648,7 +648,7 @@ class VPBGD(Method):
         gamma = self.penalty
         if gamma is None:
             gamma = VPBGD_PENALTY if self.step_size is None else 10.0
-        steps = {
+        steps: dict[str, float | None] = {
             "penalty": gamma,
             "step_size": self.step_size,
             "inner_step_size": self.inner_step_size,
@@ -666,6 +666,7 @@ class VPBGD(Method):
             if self.inner_step_size is None:
                 steps["inner_step_size"] = cal.inner_step
             if self.step_size is None:
+                assert cal.penalised_max is not None  # measured: joint_penalty was given
                 steps["step_size"] = 1.0 / cal.penalised_max
                 if problem.upper_data is None and problem.lower_data is None:
                     state.extra["line_search"] = LineSearch(initial=1.0 / cal.penalised_max)
