@@ -1,8 +1,8 @@
 """Success rate and time of the classical bilevel solver on two test sets.
 
-* ``--set literature`` (default): the 61 problems of :data:`bilevel.problems.LITERATURE`
+* ``--set literature`` (default): the 61 problems of :data:`bilevel.testproblems.LITERATURE`
   (BASBLib), explicit bounds, at most ``--rounds`` rounds (issue 4).
-* ``--set bolib``: the 91 further problems of :data:`bilevel.problems.bolib.BOLIB` as a new
+* ``--set bolib``: the 91 further problems of :data:`bilevel.testproblems.bolib.BOLIB` as a new
   user meets them (bounds written as constraints, the source's start point), each with
   ``time_limit=--time-limit`` seconds (default 57, so that a run, which may pass the
   limit by one SLSQP iteration, ends within 60 s) and at most ``--rounds`` rounds (issue 16).
@@ -34,8 +34,8 @@ from threadpoolctl import threadpool_limits
 
 from bilevel.constrained.classical import solve_classical
 from bilevel.errors import ConvergenceWarning
-from bilevel.problems.bolib import BOLIB
-from bilevel.problems.literature import LITERATURE
+from bilevel.testproblems.bolib import BOLIB
+from bilevel.testproblems.literature import LITERATURE
 
 SETS = {"literature": LITERATURE, "bolib": BOLIB}
 QUICK = {

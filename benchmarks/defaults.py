@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 
 import bilevel
 from bilevel.errors import ConvergenceWarning
-from bilevel.problems import MultiBlockQuadratic, QuadraticBilevel
+from bilevel.testproblems import MultiBlockQuadratic, QuadraticBilevel
 
 METHODS = ["aid", "itd", "stocbio", "soba", "saba", "f2sa", "penalty", "bome", "vpbgd"]
 METHODS += ["borep", "bsvrb"]

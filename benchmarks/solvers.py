@@ -2,7 +2,7 @@
 
 Problems (``--problems``):
 
-* ``quadratic``: :meth:`bilevel.problems.QuadraticBilevel.random` (dim_x=10, dim_y=50, lower
+* ``quadratic``: :meth:`bilevel.testproblems.QuadraticBilevel.random` (dim_x=10, dim_y=50, lower
   condition number 10). Accuracy = ||grad h(x_k)|| / ||grad h(x_0)|| from the closed form.
   Deterministic methods see the full problem; stochastic ones (``method.stochastic``) see a
   finite sum of ``N_BATCHES`` components whose mean is exactly the full problem.
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import bilevel
 from bilevel.methods import METHODS, solve
 from bilevel.problem import BilevelProblem
-from bilevel.problems.quadratic import QuadraticBilevel
+from bilevel.testproblems.quadratic import QuadraticBilevel
 from bilevel.solvers import LBFGS
 
 DTYPE = torch.float64

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bilevel
 from bilevel.methods import BOREP, BSVRB, F2SA, Penalty
-from bilevel.problems import FiniteSumQuadratic, QuadraticBilevel, Sampled
+from bilevel.testproblems import FiniteSumQuadratic, QuadraticBilevel, Sampled
 
 DTYPE = torch.float64
 #: BSVRB outer step ``eta = ETA_PER_BLOCK_SHARE * I / m``.

@@ -39,9 +39,9 @@ if TYPE_CHECKING:  # the names below are imported lazily (see __getattr__)
         nn,
         operators,
         optimality,
-        problems,
         robust,
         solvers,
+        testproblems,
         tree,
     )
     from bilevel._solve import METHODS, solve
@@ -95,9 +95,9 @@ __all__ = [
     "nn",
     "operators",
     "optimality",
-    "problems",
     "robust",
     "solve",
     "solvers",
+    "testproblems",
     "tree",
 ]

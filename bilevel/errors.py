@@ -38,7 +38,8 @@ class DivergenceError(BilevelError):
 
 
 class NonFiniteError(ValueError):
-    """An input (tensor, right-hand side, ...) holds NaN or infinite values."""
+    """An input (tensor, right-hand side, ...) or a value computed from it (a solver's
+    returned root, an objective) holds NaN or infinite values."""
 
 
 class InaccurateRootError(BilevelError):

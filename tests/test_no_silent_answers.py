@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import bilevel
 import bilevel.methods._driver as driver
 from bilevel import METHODS
-from bilevel.errors import ConvergenceWarning, InaccurateRootError
+from bilevel.errors import ConvergenceWarning, InaccurateRootError, NonFiniteError
 from bilevel.implicit import custom_fixed_point, custom_root
 from bilevel.solvers import LBFGS, GradientDescent, MirrorDescent, ProximalGradient
 
@@ -157,6 +157,20 @@ def test_custom_root_warns_on_an_inaccurate_root():
         return init
 
     unchecked(torch.zeros(3, dtype=torch.float64), a)  # no warning: the check is off
+
+
+def test_custom_root_refuses_a_non_finite_root_with_the_library_error():
+    @custom_root(_optimality)
+    def blows_up(init, a):
+        return init + a / 0.0  # inf (and nan where a = 0)
+
+    a = torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        blows_up(torch.zeros(3, dtype=torch.float64), a)
+    with pytest.raises(NonFiniteError, match="NaN or inf"):  # the batched (vmap) path too
+        torch.func.vmap(lambda t: blows_up(torch.zeros(3, dtype=torch.float64), t))(
+            torch.ones(2, 3, dtype=torch.float64)
+        )
 
 
 def test_custom_root_accepts_accurate_roots_quietly():

@@ -23,8 +23,8 @@ from bilevel.dag.baselines import empty_graph, sortnregress
 from bilevel.dag.datasets import load_sachs
 from bilevel.dag.diagnostics import r2_coefficients, r2_sortability, sortability, var_sortability
 from bilevel.dag.metrics import count_accuracy, cpdag, is_dag, shd_cpdag
-from bilevel.dag.plotting import plot_graph
 from bilevel.dag.nonlinear import AdditiveScore, MLPScore
+from bilevel.dag.plotting import plot_graph
 from bilevel.dag.prior import PriorKnowledge, prior_knowledge
 from bilevel.dag.scores import GaussianNV, LeastSquares, Logistic, Score, make_score
 from bilevel.dag.simulate import (

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.autograd import forward_ad
 
-from bilevel.errors import ClosureError, ConvergenceWarning, InaccurateRootError
+from bilevel.errors import ClosureError, ConvergenceWarning, InaccurateRootError, NonFiniteError
 from bilevel.implicit._linearised import Linearisation, solve_adjoint, wrapped_by
 from bilevel.linalg import DENSE_MAX, LinearSolver, auto, default_tol, factor_solve, get_solver
 from bilevel.tree import (
@@ -593,7 +593,7 @@ class _ImplicitRoot(torch.autograd.Function):
         sol_leaves = [x.detach() for x in tree_leaves(sol)]
         for x in sol_leaves:
             if not bool(torch.isfinite(x).all()):
-                raise FloatingPointError(
+                raise NonFiniteError(
                     "custom_root: the solver returned a solution with NaN or inf entries"
                 )
         if problem.residual_tol is not None:
@@ -750,7 +750,7 @@ def _vmapped_solver(
         return None
     for x in out:
         if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(
+            raise NonFiniteError(
                 "custom_root: the solver returned a solution with NaN or inf entries"
             )
     if problem.residual_tol is not None:  # the root check, element by element

@@ -129,7 +129,7 @@ class BOREP(Method):
     ``x`` oscillating in an ``O(eta)`` neighbourhood of a stationary point (``||grad h|| =
     O(L eta / (1 - beta))`` without noise). The paper's guarantee is on the *average* of
     ``||grad h(x_t)||`` over the run (``eta ~ epsilon^2`` with noise); the tests check the
-    average and best iterate against this floor law (``tests/test_borep.py``), not the last
+    average and best iterate against this floor law (``tests/methods/test_borep.py``), not the last
     iterate, whose gradient norm is up to about ``9 eta_T L`` on the cycle.
 
     Parameters (defaults, sources)

@@ -190,7 +190,7 @@ class BSVRB(Method):
     With ``I = m`` and no noise the MSVR recursion with ``gamma = 1 - alpha`` keeps ``u_i =
     g_i`` and ``w_i = r_i`` exactly, and ``gamma = 1`` (the default) differs from it by a
     geometrically forgotten lag; either way the fixed points are those of deterministic
-    single-loop AID, reached linearly for small enough steps (``tests/test_bsvrb.py``
+    single-loop AID, reached linearly for small enough steps (``tests/methods/test_bsvrb.py``
     reaches ``x*`` to ``1e-8``).
 
     Differences from the official code (each a deliberate, documented choice):
@@ -406,7 +406,7 @@ class BSVRB(Method):
             # The MSVR correction gamma (g(y_new) - g(y_old)) adds up to gamma L ||dy|| to
             # the estimator per step, so the measured step is divided by 1 + gamma: with
             # the official gamma = 1 the undivided 1 / L diverges on a quadratic with lower
-            # Hessian eigenvalues in [1, 3] (tests/test_defaults.py), 1 / (2 L) reaches 1e-13.
+            # Hessian eigenvalues in [1, 3] (tests/methods/test_defaults.py), 1 / (2 L) reaches 1e-13.
             share /= 1.0 + self.gamma(m, I)
             for what in ("inner_step_size", "linear_step_size"):
                 if steps[what] is None:

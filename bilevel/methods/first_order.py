@@ -169,7 +169,7 @@ class F2SA(Method):
     constant steps, ``lambda_{k+1} = min(lambda_k + delta, lambda_max)``. The reason for the
     default: the paper's ``lambda`` grows so slowly (``1000^(1/7) = 2.7``) that within the
     default 1000 iterations its ``O(1/lambda)`` bias stays far above the ``1e-2`` the
-    library's defaults must reach on well-conditioned problems (``tests/test_defaults.py``);
+    library's defaults must reach on well-conditioned problems (``tests/methods/test_defaults.py``);
     with exact or low-noise gradients the linear ramp reaches the stationary point
     ``x_lambda`` of ``L_{lambda_max}`` linearly, with ``|grad h(x_lambda)| = O(1 /
     lambda_max)``. (benchopt's F2SA port grows ``lambda`` like ``k^(6/7)``, which is not the
@@ -455,7 +455,7 @@ class BOME(Method):
     ``F + lambda q``, with ``lambda`` settling where the pull ``eta |grad q|^2`` balances
     the step, about ``1 / (xi L_y)`` in scale: the limit point carries a penalty bias that
     shrinks with ``xi``, while the convergence rate grows with it. On the quadratics of
-    ``tests/test_defaults.py`` (``dim x = 5``, ``dim y = 8``, ``H`` in ``[1, 3]``, seeds
+    ``tests/methods/test_defaults.py`` (``dim x = 5``, ``dim y = 8``, ``H`` in ``[1, 3]``, seeds
     0-5), 1000 iterations leave a relative error in ``x`` of 2e-2 to 6.3e-2 with
     ``xi = 0.25 / L_h`` (0.12 at most with ``0.5 / L_h``, 0.15 with ``0.15 / L_h``, 0.27
     with ``0.1 / L_h``, where the slowest instances have not converged yet): no constant

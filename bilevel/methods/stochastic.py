@@ -105,7 +105,7 @@ class StocBiO(Method):
 
     Per iteration: ``T + 1`` gradient calls, ``Q + 1`` Hessian/Jacobian-vector products.
 
-    Accuracy (tests, ``tests/test_stochastic_methods.py``): on a finite-sum quadratic (10
+    Accuracy (tests, ``tests/methods/test_stochastic_methods.py``): on a finite-sum quadratic (10
     lower, 5 upper components, relative noise 0.05, ``H`` in ``[1, 2]``) sampled one
     component at a time, ``T = Q = 10``, ``beta = eta = 0.4``, ``alpha = 0.02``:
     ``||grad h(x)|| <= 2e-2 ||grad h(x_0)||`` after 300 iterations (a constant ``alpha``
@@ -224,14 +224,14 @@ class SOBA(Method):
         contract by ``1 - rho mu_y`` per iteration, and the outer step is that rate divided
         by the curvature of ``h``, so that they track their moving targets ``y*(x_t)``,
         ``v*(x_t)`` (a larger ratio lets the coupled iteration oscillate; on the
-        quadratics of ``tests/test_defaults.py`` ``1.5 rho mu_y / L_h`` diverges).
+        quadratics of ``tests/methods/test_defaults.py`` ``1.5 rho mu_y / L_h`` diverges).
     decreasing:
         ``False``; ``True`` for the ``t^{-2/5}``, ``t^{-3/5}`` schedule.
 
     Per iteration: 2 gradient calls (``grad_y f``, ``grad F``), 2 products (``H v``, ``B v``,
     from one linearisation).
 
-    Accuracy (tests, ``tests/test_stochastic_methods.py``): on a finite-sum quadratic (10
+    Accuracy (tests, ``tests/methods/test_stochastic_methods.py``): on a finite-sum quadratic (10
     lower, 5 upper components, relative noise 0.05, ``H`` in ``[1, 2]``) sampled one
     component at a time, with ``decreasing=True``, ``rho = 0.4``, ``gamma = 0.1``:
     ``||grad h(x_T)|| <= 1e-2 ||grad h(x_0)||`` after ``T = 1000`` iterations. Without data
@@ -371,7 +371,7 @@ class SABA(Method):
     Per iteration: 2 gradient calls and 2 products, as :class:`SOBA`; memory
     ``O((n + m)(dim x + dim y))``.
 
-    Accuracy (tests, ``tests/test_stochastic_methods.py``): on a finite-sum quadratic (10
+    Accuracy (tests, ``tests/methods/test_stochastic_methods.py``): on a finite-sum quadratic (10
     lower, 5 upper one-component minibatches, relative noise 0.5, ``H`` in ``[1, 2]``) with
     ``rho = 0.2``, ``gamma = 0.02``: ``||grad h(x_T)|| <= 1e-6 ||grad h(x_0)||``,
     ``||x_T - x*|| <= 1e-6`` and ``v_T`` within 1e-6 (relative) of ``-H^{-1} grad_y F`` after

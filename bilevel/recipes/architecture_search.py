@@ -47,7 +47,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bilevel.nn.darts import DARTS, OPS, RARTS, CellNetwork, Genotype, SearchNetwork, derive, random_genotype
+from bilevel.nn.darts import (
+    DARTS,
+    OPS,
+    RARTS,
+    CellNetwork,
+    Genotype,
+    SearchNetwork,
+    derive,
+    random_genotype,
+)
 from bilevel.recipes._common import Progress, jsonable, torch_threads
 from bilevel.recipes._config import ConfigError, RecipeConfig, option
 from bilevel.recipes._digits import DTYPE, N_CLASSES, N_DIGITS, Split, accuracy, load_digits_split

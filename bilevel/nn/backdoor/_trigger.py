@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from bilevel.errors import NonFiniteError
 from bilevel.nn._trainer import BilevelTrainer
 from bilevel.nn.backdoor._contrastive import (
     Augmentation,
@@ -339,7 +340,9 @@ def optimize_trigger(
         if progress is not None:
             progress({k: v[-1] for k, v in history.items()})
         if not math.isfinite(rec["outer_loss"]):
-            raise FloatingPointError(f"optimize_trigger: the outer objective became {rec['outer_loss']}")
+            raise NonFiniteError(
+                f"optimize_trigger: the outer objective became {rec['outer_loss']}"
+            )
 
     result = trainer.fit(outer_steps, callbacks=[record])
     return TriggerOptimization(generator=generator, history=history, status=result.status)
